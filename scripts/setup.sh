@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs everything segment-stream needs on a fresh Debian machine, idempotently:
+# redis-server (Debian package), a virtualenv in .venv with the project and its dev tools,
+# and the Apache Kafka broker's jars (resolved from Maven Central with mvn, cached).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  say "installing redis-server (Debian package)"
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null 2>&1 || { echo "redis-server is missing and I am not root: apt-get install redis-server" >&2; exit 1; }
+    SUDO=sudo
+  fi
+  $SUDO apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+fi
+
+command -v java >/dev/null 2>&1 || { echo "Java 17+ is required (apt-get install openjdk-17-jre-headless)" >&2; exit 1; }
+command -v mvn >/dev/null 2>&1 || { echo "Maven is required once to fetch Kafka (apt-get install maven)" >&2; exit 1; }
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv"
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -f "$stamp" ]; then
+  say "installing the project and its dev tools into .venv"
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+  .venv/bin/python -m pip install -q -e '.[dev]'
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi
+
+say "resolving Apache Kafka (Maven Central, cached)"
+.venv/bin/segments kafka fetch
