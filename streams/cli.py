@@ -1,0 +1,128 @@
+"""The `segments` command (contract section 5)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from streams import kafka_local
+from streams.exceptions import SegmentStreamError
+
+
+def _kafka(args: argparse.Namespace) -> int:
+    data = Path(args.data) if args.data else None
+    if args.kafka_cmd == "fetch":
+        path = kafka_local.resolve_jars(quiet=not args.verbose)
+        print(f"Apache Kafka {kafka_local.KAFKA_VERSION} jars in {path}")
+        return 0
+    if args.kafka_cmd == "start":
+        state, started = kafka_local.start(port=args.port, data_dir=data, timeout_s=args.timeout)
+        if started:
+            print(f"Kafka {state.version} started (pid {state.pid}); bootstrap: {state.bootstrap}")
+        else:
+            print(f"Kafka is already running (pid {state.pid}); bootstrap: {state.bootstrap}")
+        return 0
+    if args.kafka_cmd == "status":
+        running = kafka_local.running_broker((data or kafka_local.default_data_dir()).resolve())
+        if running is None:
+            print("Kafka is not running")
+            return 1
+        print(f"Kafka is running (pid {running.pid}); bootstrap: {running.bootstrap}")
+        return 0
+    stopped = kafka_local.stop(data_dir=data)
+    print("Kafka stopped" if stopped else "Kafka was not running")
+    return 0
+
+
+def _produce(args: argparse.Namespace) -> int:
+    from streams.produce import generate, produce
+    from streams.settings import Settings
+
+    settings = Settings.from_env()
+    records = generate(args.events, seed=args.seed, programs=args.programs, users=args.users,
+                       labels=args.labels, assets=args.assets, invalid_ratio=args.invalid_ratio)
+    n = asyncio.run(produce(args.bootstrap or settings.bootstrap_servers,
+                            args.topic or settings.input_topic, records, total=args.events,
+                            rate=args.rate, progress=sys.stderr.isatty()))
+    print(f"produced {n} events to {args.topic or settings.input_topic}")
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from streams.worker import run_worker
+
+    run_worker()
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from streams.demo import run_demo
+
+    code: int = run_demo(port=args.port, web_port=args.web_port, events=args.events,
+                         keep_serving=not args.no_serve)
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="segments", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    sub.add_parser("worker", help="run one worker (Faust agents + GET /segments)").set_defaults(
+        func=_worker)
+
+    kafka = sub.add_parser("kafka", help="a local single-node Apache Kafka (KRaft) on 127.0.0.1")
+    kafka_sub = kafka.add_subparsers(dest="kafka_cmd", required=True)
+    for name, text in (("start", "start the broker (idempotent)"),
+                       ("stop", "stop the broker of --data"),
+                       ("status", "is the broker of --data running?"),
+                       ("fetch", "resolve and cache the broker's jars only")):
+        p = kafka_sub.add_parser(name, help=text)
+        p.add_argument("--data", help="data folder (default: under the user's data directory)")
+        if name == "start":
+            p.add_argument("--port", type=int, default=9092)
+            p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait")
+    kafka.set_defaults(func=_kafka)
+
+    prod = sub.add_parser("produce", help="produce deterministic synthetic events")
+    prod.add_argument("--events", type=int, default=10_000)
+    prod.add_argument("--programs", type=int, default=3)
+    prod.add_argument("--users", type=int, default=2_000)
+    prod.add_argument("--labels", type=int, default=200)
+    prod.add_argument("--assets", type=int, default=500)
+    prod.add_argument("--rate", type=float, default=0.0, help="events/s; 0 = as fast as possible")
+    prod.add_argument("--seed", type=int, default=1)
+    prod.add_argument("--invalid-ratio", type=float, default=0.0,
+                      help="share of invalid records (they go to the DLQ)")
+    prod.add_argument("--topic", default=None, help="default: SEGMENTS_INPUT_TOPIC")
+    prod.add_argument("--bootstrap", default=None, help="default: KAFKA_BOOTSTRAP_SERVERS")
+    prod.set_defaults(func=_produce)
+
+    demo = sub.add_parser("demo", help="local Kafka + a worker + sample events, then serve")
+    demo.add_argument("--port", type=int, default=9092, help="Kafka port")
+    demo.add_argument("--web-port", type=int, default=6066)
+    demo.add_argument("--events", type=int, default=20_000)
+    demo.add_argument("--no-serve", action="store_true", help="print the segments and exit")
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        code: int = args.func(args)
+        return code
+    except SegmentStreamError as exc:
+        print(f"segments: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""`segments worker`: wait for the broker, create missing topics, run the Faust worker with the
+HTTP endpoint as one of its services."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+import time
+from typing import Any
+
+import mode
+from aiohttp import web
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from api.server import create_web_app
+from streams.app import SegmentStreamApp
+from streams.segments import SegmentStat
+from streams.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+async def ensure_topics(settings: Settings, wait_s: float = 120.0) -> None:
+    """Wait for the broker (with clear messages) and create the product's topics if missing."""
+    deadline = time.monotonic() + wait_s
+    admin: AIOKafkaAdminClient | None = None
+    announced = False
+    while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers,
+                                    request_timeout_ms=5000)
+        try:
+            await admin.start()
+            break
+        except KafkaError as exc:
+            await admin.close()
+            if time.monotonic() > deadline:
+                raise SystemExit(f"Kafka at {settings.bootstrap_servers} is not reachable: {exc}"
+                                 ) from None
+            if not announced:
+                print(f"waiting for Kafka at {settings.bootstrap_servers} ...", file=sys.stderr)
+                announced = True
+            await asyncio.sleep(1.0)
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [settings.input_topic, settings.dlq_topic, settings.changes_topic,
+                  settings.repartition_topic]
+        new = [NewTopic(t, settings.partitions, settings.replication_factor)
+               for t in wanted if t not in existing]
+        if new:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another worker was first
+                await admin.create_topics(new)
+    finally:
+        await admin.close()
+
+
+class _Backend:
+    """Adapts the Faust app to the HTTP layer's SegmentsBackend protocol."""
+
+    def __init__(self, core: SegmentStreamApp) -> None:
+        self.core = core
+        s = core.settings
+        self.self_url = f"http://{s.web_host}:{s.web_port}"
+        self.total_partitions = s.partitions
+        self.cache_ttl_s = s.cache_ttl_s
+
+    def is_ready(self) -> bool:
+        return self.core.ready and not self.core.app.rebalancing
+
+    def local_query(self, program_id: str, segment_type: str, segment_basis: str,
+                    min_weight: float) -> tuple[list[SegmentStat], list[int]]:
+        return self.core.local_query(program_id, segment_type, segment_basis, min_weight)
+
+    def owners(self) -> dict[str, list[int]]:
+        return self.core.owners()
+
+
+class WebService(mode.Service):
+    """Runs the aiohttp endpoint alongside the Faust worker."""
+
+    def __init__(self, core: SegmentStreamApp, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.core = core
+        self.runner: web.AppRunner | None = None
+
+    async def on_start(self) -> None:
+        s = self.core.settings
+        app = create_web_app(_Backend(self.core), s.redis_url)
+        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, s.web_host, s.web_port, reuse_address=True)
+        await site.start()
+        logger.warning("serving GET /segments on http://%s:%d", s.web_host, s.web_port)
+
+    async def on_stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+def run_worker(settings: Settings | None = None) -> None:
+    import faust
+
+    settings = settings or Settings.from_env()
+    logging.basicConfig(level=settings.log_level,
+                        format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(ensure_topics(settings))
+    core = SegmentStreamApp(settings)
+    worker = faust.Worker(core.app, WebService(core), loglevel=settings.log_level,
+                          quiet=True, redirect_stdouts=False, loop=loop)
+    worker.execute_from_commandline()
