@@ -1,0 +1,63 @@
+"""Response models of `GET /segments`, named and shaped as in the original FastAPI API."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+SegmentType = Literal["growth", "base", "discovery"]
+SegmentBasis = Literal["label", "asset"]
+
+
+class SegmentCount(BaseModel):
+    """User count and strength of one segment at one threshold."""
+
+    segment_type: SegmentType = Field(
+        description=(
+            "Either growth (actions to drive overall engagement), discovery (actions for "
+            "exploration), or base (actions for repeat behaviors)."
+        )
+    )
+    segment_basis: SegmentBasis = Field(description="Ether label or asset")
+    segment_basis_id: str = Field(description="Ether the label or asset id")
+    action_type: str = Field(description="Recommended event_type")
+    name: str
+    user_count: int = Field(description="The number of users in the segment")
+    strength: float = Field(description="The average of the user weights in the segment")
+    min_weight: float = Field(description="The cutoff weight for including in the segment")
+
+
+class PageSegmentCount(BaseModel):
+    """One page of segments; `total` counts the segments of all pages."""
+
+    items: list[SegmentCount]
+    total: int = Field(ge=0)
+    page: int = Field(ge=1)
+    size: int = Field(ge=1)
+
+
+class ValidationError(BaseModel):
+    """One problem with the request (FastAPI style)."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class HTTPValidationError(BaseModel):
+    """Body of a 422 answer."""
+
+    detail: list[ValidationError] = Field(default_factory=list)
+
+
+class ErrorMessage(BaseModel):
+    """Body of a 503 answer of `GET /segments`."""
+
+    detail: str
+
+
+class Health(BaseModel):
+    """Body of `GET /healthz`: 200 when ready, 503 otherwise."""
+
+    ready: bool
