@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -14,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -227,7 +227,7 @@ async def get_json(session: aiohttp.ClientSession, url: str, **kwargs: Any
                    ) -> tuple[int, Any]:
     async with session.get(url, **kwargs) as resp:
         body = await resp.read()
-        try:
-            return resp.status, orjson.loads(body)
-        except orjson.JSONDecodeError:
+        try:  # stdlib json: it keeps integers beyond 64 bits exact
+            return resp.status, json.loads(body)
+        except ValueError:
             return resp.status, body.decode(errors="replace")
