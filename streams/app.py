@@ -69,7 +69,7 @@ class SegmentStreamApp:
             topic_replication_factor=s.replication_factor,
             table_standby_replicas=s.standby_replicas,
             web_enabled=False,
-            canonical_url=f"http://{s.web_host}:{s.web_port}",
+            canonical_url=s.advertised_url,
             datadir=s.data_dir or None,
             broker_session_timeout=10.0,
             broker_heartbeat_interval=1.0,

@@ -57,6 +57,14 @@ def _thresholds(raw: str) -> tuple[float, ...]:
     return tuple(sorted(set(values)))
 
 
+def _url(env: Mapping[str, str], name: str) -> str:
+    raw = (env.get(name) or "").strip()
+    scheme, sep, rest = raw.partition("://")
+    if raw and (scheme not in ("http", "https") or not sep or not rest.strip("/")):
+        raise SettingsError(f"{name}={raw!r} is not an http:// or https:// URL")
+    return raw.rstrip("/")
+
+
 @dataclass(frozen=True)
 class Settings:
     bootstrap_servers: str = "127.0.0.1:9092"
@@ -75,6 +83,13 @@ class Settings:
     standby_replicas: int = 0
     data_dir: str = field(default="")
     log_level: str = "WARNING"
+    # The URL the other workers use to reach this one's HTTP endpoint (SEGMENTS_ADVERTISED_URL);
+    # set it when binding 0.0.0.0 (e.g. in a container). Empty: http://{web_host}:{web_port}.
+    advertised_url: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.advertised_url:
+            object.__setattr__(self, "advertised_url", f"http://{self.web_host}:{self.web_port}")
 
     @property
     def repartition_topic(self) -> str:
@@ -104,4 +119,5 @@ class Settings:
             standby_replicas=_int(env, "SEGMENTS_STANDBY_REPLICAS", 0),
             data_dir=env.get("SEGMENTS_DATA_DIR") or "",
             log_level=(env.get("SEGMENTS_LOG_LEVEL") or "WARNING").upper(),
+            advertised_url=_url(env, "SEGMENTS_ADVERTISED_URL"),
         )

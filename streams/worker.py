@@ -62,7 +62,8 @@ class _Backend:
     def __init__(self, core: SegmentStreamApp) -> None:
         self.core = core
         s = core.settings
-        self.self_url = f"http://{s.web_host}:{s.web_port}"
+        # Exactly the URL Faust advertises to the group (settings.advertised_url, normalized).
+        self.self_url = str(core.app.conf.canonical_url)
         self.total_partitions = s.partitions
         self.cache_ttl_s = s.cache_ttl_s
 
