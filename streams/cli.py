@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import sys
+import time
 from pathlib import Path
 
 from streams import kafka_local
@@ -42,8 +43,10 @@ def _produce(args: argparse.Namespace) -> int:
     from streams.settings import Settings
 
     settings = Settings.from_env()
+    base_ts = args.base_ts if args.base_ts is not None else int(time.time() * 1000)
     records = generate(args.events, seed=args.seed, programs=args.programs, users=args.users,
-                       labels=args.labels, assets=args.assets, invalid_ratio=args.invalid_ratio)
+                       labels=args.labels, assets=args.assets, invalid_ratio=args.invalid_ratio,
+                       base_ts=base_ts)
     n = asyncio.run(produce(args.bootstrap or settings.bootstrap_servers,
                             args.topic or settings.input_topic, records, total=args.events,
                             rate=args.rate, progress=sys.stderr.isatty()))
@@ -64,6 +67,21 @@ def _demo(args: argparse.Namespace) -> int:
     code: int = run_demo(port=args.port, web_port=args.web_port, events=args.events,
                          keep_serving=not args.no_serve)
     return code
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from streams.bench import BenchConfig, run_bench
+
+    cfg = BenchConfig(out_dir=Path(args.out), doc=Path(args.doc))
+    if args.quick:
+        cfg.events, cfg.api_recommendations, cfg.api_segments = 3_000, 20_000, 200
+        cfg.api_requests, cfg.probes = 160, 10
+    for name in ("events", "api_recommendations", "api_segments", "clients", "api_requests",
+                 "probes"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(cfg, name, value)
+    return run_bench(cfg)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,9 +115,25 @@ def build_parser() -> argparse.ArgumentParser:
     prod.add_argument("--seed", type=int, default=1)
     prod.add_argument("--invalid-ratio", type=float, default=0.0,
                       help="share of invalid records (they go to the DLQ)")
+    prod.add_argument("--base-ts", type=int, default=None,
+                      help="epoch ms of the first event (default: now); output is "
+                           "deterministic for a given --seed and --base-ts")
     prod.add_argument("--topic", default=None, help="default: SEGMENTS_INPUT_TOPIC")
     prod.add_argument("--bootstrap", default=None, help="default: KAFKA_BOOTSTRAP_SERVERS")
     prod.set_defaults(func=_produce)
+
+    bench = sub.add_parser("bench", help="measure ingest vs raw consume, freshness, API, "
+                                         "memory and recovery on a local broker")
+    bench.add_argument("--events", type=int, help="N events for raw/ingest (200000)")
+    bench.add_argument("--api-recommendations", type=int, help="recommendations (1000000)")
+    bench.add_argument("--api-segments", type=int, help="segments of the API program (10000)")
+    bench.add_argument("--clients", type=int, help="concurrent API clients (16)")
+    bench.add_argument("--api-requests", type=int, help="cached API requests in all (1600)")
+    bench.add_argument("--probes", type=int, help="freshness probes (100)")
+    bench.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
+    bench.add_argument("--out", default="benchmarks", help="folder for results.json")
+    bench.add_argument("--doc", default="BENCHMARKS.md", help="markdown file with the table")
+    bench.set_defaults(func=_bench)
 
     demo = sub.add_parser("demo", help="local Kafka + a worker + sample events, then serve")
     demo.add_argument("--port", type=int, default=9092, help="Kafka port")

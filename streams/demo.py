@@ -101,7 +101,8 @@ def run_demo(port: int = 9092, web_port: int = 6066, events: int = 20_000,
         asyncio.run(_wait_ready(url, worker, 120))
         console.print(f"[bold]producing[/] {events} sample events")
         n = asyncio.run(produce(bootstrap, settings.input_topic,
-                                generate(events, seed=int(time.time())), total=events,
+                                generate(events, seed=int(time.time()),
+                                         base_ts=int(time.time() * 1000)), total=events,
                                 progress=sys.stdout.isatty()))
         console.print(f"produced {n} events")
         body = asyncio.run(_wait_processed(url, "program-0", 120))

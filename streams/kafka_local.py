@@ -186,7 +186,9 @@ def _server_properties(data_dir: Path, port: int, controller_port: int) -> str:
         # A local broker: members join at once instead of waiting 3 s for more.
         "group.initial.rebalance.delay.ms=0",
         "auto.create.topics.enable=true",
-        "log.retention.hours=168",
+        # A local broker keeps what it is given: time-based retention would delete replayed or
+        # synthetic events whose record timestamps lie in the past as soon as it checks.
+        "log.retention.ms=-1",
         "",
     ])
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -87,18 +88,19 @@ def generate(events: int, *, seed: int = 1, programs: int = 3, users: int = 2000
              labels: int = 200, assets: int = 500, invalid_ratio: float = 0.0,
              duplicate_ratio: float = 0.02, out_of_order_ratio: float = 0.1,
              removal_ratio: float = 0.05, update_ratio: float = 0.35,
-             no_ts_ratio: float = 0.05) -> Iterator[Record]:
-    """Yield ``events`` records (valid and, at ``invalid_ratio``, invalid); deterministic."""
+             no_ts_ratio: float = 0.05, base_ts: int = BASE_TS) -> Iterator[Record]:
+    """Yield ``events`` records (valid and, at ``invalid_ratio``, invalid); deterministic for
+    a given seed and ``base_ts`` (epoch ms of the first event; events are 10 ms apart)."""
     rng = random.Random(seed)
     label_cum, asset_cum, action_cum = _zipf_cum(labels), _zipf_cum(assets), _zipf_cum(
         len(ACTIONS), 1.3)
     program_ids = [f"program-{i}" for i in range(programs)]
     existing: list[dict[str, object]] = []
-    sent: list[Record] = []
+    sent: deque[Record] = deque(maxlen=5000)  # duplicates are of recent records
     invalid_kinds: list[bytes] = []
     invalid_cycle = 0
     for i in range(events):
-        clock = BASE_TS + i * 10
+        clock = base_ts + i * 10
         if invalid_ratio and existing and rng.random() < invalid_ratio:
             if not invalid_kinds or invalid_cycle % len(invalid_kinds) == 0:
                 invalid_kinds = _invalid_values(rng, rng.choice(existing))
@@ -107,7 +109,7 @@ def generate(events: int, *, seed: int = 1, programs: int = 3, users: int = 2000
             yield Record(None, value, clock, False)
             continue
         if sent and rng.random() < duplicate_ratio:
-            yield rng.choice(sent[-5000:])
+            yield sent[rng.randrange(len(sent))]
             continue
         roll = rng.random()
         if existing and roll < update_ratio + removal_ratio:
@@ -133,7 +135,10 @@ def generate(events: int, *, seed: int = 1, programs: int = 3, users: int = 2000
                 "weight": _weight(rng),
                 "in_history": rng.random() < 0.4,
             }
-            existing.append(doc)
+            if len(existing) < 500_000:
+                existing.append(doc)
+            else:  # bounded memory on endless runs: replace a random old one
+                existing[rng.randrange(len(existing))] = doc
         ts = clock - (rng.randrange(1, 5000) if rng.random() < out_of_order_ratio else 0)
         out = dict(doc)
         if rng.random() < no_ts_ratio:
