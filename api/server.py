@@ -56,11 +56,8 @@ OPENAPI = web.AppKey("openapi", bytes)
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None
                   ) -> web.Response:
-    try:
-        raw = orjson.dumps(body)
-    except TypeError:  # an integer beyond 64 bits (e.g. an absurd page number): stdlib copes
-        raw = json.dumps(body, allow_nan=False).encode()
-    return web.Response(body=raw, status=status, content_type=JSON, headers=headers)
+    return web.Response(body=orjson.dumps(body), status=status, content_type=JSON,
+                        headers=headers)
 
 
 @web.middleware
@@ -134,24 +131,33 @@ async def compute(request: web.Request, q: SegmentsQuery) -> list[Any]:
 
 
 def cache_key(q: SegmentsQuery) -> str:
-    return orjson.dumps([q.program_id, q.segment_type, q.segment_basis, q.min_weight]).decode()
+    """One cache entry per answer (query, threshold, page and size): a hit is served as the
+    stored bytes, with no parsing or re-rendering."""
+    return orjson.dumps([q.program_id, q.segment_type, q.segment_basis, q.min_weight,
+                         str(q.page), q.size]).decode()
+
+
+def render(rows: list[Any], q: SegmentsQuery) -> bytes:
+    page = paginate(rows, q.page, q.size)
+    body = {"items": [_item(r, q.min_weight) for r in page], "total": len(rows),
+            "page": q.page, "size": q.size}
+    try:
+        return orjson.dumps(body)
+    except TypeError:  # a page number beyond 64 bits: the stdlib copes
+        return json.dumps(body, allow_nan=False).encode()
 
 
 async def get_segments(request: web.Request) -> web.Response:
     q = parse_segments_request(request.query, request.headers)
     cache = request.app[CACHE]
     key = cache_key(q)
-    rows: list[Any] | None = None
     if not q.force_refresh:
         cached = await cache.get(key)
         if cached is not None:
-            rows = orjson.loads(cached)
-    if rows is None:
-        rows = await compute(request, q)
-        await cache.set(key, orjson.dumps(rows), request.app[BACKEND].cache_ttl_s)
-    page = paginate(rows, q.page, q.size)
-    return json_response({"items": [_item(r, q.min_weight) for r in page], "total": len(rows),
-                          "page": q.page, "size": q.size})
+            return web.Response(body=cached, content_type=JSON)
+    body = render(await compute(request, q), q)
+    await cache.set(key, body, request.app[BACKEND].cache_ttl_s)
+    return web.Response(body=body, content_type=JSON)
 
 
 async def internal_segments(request: web.Request) -> web.Response:

@@ -1,10 +1,20 @@
 """The Faust application: topics, the durable tables, the ingest and aggregate agents and the
-change publisher, assembled by ``create_app``.
+change publisher, assembled by ``create_app``-style construction in ``SegmentStreamApp``.
 
 Data flow (DESIGN.md): input -> ingest (validate; invalid -> DLQ) -> repartition by segment
 family -> aggregate (last-writer-wins durable table + derived per-partition indexes) -> timer
-publishes coalesced count changes. The derived state is rebuilt from the durable tables each
-time partitions are assigned and recovered, and dropped when they are revoked.
+publishes coalesced count changes.
+
+Hot-path choices (see BENCHMARKS.md):
+- both agents take events in batches (``stream.take_events``); Faust acks a batch only after
+  it has been processed, and flushes the producer before committing offsets, so delivery
+  stays at-least-once;
+- a record whose key already is its segment family key, on the partition the repartition
+  would choose, is aggregated directly by the ingest agent: no needless repartition hop
+  (Faust assigns the same partition numbers of co-partitioned topics to one worker);
+- durable writes go straight to the changelog topic through the producer, and recovery feeds
+  the changelog into the derived state directly: Faust's own table store stays empty, so a
+  recommendation is held once in memory, not twice.
 """
 
 from __future__ import annotations
@@ -12,12 +22,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import faust
 import orjson
-from faust.types import TP
+from aiokafka.partitioner import murmur2
+from faust.types import TP, EventT
 
 from streams.events import Event, parse_event
 from streams.exceptions import InvalidEvent
@@ -34,15 +45,28 @@ from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+BATCH = 2000
+BATCH_WITHIN_S = 0.02
 
-class _NotifyingTable(faust.Table[bytes, bytes]):
-    """A table that tells the application when recovery ends and partitions move."""
+_PARTITION_CACHE_MAX = 200_000
+
+
+class _ChangelogTable(faust.Table[bytes, bytes]):
+    """A table whose changelog feeds the application's derived state instead of Faust's store.
+
+    Writes go to the changelog through ``SegmentStreamApp``; recovery batches are handed to the
+    owner, and the owner is told when recovery ends and when a rebalance starts.
+    """
 
     owner: SegmentStreamApp | None = None
 
+    def apply_changelog_batch(self, batch: Iterable[EventT[Any]]) -> None:
+        if self.owner is not None:
+            self.owner.on_changelog_batch(self.name, batch)
+
     async def on_recovery_completed(self, active_tps: set[TP], standby_tps: set[TP]) -> None:
         await super().on_recovery_completed(active_tps, standby_tps)
-        if self.owner is not None:
+        if self.owner is not None and self.name == "recommendations":
             self.owner.on_recovered({tp.partition for tp in active_tps})
 
     async def on_rebalance(self, assigned: set[TP], revoked: set[TP],
@@ -58,6 +82,8 @@ class SegmentStreamApp:
     def __init__(self, settings: Settings) -> None:
         self.settings = s = settings
         self.partitions: dict[int, PartitionState] = {}
+        self._recovering: dict[int, PartitionState] = {}
+        self._partition_of: dict[bytes, int] = {}
         self.ready = False
         self.processed = 0
         self.invalid = 0
@@ -67,18 +93,21 @@ class SegmentStreamApp:
             store="memory://",
             topic_partitions=s.partitions,
             topic_replication_factor=s.replication_factor,
-            table_standby_replicas=s.standby_replicas,
+            # No standbys: the derived state is rebuilt from the changelog on assignment, and
+            # standby records would only be held twice.
+            table_standby_replicas=0,
             web_enabled=False,
             canonical_url=s.advertised_url,
             datadir=s.data_dir or None,
             broker_session_timeout=10.0,
             broker_heartbeat_interval=1.0,
             broker_rebalance_timeout=20.0,
-            broker_commit_every=1000,
+            broker_commit_every=10_000,
             broker_commit_interval=1.0,
             producer_linger=0.005,
             producer_acks=-1,
-            stream_buffer_maxsize=8192,
+            producer_max_batch_size=512 * 1024,
+            stream_buffer_maxsize=16_384,
             consumer_auto_offset_reset="earliest",
             table_cleanup_interval=3600.0,
             logging_config=None,
@@ -87,119 +116,171 @@ class SegmentStreamApp:
         self.input_topic = app.topic(s.input_topic, key_type=bytes, value_type=bytes,
                                      key_serializer="raw", value_serializer="raw",
                                      partitions=s.partitions)
-        self.dlq_topic = app.topic(s.dlq_topic, key_serializer="raw", value_serializer="raw",
-                                   partitions=s.partitions)
-        self.by_segment = app.topic(s.repartition_topic, key_serializer="raw",
-                                    value_serializer="raw", partitions=s.partitions,
-                                    internal=True)
-        self.changes_topic = app.topic(s.changes_topic, key_serializer="raw",
-                                       value_serializer="raw", partitions=s.partitions)
-        # bytes keys and values: the table's serializer is then "raw" (orjson is ours).
-        self.recommendations = _NotifyingTable(
+        self.by_segment = app.topic(s.repartition_topic, key_type=bytes, value_type=bytes,
+                                    key_serializer="raw", value_serializer="raw",
+                                    partitions=s.partitions, internal=True)
+        # bytes keys and values: the tables' serializer is then "raw" (orjson is ours).
+        self.recommendations = _ChangelogTable(
             app, name="recommendations", key_type=bytes, value_type=bytes,
             partitions=s.partitions, recovery_buffer_size=10_000)
-        self.emitted: faust.Table[bytes, bytes] = faust.Table(
+        self.emitted = _ChangelogTable(
             app, name="emitted-counts", key_type=bytes, value_type=bytes,
             partitions=s.partitions, recovery_buffer_size=10_000)
-        app.tables.add(self.recommendations)
-        app.tables.add(self.emitted)
-        self.recommendations.owner = self
+        for table in (self.recommendations, self.emitted):
+            table.owner = self
+            app.tables.add(table)
+        self._changelog = self.recommendations.changelog_topic.get_topic_name()
+        self._emitted_changelog = self.emitted.changelog_topic.get_topic_name()
         app.agent(self.input_topic, name="ingest")(self._ingest)
         app.agent(self.by_segment, name="aggregate")(self._aggregate)
         app.timer(s.change_interval_ms / 1000.0, name="publish-changes")(self._publish_changes)
 
     # -- agents ----------------------------------------------------------------------------
+    def _family_partition(self, key: bytes) -> int:
+        part = self._partition_of.get(key)
+        if part is None:
+            if len(self._partition_of) >= _PARTITION_CACHE_MAX:
+                self._partition_of.clear()
+            part = self._partition_of[key] = (murmur2(key) & 0x7FFFFFFF) % self.settings.partitions
+        return part
+
     async def _ingest(self, stream: Any) -> AsyncIterator[None]:
-        async for event in stream.events():
-            msg = event.message
-            try:
-                ev = parse_event(msg.value, round(msg.timestamp * 1000))
-            except InvalidEvent as exc:
-                self.invalid += 1
-                await self.dlq_topic.send(key=msg.key, value=msg.value,
-                                          headers=[("error", exc.reason.encode())])
-                continue
-            await self.by_segment.send(key=ev.family_key, value=ev.encode())
+        send = self.app.producer.send
+        s = self.settings
+        async for events in stream.take_events(BATCH, within=BATCH_WITHIN_S):
+            writes: dict[tuple[int, bytes], bytes] = {}
+            for event in events:
+                msg = event.message
+                try:
+                    ev = parse_event(msg.value, round(msg.timestamp * 1000))
+                except InvalidEvent as exc:
+                    self.invalid += 1
+                    await send(s.dlq_topic, msg.key, msg.value, None, None,
+                               [("error", exc.reason.encode())])
+                    continue
+                key = ev.family_key
+                part = msg.partition
+                if (msg.key == key and part in self.partitions
+                        and self._family_partition(key) == part):
+                    self._apply(part, msg.offset, ev, writes)
+                else:
+                    await send(s.repartition_topic, key, ev.encode(), None, None, None)
+            await self._write(writes)
             yield None
 
     async def _aggregate(self, stream: Any) -> AsyncIterator[None]:
-        async for event in stream.events():
-            msg = event.message
-            try:
-                ev = Event.decode(msg.value)
-            except (ValueError, TypeError) as exc:  # not written by our ingest agent
-                await self.dlq_topic.send(key=msg.key, value=msg.value,
-                                          headers=[("error", f"bad repartition record: {exc}"
-                                                    .encode())])
-                continue
-            state = self.partitions.get(msg.partition)
-            if state is None:
-                state = self.partitions[msg.partition] = PartitionState(msg.partition)
-            rec = state.apply(ev, msg.offset)
-            if rec is not None:
-                family: FamilyKey = (ev.program_id, ev.segment_basis, ev.basis_id, ev.action_type)
-                self.recommendations[record_key(family, ev.user_id)] = encode_record(
-                    rec, msg.partition, ev.name)
-            self.processed += 1
+        send = self.app.producer.send
+        async for events in stream.take_events(BATCH, within=BATCH_WITHIN_S):
+            writes: dict[tuple[int, bytes], bytes] = {}
+            for event in events:
+                msg = event.message
+                try:
+                    ev = Event.decode(msg.value)
+                except (ValueError, TypeError) as exc:  # not written by our ingest agent
+                    await send(self.settings.dlq_topic, msg.key, msg.value, None, None,
+                               [("error", f"bad repartition record: {exc}".encode())])
+                    continue
+                self._apply(msg.partition, msg.offset, ev, writes)
+            await self._write(writes)
             yield None
+
+    def _apply(self, partition: int, offset: int, ev: Event,
+               writes: dict[tuple[int, bytes], bytes]) -> None:
+        state = self.partitions.get(partition)
+        if state is None:
+            state = self.partitions[partition] = PartitionState(partition)
+        rec = state.apply(ev, offset)
+        if rec is not None:
+            family: FamilyKey = (ev.program_id, ev.segment_basis, ev.basis_id, ev.action_type)
+            writes[(partition, record_key(family, ev.user_id))] = encode_record(
+                rec, partition, ev.name)
+        self.processed += 1
+
+    async def _write(self, writes: dict[tuple[int, bytes], bytes]) -> None:
+        """One durable write per recommendation per batch (the last one wins anyway)."""
+        send = self.app.producer.send
+        topic = self._changelog
+        for (partition, key), value in writes.items():
+            await send(topic, key, value, partition, None, None)
 
     # -- change publisher ------------------------------------------------------------------
     async def _publish_changes(self) -> None:
+        """Timer body. An exception escaping a Faust timer crashes the whole app, so every
+        failure is logged here and the changes are retried at the next tick."""
         if self.app.rebalancing or not self.ready:
             return
-        thresholds = self.settings.watch_thresholds
         for partition, state in list(self.partitions.items()):
-            changes = state.take_changes(thresholds)
+            changes = state.take_changes(self.settings.watch_thresholds)
             if not changes:
                 continue
-            now_ms = int(time.time() * 1000)
             try:
-                futures = [await self.changes_topic.send(
-                    key=c.program_id.encode(), value=change_payload(c, now_ms))
-                    for c in changes]
-                await asyncio.gather(*futures)
+                await self._emit(partition, state, changes)
             except Exception:
                 logger.exception("publishing %d count changes failed; retrying", len(changes))
                 state.dirty.update((c.program_id, c.segment_basis, c.segment_basis_id,
                                     c.action_type) for c in changes)
                 return
-            for c in changes:
-                state.commit_change(c)
-                self.emitted.send_changelog(partition, c.emitted_key,
-                                            orjson.dumps([c.user_count, partition]))
-                self.emitted.data[c.emitted_key] = orjson.dumps([c.user_count, partition])
+
+    async def _emit(self, partition: int, state: PartitionState,
+                    changes: list[CountChange]) -> None:
+        send = self.app.producer.send
+        now_ms = int(time.time() * 1000)
+        futures = [await send(self.settings.changes_topic, c.program_id.encode(),
+                              change_payload(c, now_ms), None, None, None) for c in changes]
+        await asyncio.gather(*futures)
+        for c in changes:
+            state.commit_change(c)
+            await send(self._emitted_changelog, c.emitted_key,
+                       orjson.dumps([c.user_count, partition]), partition, None, None)
 
     # -- rebalance / recovery --------------------------------------------------------------
     def on_rebalance_started(self) -> None:
         self.ready = False
 
+    def _target(self, partition: int) -> PartitionState:
+        state = self.partitions.get(partition)
+        if state is None:
+            state = self._recovering.get(partition)
+            if state is None:
+                state = self._recovering[partition] = PartitionState(partition)
+        return state
+
+    def on_changelog_batch(self, table: str, batch: Iterable[EventT[Any]]) -> None:
+        """Recovery: changelog records go straight into the (re)built derived state.
+        Loading is last-writer-wins, so re-reading records already held changes nothing."""
+        if table == "recommendations":
+            for event in batch:
+                msg = event.message
+                if msg.value is None or msg.key is None:
+                    continue
+                rec, _partition, name = decode_record(msg.value)
+                *family, user = orjson.loads(msg.key)
+                self._target(msg.partition).load(tuple(family), user, rec, name)
+        else:
+            for event in batch:
+                msg = event.message
+                if msg.value is None or msg.key is None:
+                    continue
+                count, _partition = orjson.loads(msg.value)
+                self._target(msg.partition).load_emitted(msg.key, count)
+
     def on_recovered(self, active: set[int]) -> None:
-        """Drop revoked partitions; rebuild newly assigned ones from the durable tables."""
+        """Drop revoked partitions; publish the ones rebuilt from the changelogs."""
         for p in list(self.partitions):
             if p not in active:
                 del self.partitions[p]
-        missing = active - set(self.partitions)
-        if missing:
-            started = time.monotonic()
-            fresh = {p: PartitionState(p) for p in missing}
-            n = 0
-            for key, raw in self.recommendations.data.items():
-                rec, partition, name = decode_record(raw)
-                state = fresh.get(partition)
-                if state is not None:
-                    *family, user = orjson.loads(key)
-                    state.load(tuple(family), user, rec, name)
-                    n += 1
-            for key, raw in self.emitted.data.items():
-                count, partition = orjson.loads(raw)
-                state = fresh.get(partition)
-                if state is not None:
-                    state.load_emitted(key, count)
-            for state in fresh.values():
-                state.mark_unsettled(self.settings.watch_thresholds)
-            self.partitions.update(fresh)
-            logger.info("rebuilt %d partitions (%d recommendations) in %.2fs",
-                        len(fresh), n, time.monotonic() - started)
+        recovered = {p: st for p, st in self._recovering.items() if p in active}
+        self._recovering.clear()
+        for p in active:
+            if p not in self.partitions and p not in recovered:
+                recovered[p] = PartitionState(p)  # an empty partition
+        n = 0
+        for state in recovered.values():
+            state.mark_unsettled(self.settings.watch_thresholds)
+            n += sum(len(f.users) for f in state.families.values())
+        self.partitions.update(recovered)
+        if recovered:
+            logger.info("rebuilt %d partitions (%d recommendations)", len(recovered), n)
         self.ready = True
 
     # -- queries ---------------------------------------------------------------------------
@@ -213,9 +294,8 @@ class SegmentStreamApp:
 
     def owners(self) -> dict[str, list[int]]:
         """Worker URL -> active partitions, from the group assignment."""
-        topic = self.recommendations.changelog_topic.get_topic_name()
-        meta = self.app.assignor.table_metadata(topic)
-        return {str(url): sorted(tps.get(topic, [])) for url, tps in meta.items()}
+        meta = self.app.assignor.table_metadata(self._changelog)
+        return {str(url): sorted(tps.get(self._changelog, [])) for url, tps in meta.items()}
 
 
 def change_payload(c: CountChange, now_ms: int) -> bytes:

@@ -80,7 +80,6 @@ class Settings:
     watch_thresholds: tuple[float, ...] = (0.5,)
     change_interval_ms: int = 1000
     replication_factor: int = 1
-    standby_replicas: int = 0
     data_dir: str = field(default="")
     log_level: str = "WARNING"
     # The URL the other workers use to reach this one's HTTP endpoint (SEGMENTS_ADVERTISED_URL);
@@ -116,7 +115,6 @@ class Settings:
             watch_thresholds=_thresholds(env.get("SEGMENTS_WATCH_THRESHOLDS") or "0.5"),
             change_interval_ms=_int(env, "SEGMENTS_CHANGE_INTERVAL_MS", 1000, minimum=1),
             replication_factor=_int(env, "SEGMENTS_REPLICATION_FACTOR", 1, minimum=1),
-            standby_replicas=_int(env, "SEGMENTS_STANDBY_REPLICAS", 0),
             data_dir=env.get("SEGMENTS_DATA_DIR") or "",
             log_level=(env.get("SEGMENTS_LOG_LEVEL") or "WARNING").upper(),
             advertised_url=_url(env, "SEGMENTS_ADVERTISED_URL"),

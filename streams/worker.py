@@ -112,4 +112,7 @@ def run_worker(settings: Settings | None = None) -> None:
     core = SegmentStreamApp(settings)
     worker = faust.Worker(core.app, WebService(core), loglevel=settings.log_level,
                           quiet=True, redirect_stdouts=False, loop=loop)
+    # Faust's terminal spinner sets the root logger to DEBUG so that it spins on every record:
+    # every aiokafka send then builds a log record. No spinner, and logs at the set level.
+    worker.spinner = None
     worker.execute_from_commandline()

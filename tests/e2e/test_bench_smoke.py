@@ -1,0 +1,33 @@
+"""A tiny `segments bench --quick` so the benchmark cannot rot (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def test_bench_quick_runs_and_writes_results(tmp_path: Path) -> None:
+    segments = str(Path(sys.executable).parent / "segments")
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+    doc = tmp_path / "BENCHMARKS.md"
+    doc.write_text("# Benchmarks\n\nprose stays\n")
+    proc = subprocess.run([segments, "bench", "--quick", "--out", str(tmp_path / "out"),
+                           "--doc", str(doc)], env=env, capture_output=True, text=True,
+                          timeout=420, check=False)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    for key in ("raw_events_per_s", "ingest_events_per_s", "ingest_over_raw", "freshness", "api",
+                "memory", "recovery"):
+        assert key in results
+    assert results["raw_events_per_s"] > 0 and results["ingest_events_per_s"] > 0
+    assert results["api"]["cached"]["requests"] > 0
+    text = doc.read_text()
+    assert "prose stays" in text and "ingest / raw" in text
+    assert "segments bench" in proc.stdout
