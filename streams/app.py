@@ -27,6 +27,7 @@ from typing import Any
 
 import faust
 import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import murmur2
 from faust.types import TP, EventT
 
@@ -54,15 +55,26 @@ _PARTITION_CACHE_MAX = 200_000
 class _ChangelogTable(faust.Table[bytes, bytes]):
     """A table whose changelog feeds the application's derived state instead of Faust's store.
 
-    Writes go to the changelog through ``SegmentStreamApp``; recovery batches are handed to the
-    owner, and the owner is told when recovery ends and when a rebalance starts.
+    Writes go to the changelog through ``SegmentStreamApp``. On assignment the owner reads the
+    newly assigned changelog partitions itself with a plain batched consumer (Faust's own
+    recovery reads about 6,000 records/s here, one task per record) and reports how far it
+    read as the persisted offset, so Faust's recovery only replays what came after. Whatever
+    Faust does replay is handed to the owner too; loading is last-writer-wins.
     """
 
     owner: SegmentStreamApp | None = None
 
+    def __post_init__(self) -> None:
+        self._read_upto: dict[int, int] = {}
+
+    def persisted_offset(self, tp: TP) -> int | None:
+        return self._read_upto.get(tp.partition)
+
     def apply_changelog_batch(self, batch: Iterable[EventT[Any]]) -> None:
         if self.owner is not None:
-            self.owner.on_changelog_batch(self.name, batch)
+            for event in batch:
+                msg = event.message
+                self.owner.load_changelog_record(self.name, msg.partition, msg.key, msg.value)
 
     async def on_recovery_completed(self, active_tps: set[TP], standby_tps: set[TP]) -> None:
         await super().on_recovery_completed(active_tps, standby_tps)
@@ -73,6 +85,16 @@ class _ChangelogTable(faust.Table[bytes, bytes]):
                            newly_assigned: set[TP], generation_id: int = 0) -> None:
         if self.owner is not None:
             self.owner.on_rebalance_started()
+            topic = self.changelog_topic.get_topic_name()
+            active = {tp.partition for tp in self.app.assignor.assigned_actives()
+                      if tp.topic == topic}
+            for p in list(self._read_upto):
+                if p not in active:
+                    del self._read_upto[p]
+            self.owner.drop_partitions(keep=active)
+            todo = active - set(self._read_upto) - set(self.owner.partitions)
+            if todo:
+                self._read_upto.update(await self.owner.fast_recover(self.name, topic, todo))
         await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
 
 
@@ -237,6 +259,15 @@ class SegmentStreamApp:
     def on_rebalance_started(self) -> None:
         self.ready = False
 
+    def drop_partitions(self, keep: set[int]) -> None:
+        """Forget the derived state of partitions this worker no longer owns."""
+        for p in list(self.partitions):
+            if p not in keep:
+                del self.partitions[p]
+        for p in list(self._recovering):
+            if p not in keep:
+                del self._recovering[p]
+
     def _target(self, partition: int) -> PartitionState:
         state = self.partitions.get(partition)
         if state is None:
@@ -245,30 +276,58 @@ class SegmentStreamApp:
                 state = self._recovering[partition] = PartitionState(partition)
         return state
 
-    def on_changelog_batch(self, table: str, batch: Iterable[EventT[Any]]) -> None:
-        """Recovery: changelog records go straight into the (re)built derived state.
-        Loading is last-writer-wins, so re-reading records already held changes nothing."""
+    def load_changelog_record(self, table: str, partition: int, key: bytes | None,
+                              value: bytes | None) -> None:
+        """Recovery: one changelog record into the (re)built derived state."""
+        if value is None or key is None:
+            return
         if table == "recommendations":
-            for event in batch:
-                msg = event.message
-                if msg.value is None or msg.key is None:
-                    continue
-                rec, _partition, name = decode_record(msg.value)
-                *family, user = orjson.loads(msg.key)
-                self._target(msg.partition).load(tuple(family), user, rec, name)
+            rec, _partition, name = decode_record(value)
+            *family, user = orjson.loads(key)
+            self._target(partition).load(tuple(family), user, rec, name)
         else:
-            for event in batch:
-                msg = event.message
-                if msg.value is None or msg.key is None:
-                    continue
-                count, _partition = orjson.loads(msg.value)
-                self._target(msg.partition).load_emitted(msg.key, count)
+            count, _partition = orjson.loads(value)
+            self._target(partition).load_emitted(key, count)
+
+    async def fast_recover(self, table: str, topic: str, partitions: set[int]) -> dict[int, int]:
+        """Read changelog partitions from the start to their current end in large batches;
+        return, per partition, the last offset read."""
+        started = time.monotonic()
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap_servers, enable_auto_commit=False,
+            auto_offset_reset="earliest", max_partition_fetch_bytes=8 * 1024 * 1024,
+            fetch_max_bytes=64 * 1024 * 1024)
+        await consumer.start()
+        read: dict[int, int] = {}
+        n = 0
+        try:
+            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            pending = {tp for tp in tps if ends[tp] > 0}
+            while pending:
+                for tp in list(pending):
+                    if await consumer.position(tp) >= ends[tp]:
+                        pending.discard(tp)
+                if not pending:
+                    break
+                batch = await consumer.getmany(*pending, timeout_ms=500, max_records=50_000)
+                for tp, msgs in batch.items():
+                    for m in msgs:
+                        if m.offset < ends[tp]:
+                            self.load_changelog_record(table, tp.partition, m.key, m.value)
+                    n += len(msgs)
+            read = {tp.partition: ends[tp] - 1 for tp in tps if ends[tp] > 0}
+        finally:
+            await consumer.stop()
+        logger.info("read %d %s changelog records of %d partitions in %.2fs", n, table,
+                    len(partitions), time.monotonic() - started)
+        return read
 
     def on_recovered(self, active: set[int]) -> None:
         """Drop revoked partitions; publish the ones rebuilt from the changelogs."""
-        for p in list(self.partitions):
-            if p not in active:
-                del self.partitions[p]
+        self.drop_partitions(keep=active)
         recovered = {p: st for p, st in self._recovering.items() if p in active}
         self._recovering.clear()
         for p in active:
