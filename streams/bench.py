@@ -37,6 +37,7 @@ from rich.table import Table
 
 from streams import kafka_local
 from streams.events import family_key
+from streams.probes import group_lag, wait_http_ready
 from streams.produce import Record, generate, produce
 from streams.redis_local import RedisServer
 
@@ -137,28 +138,6 @@ def pure_aggregation(records: list[Record]) -> float:
     return len(records) / (time.perf_counter() - started)
 
 
-async def lag(bootstrap: str, group: str, topics: list[str]) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await admin.start()
-    await consumer.start()
-    try:
-        committed = await admin.list_consumer_group_offsets(group)
-        tps = []
-        for d in await admin.describe_topics(topics):
-            tps += [TopicPartition(d["topic"], p["partition"]) for p in d["partitions"]]
-        ends = await consumer.end_offsets(tps)
-        total = 0
-        for tp in tps:
-            meta = committed.get(tp)
-            total += max(0, ends[tp] - (meta.offset if meta is not None and meta.offset >= 0
-                                        else 0))
-        return total
-    finally:
-        await consumer.stop()
-        await admin.close()
-
-
 class WorkerProc:
     def __init__(self, run: Run, port: int) -> None:
         self.run, self.port = run, port
@@ -175,19 +154,7 @@ class WorkerProc:
         return started
 
     async def wait_ready(self, timeout_s: float = 300.0) -> float:
-        deadline = time.perf_counter() + timeout_s
-        async with aiohttp.ClientSession() as session:
-            while time.perf_counter() < deadline:
-                if self.proc is not None and self.proc.poll() is not None:
-                    raise RuntimeError(f"worker exited: see {self.run.work}")
-                try:
-                    async with session.get(self.url + "/healthz") as resp:
-                        if resp.status == 200:
-                            return time.perf_counter()
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.05)
-        raise RuntimeError("worker not ready")
+        return await wait_http_ready(self.url, self.proc, timeout_s)
 
     def rss(self) -> int:
         import psutil
@@ -209,7 +176,7 @@ async def wait_no_lag(run: Run, timeout_s: float) -> float:
     topics = [run.topic, f"{run.app_id}-recommendations-by-segment"]
     deadline = time.perf_counter() + timeout_s
     while time.perf_counter() < deadline:
-        if await lag(run.bootstrap, run.app_id, topics) == 0:
+        if await group_lag(run.bootstrap, run.app_id, topics) == 0:
             return time.perf_counter()
         await asyncio.sleep(0.1)
     raise RuntimeError("the worker did not catch up in time")

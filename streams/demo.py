@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from streams import kafka_local
-from streams.exceptions import LocalServiceError
+from streams.probes import wait_http_ready
 from streams.produce import generate, produce
 from streams.settings import Settings
 
@@ -31,22 +31,6 @@ async def _get(url: str, params: dict[str, str], program: str) -> tuple[int, Any
     async with aiohttp.ClientSession() as session, session.get(
             url, params=params, headers={"program-id": program}) as resp:
         return resp.status, await resp.json(content_type=None)
-
-
-async def _wait_ready(url: str, proc: subprocess.Popen[bytes] | None, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            if proc is not None and proc.poll() is not None:
-                raise LocalServiceError(f"the worker exited with {proc.returncode}")
-            try:
-                async with session.get(url + "/healthz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.3)
-    raise LocalServiceError(f"the worker at {url} did not become ready in {timeout_s:.0f}s")
 
 
 async def _wait_processed(url: str, program: str, timeout_s: float) -> Any:
@@ -98,7 +82,7 @@ def run_demo(port: int = 9092, web_port: int = 6066, events: int = 20_000,
             console.print(f"[bold]worker[/] starting (log: {data_dir / 'demo-worker.log'})")
         else:
             console.print(f"[bold]worker[/] already serving on {url}")
-        asyncio.run(_wait_ready(url, worker, 120))
+        asyncio.run(wait_http_ready(url, worker, 120, poll_s=0.3))
         console.print(f"[bold]producing[/] {events} sample events")
         n = asyncio.run(produce(bootstrap, settings.input_topic,
                                 generate(events, seed=int(time.time()),
