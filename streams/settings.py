@@ -95,6 +95,12 @@ class Settings:
         return f"{self.app_id}-recommendations-by-segment"
 
     @property
+    def changelog_topics(self) -> tuple[str, ...]:
+        """The compacted changelog topics of the two durable tables (Faust's naming)."""
+        return tuple(f"{self.app_id}-{table}-changelog"
+                     for table in ("recommendations", "emitted-counts"))
+
+    @property
     def kafka_url(self) -> str:
         return ",".join(f"kafka://{h.strip()}" for h in self.bootstrap_servers.split(","))
 

@@ -49,6 +49,13 @@ async def ensure_topics(settings: Settings, wait_s: float = 120.0) -> None:
                   settings.repartition_topic]
         new = [NewTopic(t, settings.partitions, settings.replication_factor)
                for t in wanted if t not in existing]
+        # The changelogs too, before the consumer subscribes: a topic Faust creates only at
+        # startup may be missing from the broker's first metadata answer; aiokafka then leaves
+        # it out until its next periodic refresh (5 min) and the group leader's assignor skips
+        # it ("Ignoring missing topic"), so its partitions are never assigned or recovered.
+        new += [NewTopic(t, settings.partitions, settings.replication_factor,
+                         topic_configs={"cleanup.policy": "compact"})
+                for t in settings.changelog_topics if t not in existing]
         if new:
             with contextlib.suppress(TopicAlreadyExistsError):  # another worker was first
                 await admin.create_topics(new)
