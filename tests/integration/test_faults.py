@@ -8,7 +8,8 @@ what the change topic says:
 - scale: 1 -> 2 -> 3 workers and a graceful stop, with GET /segments load throughout;
 - broker restart: the test's own Kafka broker stops for 10 s mid-stream;
 - Redis outage: Redis stops for 20 s under request load;
-- poison input: hostile records interleaved with valid ones; DLQ, exact counts, bounded RSS.
+- poison input: hostile records interleaved with valid ones; DLQ, exact counts, bounded RSS;
+- late broker: a worker started before its broker waits, says so, and joins when it is up.
 
 Event counts are scaled to this 2-core machine (end to end ~1.5-3k events/s); each test
 prints its figures (run with ``-s`` to see them).
@@ -501,3 +502,35 @@ async def test_poison_input(kafka_bootstrap: str, tmp_path: Path) -> None:
     finally:
         await sampler.stop()
         cluster.stop_all()
+
+
+# -- 6. a worker started before its broker ---------------------------------------------------------
+async def test_worker_waits_for_the_broker(tmp_path: Path) -> None:
+    """A worker started while no broker answers says so and waits; once the broker is up it
+    joins, creates its topics and processes input, with no manual step."""
+    data = tmp_path / "kafka"
+    port = kafka_local.free_port()
+    cluster = Cluster(f"127.0.0.1:{port}", tmp_path / "run")
+    cluster.run_dir.mkdir()
+    worker = cluster.add_worker()
+    try:
+        deadline = time.monotonic() + 30.0
+        while "waiting for Kafka" not in worker.log() and time.monotonic() < deadline:
+            assert worker.proc is not None and worker.proc.poll() is None, worker.log()
+            await asyncio.sleep(0.2)
+        assert f"waiting for Kafka at 127.0.0.1:{port}" in worker.log()
+        await asyncio.sleep(3.0)
+        assert worker.proc is not None and worker.proc.poll() is None, worker.log()
+        await asyncio.to_thread(kafka_local.start, port, data)
+        waited = await wait_ready_timed(worker, 120.0)
+        records = list(generate(3_000, seed=601, programs=2, users=500))
+        oracle = Oracle()
+        oracle.feed(records)
+        await produce_at(cluster.bootstrap, cluster.input_topic, records, 0.0)
+        await wait_no_lag(cluster, timeout_s=120.0)
+        report = await final_check(cluster, oracle, [worker], timeout_s=FINAL_RETRY_S)
+        log(f"late broker: worker ready {waited:.1f}s after the broker started; "
+            f"final check {report}")
+    finally:
+        cluster.stop_all()
+        await asyncio.to_thread(kafka_local.stop, data)
