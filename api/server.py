@@ -24,7 +24,7 @@ from api.exceptions import RequestValidationError, ServiceUnavailable
 from api.openapi import build_openapi
 from api.pagination import paginate
 from api.params import SegmentsQuery, parse_segments_request
-from streams.segments import SegmentStat
+from streams.segments import SegmentStat, contract_order
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,9 @@ class SegmentsBackend(Protocol):
     def cache_ttl_s(self) -> float: ...
     def is_ready(self) -> bool: ...
     def local_query(self, program_id: str, segment_type: str, segment_basis: str,
-                    min_weight: float) -> tuple[list[SegmentStat], list[int]]: ...
+                    min_weight: float) -> tuple[list[SegmentStat], list[int]]:
+        """Listed segments on this worker's partitions, in contract order (a list the caller
+        must not modify), and those partitions."""
     def owners(self) -> dict[str, list[int]]: ...
 
 
@@ -81,10 +83,6 @@ def _item(stat: SegmentStat | list[Any], min_weight: float) -> dict[str, Any]:
             "min_weight": min_weight}
 
 
-def order(rows: list[Any]) -> list[Any]:
-    """Contract order: user_count desc, segment_basis_id asc, action_type asc (then name)."""
-    rows.sort(key=lambda r: (-r[5], r[2], r[3], r[4]))
-    return rows
 
 
 async def _ask_peer(session: aiohttp.ClientSession, url: str, q: SegmentsQuery
@@ -113,9 +111,10 @@ async def compute(request: web.Request, q: SegmentsQuery) -> list[Any]:
     peers = [url for url, parts in owners.items() if parts and url != backend.self_url]
     local, covered = backend.local_query(q.program_id, q.segment_type, q.segment_basis,
                                          q.min_weight)
-    rows: list[Any] = list(local)
+    rows: list[Any] = local  # already in contract order; not ours to modify
     seen = set(covered)
     if peers:
+        rows = list(local)
         session = request.app[SESSION]
         answers = await asyncio.gather(*(_ask_peer(session, url, q) for url in peers))
         for items, parts in answers:
@@ -127,7 +126,7 @@ async def compute(request: web.Request, q: SegmentsQuery) -> list[Any]:
         raise ServiceUnavailable(
             f"{len(expected - seen)} of {len(expected)} partitions have no ready owner",
             RETRY_AFTER_S)
-    return order(rows)
+    return contract_order(rows) if peers else rows
 
 
 def cache_key(q: SegmentsQuery) -> str:
