@@ -33,6 +33,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import murmur2
 from faust.types import TP, EventT
 
+from streams.consumer import install as install_batch_consumer
 from streams.events import Event, parse_event
 from streams.exceptions import InvalidEvent
 from streams.segments import (
@@ -137,6 +138,9 @@ class SegmentStreamApp:
             producer_acks=-1,
             producer_max_batch_size=512 * 1024,
             stream_buffer_maxsize=4096,
+            # Bounds one fetched batch (and the memory it takes while a backlog is read).
+            broker_max_poll_records=5000,
+            consumer_max_fetch_size=1024 * 1024,
             consumer_auto_offset_reset="earliest",
             table_cleanup_interval=3600.0,
             logging_config=None,
@@ -160,8 +164,12 @@ class SegmentStreamApp:
             app.tables.add(table)
         self._changelog = self.recommendations.changelog_topic.get_topic_name()
         self._emitted_changelog = self.emitted.changelog_topic.get_topic_name()
+        # The agents subscribe the worker to the two topics (and process them when the batched
+        # consumer is off); with it on, their records reach process_batch instead.
         app.agent(self.input_topic, name="ingest")(self._ingest)
         app.agent(self.by_segment, name="aggregate")(self._aggregate)
+        if s.batch_consume:
+            install_batch_consumer(app, (s.input_topic, s.repartition_topic), self.process_batch)
         app.timer(s.change_interval_ms / 1000.0, name="publish-changes")(self._publish_changes)
 
     # -- agents ----------------------------------------------------------------------------
@@ -173,43 +181,68 @@ class SegmentStreamApp:
             part = self._partition_of[key] = (murmur2(key) & 0x7FFFFFFF) % self.settings.partitions
         return part
 
-    async def _ingest(self, stream: Any) -> AsyncIterator[None]:
-        send = self.app.producer.send
+    async def _ingest_one(self, msg: Any, writes: dict[tuple[int, bytes], bytes]) -> None:
+        """One input record: validate (invalid -> DLQ with the reason), then aggregate it here
+        when it already sits on its segment family's partition, else repartition it."""
         s = self.settings
+        try:
+            ev = parse_event(msg.value, round(msg.timestamp * 1000))
+        except InvalidEvent as exc:
+            self.invalid += 1
+            await self.app.producer.send(s.dlq_topic, msg.key, msg.value, None, None,
+                                         [("error", exc.reason.encode())])
+            return
+        key = ev.family_key
+        part = msg.partition
+        if msg.key == key and part in self.partitions and self._family_partition(key) == part:
+            self._apply(part, msg.offset, ev, writes)
+        else:
+            await self.app.producer.send(s.repartition_topic, key, ev.encode(), None, None, None)
+
+    async def _aggregate_one(self, msg: Any, writes: dict[tuple[int, bytes], bytes]) -> None:
+        """One repartitioned event: apply it to its partition's state."""
+        try:
+            ev = Event.decode(msg.value)
+        except (ValueError, TypeError) as exc:  # not written by our ingest
+            await self.app.producer.send(
+                self.settings.dlq_topic, msg.key, msg.value, None, None,
+                [("error", f"bad repartition record: {exc}".encode())])
+            return
+        self._apply(msg.partition, msg.offset, ev, writes)
+
+    async def process_batch(self, messages: list[Any]) -> list[Any]:
+        """The batched consumer's handler (streams/consumer.py): every fetched record of the
+        input and repartition topics, in partition order; returns those handled, to be acked.
+        Records of partitions this worker does not own (any more) are left to their owner."""
+        writes: dict[tuple[int, bytes], bytes] = {}
+        done = []
+        owned = self.partitions
+        input_topic = self.settings.input_topic
+        for msg in messages:
+            if msg.partition not in owned:
+                continue
+            if msg.topic == input_topic:
+                await self._ingest_one(msg, writes)
+            else:
+                await self._aggregate_one(msg, writes)
+            done.append(msg)
+        await self._write(writes)
+        return done
+
+    async def _ingest(self, stream: Any) -> AsyncIterator[None]:
+        """Agent path (when the batched consumer is off): the same work per record."""
         async for events in stream.take_events(BATCH, within=BATCH_WITHIN_S):
             writes: dict[tuple[int, bytes], bytes] = {}
             for event in events:
-                msg = event.message
-                try:
-                    ev = parse_event(msg.value, round(msg.timestamp * 1000))
-                except InvalidEvent as exc:
-                    self.invalid += 1
-                    await send(s.dlq_topic, msg.key, msg.value, None, None,
-                               [("error", exc.reason.encode())])
-                    continue
-                key = ev.family_key
-                part = msg.partition
-                if (msg.key == key and part in self.partitions
-                        and self._family_partition(key) == part):
-                    self._apply(part, msg.offset, ev, writes)
-                else:
-                    await send(s.repartition_topic, key, ev.encode(), None, None, None)
+                await self._ingest_one(event.message, writes)
             await self._write(writes)
             yield None
 
     async def _aggregate(self, stream: Any) -> AsyncIterator[None]:
-        send = self.app.producer.send
         async for events in stream.take_events(BATCH, within=BATCH_WITHIN_S):
             writes: dict[tuple[int, bytes], bytes] = {}
             for event in events:
-                msg = event.message
-                try:
-                    ev = Event.decode(msg.value)
-                except (ValueError, TypeError) as exc:  # not written by our ingest agent
-                    await send(self.settings.dlq_topic, msg.key, msg.value, None, None,
-                               [("error", f"bad repartition record: {exc}".encode())])
-                    continue
-                self._apply(msg.partition, msg.offset, ev, writes)
+                await self._aggregate_one(event.message, writes)
             await self._write(writes)
             yield None
 

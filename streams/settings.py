@@ -57,6 +57,17 @@ def _thresholds(raw: str) -> tuple[float, ...]:
     return tuple(sorted(set(values)))
 
 
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}={raw!r} is not a boolean (true/false)")
+
+
 def _url(env: Mapping[str, str], name: str) -> str:
     raw = (env.get(name) or "").strip()
     scheme, sep, rest = raw.partition("://")
@@ -85,6 +96,9 @@ class Settings:
     # The URL the other workers use to reach this one's HTTP endpoint (SEGMENTS_ADVERTISED_URL);
     # set it when binding 0.0.0.0 (e.g. in a container). Empty: http://{web_host}:{web_port}.
     advertised_url: str = ""
+    # Hand whole fetched batches to the aggregation (streams/consumer.py) instead of Faust's
+    # per-record agent path (SEGMENTS_BATCH_CONSUME; false only to compare the two).
+    batch_consume: bool = True
 
     def __post_init__(self) -> None:
         if not self.advertised_url:
@@ -124,4 +138,5 @@ class Settings:
             data_dir=env.get("SEGMENTS_DATA_DIR") or "",
             log_level=(env.get("SEGMENTS_LOG_LEVEL") or "WARNING").upper(),
             advertised_url=_url(env, "SEGMENTS_ADVERTISED_URL"),
+            batch_consume=_bool(env, "SEGMENTS_BATCH_CONSUME", True),
         )
