@@ -40,7 +40,7 @@ from rich.table import Table
 from streams import kafka_local
 from streams.events import family_key
 from streams.probes import group_lag, wait_http_ready
-from streams.produce import Record, generate, produce
+from streams.produce import Record, base_ts_ending_now, generate, produce
 from streams.redis_local import RedisServer
 
 console = Console(stderr=True)
@@ -210,7 +210,9 @@ async def freshness(run: Run, worker: WorkerProc, rate: float, probes: int) -> l
 
     load = asyncio.create_task(produce(run.bootstrap, run.topic,
                                        generate(10**9, seed=99, programs=3,
-                                                base_ts=int(time.time() * 1000)),
+                                                # the clock runs 10 ms per event: start it
+                                                # far enough back for 10 minutes of load
+                                                base_ts=base_ts_ending_now(int(rate * 600))),
                                        total=10**9,
                                        rate=rate))
     producer = AIOKafkaProducer(bootstrap_servers=run.bootstrap, linger_ms=0, acks=1)
@@ -283,9 +285,8 @@ async def bench(cfg: BenchConfig, run: Run) -> dict[str, Any]:
     n = cfg.events
     await _create_topic(run.bootstrap, run.topic)
     console.print(f"producing {n} seeded events")
-    now_ms = int(time.time() * 1000)
     records = list(generate(n, seed=42, programs=3, users=20_000, labels=2_000, assets=5_000,
-                            base_ts=now_ms))
+                            base_ts=base_ts_ending_now(n)))
     results["event_bytes_avg"] = sum(len(r.value) for r in records) / len(records)
     await produce(run.bootstrap, run.topic, iter(records), total=n)
 

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import logging
 import sys
-import time
 from pathlib import Path
 
 from streams import kafka_local
@@ -39,11 +38,11 @@ def _kafka(args: argparse.Namespace) -> int:
 
 
 def _produce(args: argparse.Namespace) -> int:
-    from streams.produce import generate, produce
+    from streams.produce import base_ts_ending_now, generate, produce
     from streams.settings import Settings
 
     settings = Settings.from_env()
-    base_ts = args.base_ts if args.base_ts is not None else int(time.time() * 1000)
+    base_ts = args.base_ts if args.base_ts is not None else base_ts_ending_now(args.events)
     records = generate(args.events, seed=args.seed, programs=args.programs, users=args.users,
                        labels=args.labels, assets=args.assets, invalid_ratio=args.invalid_ratio,
                        base_ts=base_ts)
@@ -116,8 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     prod.add_argument("--invalid-ratio", type=float, default=0.0,
                       help="share of invalid records (they go to the DLQ)")
     prod.add_argument("--base-ts", type=int, default=None,
-                      help="epoch ms of the first event (default: now); output is "
-                           "deterministic for a given --seed and --base-ts")
+                      help="epoch ms of the first event (events are 10 ms apart; default: so "
+                           "that the last one is now); output is deterministic for a given "
+                           "--seed and --base-ts")
     prod.add_argument("--topic", default=None, help="default: SEGMENTS_INPUT_TOPIC")
     prod.add_argument("--bootstrap", default=None, help="default: KAFKA_BOOTSTRAP_SERVERS")
     prod.set_defaults(func=_produce)

@@ -21,7 +21,7 @@ from rich.table import Table
 
 from streams import kafka_local
 from streams.probes import wait_http_ready
-from streams.produce import generate, produce
+from streams.produce import base_ts_ending_now, generate, produce
 from streams.settings import Settings
 
 console = Console()
@@ -86,7 +86,7 @@ def run_demo(port: int = 9092, web_port: int = 6066, events: int = 20_000,
         console.print(f"[bold]producing[/] {events} sample events")
         n = asyncio.run(produce(bootstrap, settings.input_topic,
                                 generate(events, seed=int(time.time()),
-                                         base_ts=int(time.time() * 1000)), total=events,
+                                         base_ts=base_ts_ending_now(events)), total=events,
                                 progress=sys.stdout.isatty()))
         console.print(f"produced {n} events")
         body = asyncio.run(_wait_processed(url, "program-0", 120))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +23,14 @@ from streams.events import family_key
 
 ACTIONS = ("view", "click", "purchase", "add_to_cart", "share")
 BASE_TS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+EVENT_SPACING_MS = 10  # the generator's clock advances this much per event
+
+
+def base_ts_ending_now(events: int) -> int:
+    """A ``base_ts`` for ``generate`` whose last event is now: brokers reject record
+    timestamps too far in the future (Kafka's log.message.timestamp.after.max.ms, one hour
+    by default), and a run of 400,000 events 10 ms apart spans more than an hour."""
+    return int(time.time() * 1000) - events * EVENT_SPACING_MS
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +109,7 @@ def generate(events: int, *, seed: int = 1, programs: int = 3, users: int = 2000
     invalid_kinds: list[bytes] = []
     invalid_cycle = 0
     for i in range(events):
-        clock = base_ts + i * 10
+        clock = base_ts + i * EVENT_SPACING_MS
         if invalid_ratio and existing and rng.random() < invalid_ratio:
             if not invalid_kinds or invalid_cycle % len(invalid_kinds) == 0:
                 invalid_kinds = _invalid_values(rng, rng.choice(existing))
