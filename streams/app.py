@@ -122,8 +122,10 @@ class SegmentStreamApp:
         self.partitions: dict[int, PartitionState] = {}
         self._recovering: dict[int, PartitionState] = {}
         self._partition_of: dict[bytes, int] = {}
-        # Held while a batch is handled or changes are published; a revocation takes it.
-        self._work_lock = asyncio.Lock()
+        # Held while a batch is handled / while changes are published; a revocation takes
+        # both, so it waits for the work in flight (two locks: the two never wait for each other).
+        self._batch_lock = asyncio.Lock()
+        self._publish_lock = asyncio.Lock()
         self._merged: OrderedDict[tuple[str, str, str, float],
                                   tuple[list[list[SegmentStat]], list[SegmentStat]]] = (
             OrderedDict())
@@ -229,11 +231,11 @@ class SegmentStreamApp:
         """The batched consumer's handler (streams/consumer.py): every fetched record of the
         input and repartition topics, in partition order; returns those handled, to be acked.
 
-        Runs under the work lock, so a rebalance waits for a batch in flight. Records that
+        Runs under the batch lock, so a rebalance waits for a batch in flight. Records that
         cannot be handled here now (a rebalance has begun, or their partition is not owned)
         are not acked and the consumer rewinds to them: the partition's next owner, this
         worker or another, reads them again from the committed offset."""
-        async with self._work_lock:
+        async with self._batch_lock:
             if not self.ready:
                 return []
             writes: dict[tuple[int, bytes], bytes] = {}
@@ -310,9 +312,9 @@ class SegmentStreamApp:
         failure is logged here and the changes are retried at the next tick."""
         if self.app.rebalancing or not self.ready:
             return
-        # Under the work lock: a rebalance waits until what is being published is recorded
+        # Under the publish lock: a rebalance waits until what is being published is recorded
         # as published (and flushed), so the partition's next owner knows of it.
-        async with self._work_lock:
+        async with self._publish_lock:
             for partition, state in list(self.partitions.items()):
                 if not self.ready:
                     return
@@ -333,7 +335,7 @@ class SegmentStreamApp:
         handling records and publishing changes, wait for the batch or publication in
         flight, and flush what it produced, before the partitions can move."""
         self.ready = False
-        async with self._work_lock:
+        async with self._batch_lock, self._publish_lock:
             await self.app.producer.flush()
 
     async def _emit(self, partition: int, state: PartitionState,

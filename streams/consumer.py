@@ -102,7 +102,7 @@ class BatchConsumer(AIOKafkaDriverConsumer):
                 # A batch fetched before a rebalance began is dropped whole (no ack, no read
                 # offset): after every rebalance Faust seeks each partition it keeps to its
                 # committed offset, so the owner reads these records again. A rebalance cannot
-                # complete while the handler runs (the revocation waits for its work lock).
+                # complete while the handler runs (the revocation waits for its batch lock).
                 if batch and self.app.consumer_generation_id == generation and self.flow_active:
                     done = await handler(batch)
                     if done:
