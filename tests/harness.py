@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.kafka_local import free_port
+from streams.probes import group_lag, topic_partitions
 from streams.produce import Record
 
 SEGMENTS = str(Path(sys.executable).parent / "segments")
@@ -149,34 +150,6 @@ async def produce_records(bootstrap: str, topic: str, records: list[Record]) -> 
     from streams.produce import produce
 
     await produce(bootstrap, topic, iter(records), total=len(records))
-
-
-async def topic_partitions(admin: AIOKafkaAdminClient, topic: str) -> list[int]:
-    described = await admin.describe_topics([topic])
-    return sorted(p["partition"] for d in described if d["error_code"] == 0
-                  for p in d["partitions"])
-
-
-async def group_lag(bootstrap: str, group: str, topics: list[str]) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        committed = await admin.list_consumer_group_offsets(group)
-        tps = [TopicPartition(t, p) for t in topics for p in await topic_partitions(admin, t)]
-        if not tps:
-            return 1
-        ends = await consumer.end_offsets(tps)
-        lag = 0
-        for tp in tps:
-            meta = committed.get(tp)
-            done = meta.offset if meta is not None and meta.offset >= 0 else 0
-            lag += max(0, ends[tp] - done)
-        return lag
-    finally:
-        await consumer.stop()
-        await admin.close()
 
 
 async def wait_no_lag(cluster: Cluster, timeout_s: float = 600.0) -> None:
