@@ -196,13 +196,26 @@ def _server_properties(data_dir: Path, port: int, controller_port: int) -> str:
 def _format_storage(java: str, cp: str, data_dir: Path, props: Path) -> None:
     if (data_dir / "data" / "meta.properties").exists():
         return
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    cluster_id = _cluster_id()
     proc = subprocess.run(
         [java, *JAVA_OPTS, "-cp", cp, _log4j_flag(), "kafka.tools.StorageTool", "format",
          "-t", cluster_id, "-c", str(props), "--ignore-formatted"],
         capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise LocalServiceError(f"formatting Kafka storage failed:\n{proc.stdout}{proc.stderr}")
+
+
+def _cluster_id() -> str:
+    """A Kafka cluster id: a random UUID in URL-safe base64, as `kafka-storage random-uuid` makes.
+
+    Like Kafka's own Uuid.randomUuid, never one that starts with "-": the storage tool's
+    argument parser would read it as an option ("--cluster-id: expected one argument"),
+    which failed one format in 32.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _log4j_flag() -> str:
