@@ -286,13 +286,16 @@ class SegmentStreamApp:
         """One durable write per recommendation per batch (the last one wins anyway)."""
         await self._send_batched(self._changelog, writes)
 
-    async def _send_batched(self, topic: str, records: dict[tuple[int, bytes], bytes]) -> None:
+    async def _send_batched(self, topic: str, records: dict[tuple[int, bytes], bytes]
+                            ) -> list[asyncio.Future[Any]]:
         """Queue ``(partition, key) -> value`` records in the producer as whole record batches
         (``AIOKafkaProducer.send_batch``): ``send`` costs a future and an accumulator lookup
         per record, a quarter of a worker's time. Faust's flush before each offset commit
-        waits for these batches like for any other send."""
+        waits for these batches like for any other send. Returns the batches' delivery
+        futures."""
         if not records:
-            return
+            return []
+        futures = []
         producer = cast(Any, self.app.producer)._ensure_producer()  # the AIOKafkaProducer
         by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
         for (partition, key), value in records.items():
@@ -301,10 +304,11 @@ class SegmentStreamApp:
             batch = producer.create_batch()
             for key, value in items:
                 if batch.append(key=key, value=value, timestamp=None) is None:  # full
-                    await producer.send_batch(batch, topic, partition=partition)
+                    futures.append(await producer.send_batch(batch, topic, partition=partition))
                     batch = producer.create_batch()
                     batch.append(key=key, value=value, timestamp=None)
-            await producer.send_batch(batch, topic, partition=partition)
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
+        return futures
 
     # -- change publisher ------------------------------------------------------------------
     async def _publish_changes(self) -> None:
@@ -340,16 +344,27 @@ class SegmentStreamApp:
 
     async def _emit(self, partition: int, state: PartitionState,
                     changes: list[CountChange]) -> None:
+        """Publish ``changes`` write-ahead: first record each as about to be published
+        ([count, partition, previous], acknowledged by the broker), then publish, then record
+        it as published ([count, partition]). A worker that dies in between leaves the intent
+        as the last record: the partition's next owner publishes that change again (the same
+        one if the count has not moved since), so the last change of a segment always
+        reaches the topic."""
+        emitted_changelog = self._emitted_changelog
+        intents = {(partition, c.emitted_key):
+                   orjson.dumps([c.user_count, partition, c.previous_user_count])
+                   for c in changes}
+        await asyncio.gather(*await self._send_batched(emitted_changelog, intents))
         send = self.app.producer.send
         now_ms = int(time.time() * 1000)
         futures = [await send(self.settings.changes_topic, c.program_id.encode(),
                               change_payload(c, now_ms), None, None, None) for c in changes]
         await asyncio.gather(*futures)
-        emitted: dict[tuple[int, bytes], bytes] = {}
+        published: dict[tuple[int, bytes], bytes] = {}
         for c in changes:
             state.commit_change(c)
-            emitted[(partition, c.emitted_key)] = orjson.dumps([c.user_count, partition])
-        await self._send_batched(self._emitted_changelog, emitted)
+            published[(partition, c.emitted_key)] = orjson.dumps([c.user_count, partition])
+        await self._send_batched(emitted_changelog, published)
 
     # -- rebalance / recovery --------------------------------------------------------------
     def on_rebalance_started(self) -> None:
@@ -382,8 +397,9 @@ class SegmentStreamApp:
             *family, user = orjson.loads(key)
             self._target(partition).load(tuple(family), user, rec, name)
         else:
-            count, _partition = orjson.loads(value)
-            self._target(partition).load_emitted(key, count)
+            # [count, partition] once published; [count, partition, previous] while about to be
+            count, _partition, *previous = orjson.loads(value)
+            self._target(partition).load_emitted(key, count, previous[0] if previous else None)
 
     async def fast_recover(self, table: str, topic: str, partitions: set[int]) -> dict[int, int]:
         """Read changelog partitions from the start to their current end in large batches;

@@ -153,6 +153,9 @@ class PartitionState:
         self.by_program: dict[str, dict[str, dict[FamilyKey, Family]]] = {}
         self.dirty: set[FamilyKey] = set()
         self.emitted: dict[bytes, int] = {}
+        # Emitted key -> previous count of a change recorded as "about to be published" whose
+        # publication was never confirmed (the worker died in between): re-published once.
+        self.uncertain: dict[bytes, int] = {}
         # (program, basis) -> number of changes applied: the query memo's validity.
         self.versions: dict[tuple[str, str], int] = {}
         self._memo: OrderedDict[tuple[str, str, str, float],
@@ -190,18 +193,25 @@ class PartitionState:
             fam.set(user_id, (rec.weight, rec.in_history, order), name)
             self._changed(family[0], family[1])
 
-    def load_emitted(self, key: bytes, count: int) -> None:
+    def load_emitted(self, key: bytes, count: int, previous: int | None = None) -> None:
+        """Rebuild path: the last emitted-counts record of one segment and threshold. With
+        ``previous``, it is the intent written before publishing ``previous -> count``: the
+        change may or may not have reached the change topic."""
         self.emitted[key] = count
+        if previous is None:
+            self.uncertain.pop(key, None)
+        else:
+            self.uncertain[key] = previous
 
     def mark_unsettled(self, thresholds: Iterable[float]) -> None:
-        """After a rebuild: families whose counts differ from the last emitted change are dirty,
-        so a change lost in a crash is emitted again and unchanged ones are not."""
+        """After a rebuild: families whose counts differ from the last emitted change, or whose
+        last publication is unconfirmed, are dirty; unchanged ones are not."""
         for key, fam in self.families.items():
             for segment_type in SEGMENT_TYPES:
                 idx = fam.index(segment_type)
                 for m in thresholds:
-                    last = self.emitted.get(emitted_key(key, segment_type, m), 0)
-                    if idx.count_at_least(m) != last:
+                    ek = emitted_key(key, segment_type, m)
+                    if ek in self.uncertain or idx.count_at_least(m) != self.emitted.get(ek, 0):
                         self.dirty.add(key)
 
     def _changed(self, program_id: str, segment_basis: str) -> None:
@@ -237,10 +247,12 @@ class PartitionState:
 
     def take_changes(self, thresholds: Iterable[float]) -> list[CountChange]:
         """Counts at watched thresholds that differ from the last emitted ones (dirty families
-        only); the caller emits them and then calls ``commit_change``."""
+        only), and unconfirmed publications again (the same change when the count is still
+        the one it announced); the caller publishes them and then calls ``commit_change``."""
         thresholds = tuple(thresholds)
         changes: list[CountChange] = []
         dirty, self.dirty = self.dirty, set()
+        uncertain = self.uncertain
         for key in dirty:
             fam = self.families.get(key)
             if fam is None:
@@ -249,14 +261,20 @@ class PartitionState:
                 idx = fam.index(segment_type)
                 for m in thresholds:
                     count, mean = idx.stats_at_least(m)
-                    previous = self.emitted.get(emitted_key(key, segment_type, m), 0)
-                    if count != previous:
-                        changes.append(CountChange(key[0], segment_type, key[1], key[2], key[3],
-                                                   fam.name, m, count, previous, mean))
+                    ek = emitted_key(key, segment_type, m)
+                    previous = self.emitted.get(ek, 0)
+                    if count == previous and ek in uncertain:
+                        previous = uncertain[ek]
+                    elif count == previous:
+                        continue
+                    changes.append(CountChange(key[0], segment_type, key[1], key[2], key[3],
+                                               fam.name, m, count, previous, mean))
         return changes
 
     def commit_change(self, change: CountChange) -> None:
-        self.emitted[change.emitted_key] = change.user_count
+        key = change.emitted_key
+        self.emitted[key] = change.user_count
+        self.uncertain.pop(key, None)
 
     def records(self) -> Iterator[tuple[FamilyKey, str, Record]]:
         for key, fam in self.families.items():

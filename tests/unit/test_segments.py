@@ -105,3 +105,57 @@ def test_query_memo_sees_every_change() -> None:
 def test_order_is_ts_then_offset(ts: int, offset: int, ts2: int, offset2: int) -> None:
     assert (order_of(ts, offset) < order_of(ts2, offset2)) == ((ts, offset) < (ts2, offset2))
     assert unpack((0.5, True, order_of(ts, offset)))[2:] == (ts, offset)
+
+
+def _growth_at_half(changes: list[object]) -> list[tuple[int, int]]:
+    return [(c.user_count, c.previous_user_count) for c in changes  # type: ignore[attr-defined]
+            if c.segment_type == "growth"]  # type: ignore[attr-defined]
+
+
+def _rebuilt_with(state: PartitionState, emitted: list[tuple[object, ...]]) -> PartitionState:
+    """``state``'s recommendations and the given emitted-counts records, as a new owner loads
+    them after a crash."""
+    rebuilt = PartitionState(0)
+    for family, user, rec in state.records():
+        rebuilt.load(family, user, rec, "L1")
+    for key, count, *previous in emitted:
+        rebuilt.load_emitted(key, count, *previous)  # type: ignore[arg-type]
+    rebuilt.mark_unsettled([0.5])
+    return rebuilt
+
+
+def test_an_unconfirmed_publication_is_published_again_even_if_the_count_went_back() -> None:
+    # The crash seen in the fault test: 0 -> 1 published, the worker died before recording it
+    # as published; the count went back to 0 before the next owner published anything.
+    state = PartitionState(0)
+    state.apply(_event("u1", 0.9, 1), 0)
+    (change,) = [c for c in state.take_changes([0.5]) if c.segment_type == "growth"]
+    assert (change.user_count, change.previous_user_count) == (1, 0)
+    key = change.emitted_key
+    state.apply(_event("u1", 0.1, 2), 1)  # back to 0
+
+    # Intent recorded ([1, partition, 0]), publication unconfirmed: 1 -> 0 goes out.
+    rebuilt = _rebuilt_with(state, [(key, 1, 0)])
+    assert _growth_at_half(rebuilt.take_changes([0.5])) == [(0, 1)]
+    # Recorded as published ([1, partition]): the same.
+    rebuilt = _rebuilt_with(state, [(key, 1, 0), (key, 1)])
+    assert _growth_at_half(rebuilt.take_changes([0.5])) == [(0, 1)]
+    # Nothing recorded (the intent is written before publishing, so nothing was published).
+    rebuilt = _rebuilt_with(state, [])
+    assert _growth_at_half(rebuilt.take_changes([0.5])) == []
+
+
+def test_an_unconfirmed_publication_of_the_current_count_is_repeated_once() -> None:
+    state = PartitionState(0)
+    state.apply(_event("u1", 0.9, 1), 0)
+    (change,) = [c for c in state.take_changes([0.5]) if c.segment_type == "growth"]
+    key = change.emitted_key
+    rebuilt = _rebuilt_with(state, [(key, 1, 0)])
+    again = [c for c in rebuilt.take_changes([0.5]) if c.segment_type == "growth"]
+    assert _growth_at_half(again) == [(1, 0)]  # the same change: a duplicate at most
+    rebuilt.commit_change(again[0])
+    rebuilt.dirty.add(("p", "label", "l1", "view"))
+    assert _growth_at_half(rebuilt.take_changes([0.5])) == []  # once
+    # Confirmed: nothing to publish.
+    confirmed = _rebuilt_with(state, [(key, 1, 0), (key, 1)])
+    assert _growth_at_half(confirmed.take_changes([0.5])) == []
