@@ -98,7 +98,17 @@ class _ChangelogTable(faust.Table[bytes, bytes]):
                 if p not in active:
                     del self._read_upto[p]
             self.owner.drop_partitions(keep=active)
-            todo = active - set(self._read_upto) - set(self.owner.partitions)
+            retained = active & set(self.owner.partitions)
+            if retained:
+                # Kept across the rebalance: the derived state already holds every record of
+                # these changelog partitions (the revocation flushed this worker's writes, and
+                # nobody else wrote to them meanwhile), so Faust replays nothing of them.
+                ends = await self.app.consumer.highwaters(
+                    *(TP(topic, p) for p in sorted(retained)))
+                for tp, end in ends.items():
+                    if end:
+                        self._read_upto[tp.partition] = end - 1
+            todo = active - set(self._read_upto) - retained
             if todo:
                 self._read_upto.update(await self.owner.fast_recover(self.name, topic, todo))
         await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
@@ -233,8 +243,8 @@ class SegmentStreamApp:
 
         Runs under the batch lock, so a rebalance waits for a batch in flight. Records that
         cannot be handled here now (a rebalance has begun, or their partition is not owned)
-        are not acked and the consumer rewinds to them: the partition's next owner, this
-        worker or another, reads them again from the committed offset."""
+        are not acked and the consumer seeks their partitions back to the committed offset:
+        the partition's next owner, this worker or another, reads them again."""
         async with self._batch_lock:
             if not self.ready:
                 return []

@@ -21,9 +21,11 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from aiokafka import TopicPartition
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaDriverConsumer
+from faust.types import TP
 
 # Faust's driver hard-codes fetch_max_wait_ms=1500. Requests on a broker connection are
 # answered in order, so every metadata, offset or commit request queued behind a fetch that
@@ -50,10 +52,87 @@ class _ConsumerThread(AIOKafkaConsumerThread):
 
 
 class BatchConsumer(AIOKafkaDriverConsumer):
-    """See the module docstring and :func:`install`."""
+    """See the module docstring and :func:`install`.
+
+    Offsets of the handler's topics are tracked against *seek epochs*: the epoch changes with
+    every seek (Faust's seek to committed offsets after each rebalance, a rewind) and every
+    assignment. A batch whose fetch or handling overlapped a seek is never trusted to say
+    where the partition stands: it is dropped, or acked without moving the read offset, and
+    the partitions are sought back to their committed offsets, from where everything not
+    committed is read again (state updates are idempotent). Missing offsets are taken as
+    gaps (control records of transactional producers) only within one fetched batch, or
+    right after the last record handled in the same epoch, never across a seek: a fetch that
+    raced a seek once made 2,110 unprocessed records look like a gap, and they were
+    committed (found by the crash test).
+    """
+
+    _epoch = 0
 
     def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def perform_seek(self) -> None:
+        self._epoch += 1
+        try:
+            await super().perform_seek()
+        finally:
+            self._epoch += 1
+
+    async def seek(self, partition: Any, offset: int) -> None:
+        self._epoch += 1
+        await super().seek(partition, offset)
+
+    async def seek_wait(self, partitions: Any) -> None:
+        self._epoch += 1
+        try:
+            await super().seek_wait(partitions)
+        finally:
+            self._epoch += 1
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        self._epoch += 1
+        await super().on_partitions_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: Any, generation_id: int = 0) -> None:
+        self._epoch += 1
+        await super().on_partitions_assigned(assigned, generation_id)
+
+    async def _reseek(self, tps: set[Any]) -> None:
+        """Seek the assigned partitions of ``tps`` back to their committed offsets (asked of the
+        broker; the beginning where none is committed), as Faust's ``perform_seek`` does for
+        all partitions when it fetched while its flow was stopped."""
+        consumer = self._thread._ensure_consumer()
+
+        async def seek_back(tps: list[TopicPartition]) -> dict[TopicPartition, int | None]:
+            # In the consumer's thread, like every other call on the aiokafka consumer.
+            positions: dict[TopicPartition, int | None] = {}
+            assigned = consumer.assignment()
+            for tp in tps:
+                if tp not in assigned:
+                    continue
+                offset = await consumer.committed(tp)
+                if offset is not None and offset > 0:
+                    consumer.seek(tp, offset)
+                else:
+                    await consumer.seek_to_beginning(tp)
+                    offset = None
+                positions[tp] = offset
+            return positions
+
+        self._epoch += 1
+        try:
+            positions = await self._thread.call_thread(
+                seek_back, [TopicPartition(tp.topic, tp.partition) for tp in tps])
+        except Exception as exc:  # a rebalance is under way: its own seek follows
+            self.log.info("seek back to committed offsets deferred: %r", exc)
+            return
+        finally:
+            self._epoch += 1
+        for atp, offset in positions.items():
+            tp = TP(atp.topic, atp.partition)
+            self._read_offset[tp] = offset
+            if offset is not None:
+                self._committed_offset[tp] = offset
 
     async def _drain_messages(self, fetcher: Any) -> None:
         # Faust's loop (faust/transport/consumer.py, Consumer._drain_messages), with the
@@ -69,24 +148,34 @@ class BatchConsumer(AIOKafkaDriverConsumer):
         set_flag = self.diag.set_flag
         unset_flag = self.diag.unset_flag
         ack = self.ack
+        # Per partition of the handler's topics: (epoch, offset after the last record handled).
+        expected: dict[Any, tuple[int, int]] = {}
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 set_flag(CONSUMER_FETCHING)
                 batch: list[Any] = []
-                last: dict[Any, int | None] = {}  # per partition of the batch: read offset
+                last: dict[Any, int] = {}  # per partition of the batch: last offset taken
                 gaps: list[tuple[Any, int, int]] = []
                 generation = self.app.consumer_generation_id
+                epoch = self._epoch
                 await self.sleep(0)
                 if not self.should_stop:
                     async for tp, message in self.getmany(timeout=1.0):
                         offset = message.offset
                         if tp.topic in topics:
-                            r_offset = last[tp] if tp in last else read_offset[tp]
-                            if r_offset is not None and offset < r_offset:
-                                continue  # read already (Faust drops these too)
-                            if (r_offset and offset - r_offset > 1
-                                    and acks_enabled_for(message.topic)):
-                                gaps.append((tp, r_offset + 1, offset))
+                            if tp in last:
+                                if offset <= last[tp]:
+                                    continue
+                                if offset - last[tp] > 1 and acks_enabled_for(message.topic):
+                                    gaps.append((tp, last[tp] + 1, offset - 1))
+                            else:
+                                r_offset = read_offset[tp]
+                                if r_offset is not None and offset < r_offset:
+                                    continue  # read already (Faust drops these too)
+                                seen = expected.get(tp)
+                                if (seen is not None and seen[0] == epoch and offset > seen[1]
+                                        and acks_enabled_for(message.topic)):
+                                    gaps.append((tp, seen[1], offset - 1))
                             batch.append(message)
                             last[tp] = offset
                             continue
@@ -99,20 +188,39 @@ class BatchConsumer(AIOKafkaDriverConsumer):
                         await self.wait_first(callback(message), self.suspend_flow.wait())
                         read_offset[tp] = offset
                 unset_flag(CONSUMER_FETCHING)
-                # A batch fetched before a rebalance began is dropped whole (no ack, no read
-                # offset): after every rebalance Faust seeks each partition it keeps to its
-                # committed offset, so the owner reads these records again. A rebalance cannot
-                # complete while the handler runs (the revocation waits for its batch lock).
-                if batch and self.app.consumer_generation_id == generation and self.flow_active:
+                if not batch:
+                    pass
+                elif (self._epoch != epoch or self.app.consumer_generation_id != generation
+                        or not self.flow_active):
+                    # Fetched across a seek or a rebalance: where these records stand is not
+                    # known. Nothing of them is acked; reading resumes at the committed offsets.
+                    expected.clear()
+                    if self.flow_active:
+                        await self._reseek(set(last))
+                else:
                     done = await handler(batch)
+                    # Handled records are acked even if a seek came meanwhile (acking what was
+                    # handled is always right), but then their offsets say nothing of where
+                    # the partition stands.
+                    same_epoch = self._epoch == epoch
                     if done:
-                        for tp, start, stop in gaps:
-                            await self._add_gap(tp, start, stop)
+                        if same_epoch:
+                            for tp, start, stop in gaps:
+                                await self._add_gap(tp, start, stop)
                         for message in done:
                             ack(message)
-                            read_offset[message.tp] = message.offset
-                    if len(done) < len(batch) and self.flow_active:
-                        await self._rewind(batch, done)
+                        if same_epoch and self._epoch == epoch:
+                            for message in done:
+                                read_offset[message.tp] = message.offset
+                                expected[message.tp] = (epoch, message.offset + 1)
+                    if not same_epoch:
+                        expected.clear()
+                    if len(done) < len(batch):
+                        # Records left (their partition's state is not ready here): read again.
+                        expected.clear()
+                        if self.flow_active:
+                            handled = {id(m) for m in done}
+                            await self._reseek({m.tp for m in batch if id(m) not in handled})
                     await asyncio.sleep(0)  # let the web server and timers in between batches
                 if commit_every is not None and self._n_acked >= commit_every:
                     self._n_acked = 0
@@ -133,18 +241,34 @@ class BatchConsumer(AIOKafkaDriverConsumer):
         finally:
             unset_flag(CONSUMER_FETCHING)
 
-    async def _rewind(self, batch: list[Any], done: list[Any]) -> None:
-        """Seek each partition with records the handler left (outside a rebalance: a partition
-        whose state is not ready) back to the first of them, so they are read again."""
-        handled = {id(m) for m in done}
-        first: dict[Any, int] = {}
-        for m in batch:
-            if id(m) not in handled and m.tp not in first:
-                first[m.tp] = m.offset
-        assigned = self.assignment()
-        for tp, offset in first.items():
-            if tp in assigned:
-                try:
-                    await self.seek(tp, offset)
-                except Exception as exc:  # revoked between the check and the seek
-                    self.log.info("not rewinding %r to %d: %r", tp, offset, exc)
+
+def offsets_report(app: Any) -> str:
+    """A worker's consumer bookkeeping, one line per assigned partition: the offset Faust last
+    committed, the last offset read, acked offsets not yet committed and gaps, the fetch
+    position and whether the partition is paused."""
+    consumer = app.consumer
+    lines = [f"offsets: generation {app.consumer_generation_id}, "
+             f"flow {'active' if consumer.flow_active else 'stopped'}, "
+             f"rebalancing {app.rebalancing}"]
+    try:
+        subscription = consumer._thread._consumer._subscription.subscription
+        assignment = subscription.assignment if subscription is not None else None
+    except AttributeError:  # not started, or not the aiokafka driver
+        assignment = None
+    for tp in sorted(consumer.assignment()):
+        acked = consumer._acked.get(tp) or []
+        gaps = consumer._gap.get(tp)
+        position = None
+        if assignment is not None:
+            try:
+                position = assignment.state_value(tp).position
+            except Exception:  # no position yet
+                position = None
+        lines.append(
+            f"  {tp.topic}[{tp.partition}]: committed {consumer._committed_offset.get(tp)}, "
+            f"read {consumer._read_offset.get(tp)}, acked {len(acked)}"
+            + (f" ({min(acked)}..{max(acked)})" if acked else "")
+            + (f", gaps {sorted((g.begin, g.end) for g in gaps)[:3]}" if gaps else "")
+            + f", position {position}"
+            + (", paused" if tp in consumer._paused_partitions else ""))
+    return "\n".join(lines)
