@@ -39,9 +39,10 @@ async def topic_partitions(admin: AIOKafkaAdminClient, topic: str) -> list[int]:
                   for p in d["partitions"])
 
 
-async def group_lag(bootstrap: str, group: str, topics: list[str]) -> int:
-    """Records of ``topics`` not yet committed by consumer group ``group`` (1 if no topic
-    exists yet, so that "0" always means caught up)."""
+async def partition_lags(bootstrap: str, group: str, topics: list[str]
+                         ) -> dict[TopicPartition, tuple[int, int]]:
+    """(committed offset, end offset) of consumer group ``group`` for each partition of
+    ``topics`` (committed 0 where it has committed nothing)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await admin.start()
@@ -49,15 +50,21 @@ async def group_lag(bootstrap: str, group: str, topics: list[str]) -> int:
     try:
         committed = await admin.list_consumer_group_offsets(group)
         tps = [TopicPartition(t, p) for t in topics for p in await topic_partitions(admin, t)]
-        if not tps:
-            return 1
-        ends = await consumer.end_offsets(tps)
-        lag = 0
+        ends = await consumer.end_offsets(tps) if tps else {}
+        out = {}
         for tp in tps:
             meta = committed.get(tp)
-            done = meta.offset if meta is not None and meta.offset >= 0 else 0
-            lag += max(0, ends[tp] - done)
-        return lag
+            out[tp] = (meta.offset if meta is not None and meta.offset >= 0 else 0, ends[tp])
+        return out
     finally:
         await consumer.stop()
         await admin.close()
+
+
+async def group_lag(bootstrap: str, group: str, topics: list[str]) -> int:
+    """Records of ``topics`` not yet committed by consumer group ``group`` (1 if no topic
+    exists yet, so that "0" always means caught up)."""
+    lags = await partition_lags(bootstrap, group, topics)
+    if not lags:
+        return 1
+    return sum(max(0, end - done) for done, end in lags.values())

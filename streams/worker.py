@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import sys
 import time
 from typing import Any
@@ -17,6 +18,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from api.server import create_web_app
 from streams.app import SegmentStreamApp
+from streams.consumer import offsets_report
 from streams.segments import SegmentStat
 from streams.settings import Settings
 
@@ -101,6 +103,10 @@ class WebService(mode.Service):
         site = web.TCPSite(self.runner, s.web_host, s.web_port, reuse_address=True)
         await site.start()
         logger.warning("serving GET /segments on http://%s:%d", s.web_host, s.web_port)
+        # `kill -USR1 <pid>`: log where each partition stands (what a stuck lag looks like
+        # from inside; the fault tests' harness asks for it when a lag does not drain).
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGUSR1, lambda: logger.warning("%s", offsets_report(self.core.app)))
 
     async def on_stop(self) -> None:
         if self.runner is not None:

@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.kafka_local import free_port
-from streams.probes import group_lag, topic_partitions
+from streams.probes import group_lag, partition_lags, topic_partitions
 from streams.produce import Record
 
 SEGMENTS = str(Path(sys.executable).parent / "segments")
@@ -164,8 +164,16 @@ async def wait_no_lag(cluster: Cluster, timeout_s: float = 600.0) -> None:
             if await group_lag(cluster.bootstrap, cluster.app_id, topics) == 0:
                 return
         await asyncio.sleep(0.5)
+    lags = await partition_lags(cluster.bootstrap, cluster.app_id, topics)
+    behind = "\n".join(f"  {tp.topic}[{tp.partition}]: committed {done}, end {end}"
+                       for tp, (done, end) in sorted(lags.items()) if done != end)
+    for w in cluster.workers:  # each live worker logs its offsets report
+        if w.proc is not None and w.proc.poll() is None:
+            w.proc.send_signal(signal.SIGUSR1)
+    await asyncio.sleep(1.0)
     logs = "\n".join(w.log() for w in cluster.workers)
-    raise AssertionError(f"consumer group {cluster.app_id} still has lag {lag}:\n{logs}")
+    raise AssertionError(f"consumer group {cluster.app_id} still has lag {lag}:\n{behind}\n"
+                         f"{logs}")
 
 
 async def read_topic(bootstrap: str, topic: str, timeout_s: float = 20.0

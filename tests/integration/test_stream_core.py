@@ -4,6 +4,7 @@ events, and a restart that neither loses nor double counts."""
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import aiohttp
 import orjson
 import pytest
 
+from streams.probes import partition_lags
 from streams.produce import generate
 from tests.harness import (
     Cluster,
@@ -119,5 +121,18 @@ async def test_exact_counts_dlq_changes_and_restart(kafka_bootstrap: str, tmp_pa
         await asyncio.sleep(2.0)
         changes_after = await read_topic(kafka_bootstrap, cluster.changes_topic)
         assert len(changes_after) == len(changes), changes_after[len(changes):][:5]
+
+        # 5. `kill -USR1` logs where each partition stands, as the broker has it
+        lags = await partition_lags(kafka_bootstrap, cluster.app_id, [cluster.input_topic])
+        assert worker.proc is not None
+        worker.proc.send_signal(signal.SIGUSR1)
+        for _ in range(50):
+            report = worker.log_path.read_text(errors="replace")
+            if "offsets: generation" in report:
+                break
+            await asyncio.sleep(0.2)
+        for tp, (committed, end) in lags.items():
+            assert committed == end
+            assert f"{tp.topic}[{tp.partition}]: committed {committed}," in report, report
     finally:
         cluster.stop_all()
