@@ -43,7 +43,8 @@ class InProcessCache:
         if ttl_s <= 0:
             return
         self._data.pop(key, None)
-        self._data[key] = (time.monotonic() + ttl_s, value)
+        # An exact-size copy: orjson's output holds a 4 KiB buffer however short the answer.
+        self._data[key] = (time.monotonic() + ttl_s, memoryview(value).tobytes())
         while len(self._data) > self._max:
             self._data.pop(next(iter(self._data)))
 

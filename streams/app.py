@@ -294,22 +294,27 @@ class SegmentStreamApp:
 
     async def _write(self, writes: dict[tuple[int, bytes], bytes]) -> None:
         """One durable write per recommendation per batch (the last one wins anyway)."""
-        await self._send_batched(self._changelog, writes)
+        await self._send_batched(self._changelog,
+                                 [(partition, key, value)
+                                  for (partition, key), value in writes.items()])
 
-    async def _send_batched(self, topic: str, records: dict[tuple[int, bytes], bytes]
+    def _producer(self) -> Any:
+        return cast(Any, self.app.producer)._ensure_producer()  # the AIOKafkaProducer
+
+    async def _send_batched(self, topic: str, records: Iterable[tuple[int, bytes, bytes]]
                             ) -> list[asyncio.Future[Any]]:
-        """Queue ``(partition, key) -> value`` records in the producer as whole record batches
-        (``AIOKafkaProducer.send_batch``): ``send`` costs a future and an accumulator lookup
-        per record, a quarter of a worker's time. Faust's flush before each offset commit
-        waits for these batches like for any other send. Returns the batches' delivery
-        futures."""
-        if not records:
-            return []
-        futures = []
-        producer = cast(Any, self.app.producer)._ensure_producer()  # the AIOKafkaProducer
+        """Queue ``(partition, key, value)`` records, in this order per partition, in the
+        producer as whole record batches (``AIOKafkaProducer.send_batch``): ``send`` costs a
+        future and an accumulator lookup per record, a quarter of a worker's time. Faust's
+        flush before each offset commit waits for these batches like for any other send.
+        Returns the batches' delivery futures."""
         by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
-        for (partition, key), value in records.items():
+        for partition, key, value in records:
             by_partition.setdefault(partition, []).append((key, value))
+        if not by_partition:
+            return []
+        producer = self._producer()
+        futures = []
         for partition, items in by_partition.items():
             batch = producer.create_batch()
             for key, value in items:
@@ -329,20 +334,21 @@ class SegmentStreamApp:
         # Under the publish lock: a rebalance waits until what is being published is recorded
         # as published (and flushed), so the partition's next owner knows of it.
         async with self._publish_lock:
-            for partition, state in list(self.partitions.items()):
-                if not self.ready:
-                    return
-                changes = state.take_changes(self.settings.watch_thresholds)
-                if not changes:
-                    continue
-                try:
-                    await self._emit(partition, state, changes)
-                except Exception:
-                    logger.exception("publishing %d count changes failed; retrying",
-                                     len(changes))
+            if not self.ready:
+                return
+            taken = [(partition, state, changes)
+                     for partition, state in list(self.partitions.items())
+                     if (changes := state.take_changes(self.settings.watch_thresholds))]
+            if not taken:
+                return
+            try:
+                await self._emit(taken)
+            except Exception:
+                logger.exception("publishing %d count changes failed; retrying",
+                                 sum(len(changes) for _, _, changes in taken))
+                for _, state, changes in taken:
                     state.dirty.update((c.program_id, c.segment_basis, c.segment_basis_id,
                                         c.action_type) for c in changes)
-                    return
 
     async def _on_partitions_revoked(self, sender: Any, *args: Any, **kwargs: Any) -> None:
         """Faust's revocation signal (sent after it stopped the flow and flushed): stop
@@ -352,28 +358,35 @@ class SegmentStreamApp:
         async with self._batch_lock, self._publish_lock:
             await self.app.producer.flush()
 
-    async def _emit(self, partition: int, state: PartitionState,
-                    changes: list[CountChange]) -> None:
-        """Publish ``changes`` write-ahead: first record each as about to be published
-        ([count, partition, previous], acknowledged by the broker), then publish, then record
-        it as published ([count, partition]). A worker that dies in between leaves the intent
-        as the last record: the partition's next owner publishes that change again (the same
-        one if the count has not moved since), so the last change of a segment always
-        reaches the topic."""
+    async def _emit(self, taken: list[tuple[int, PartitionState, list[CountChange]]]) -> None:
+        """Publish the changes of some partitions write-ahead: first record each as about to
+        be published ([count, partition, previous], acknowledged by the broker), then publish
+        them all, then record them as published ([count, partition]). A worker that dies in
+        between leaves the intent as the last record: the partition's next owner publishes
+        that change again (the same one if the count has not moved since), so the last change
+        of a segment always reaches the topic."""
         emitted_changelog = self._emitted_changelog
-        intents = {(partition, c.emitted_key):
-                   orjson.dumps([c.user_count, partition, c.previous_user_count])
-                   for c in changes}
+        intents = [(partition, c.emitted_key,
+                    orjson.dumps([c.user_count, partition, c.previous_user_count]))
+                   for partition, _, changes in taken for c in changes]
         await asyncio.gather(*await self._send_batched(emitted_changelog, intents))
-        send = self.app.producer.send
+        # Keyed by program_id, on the partition Kafka's default partitioner picks for it.
+        topic = self.settings.changes_topic
+        partitions = sorted(await self._producer().partitions_for(topic))
         now_ms = int(time.time() * 1000)
-        futures = [await send(self.settings.changes_topic, c.program_id.encode(),
-                              change_payload(c, now_ms), None, None, None) for c in changes]
-        await asyncio.gather(*futures)
-        published: dict[tuple[int, bytes], bytes] = {}
-        for c in changes:
-            state.commit_change(c)
-            published[(partition, c.emitted_key)] = orjson.dumps([c.user_count, partition])
+        events = []
+        for _, _, changes in taken:
+            for c in changes:
+                key = c.program_id.encode()
+                events.append((partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)], key,
+                               change_payload(c, now_ms)))
+        await asyncio.gather(*await self._send_batched(topic, events))
+        published = []
+        for partition, state, changes in taken:
+            for c in changes:
+                state.commit_change(c)
+                published.append((partition, c.emitted_key,
+                                   orjson.dumps([c.user_count, partition])))
         await self._send_batched(emitted_changelog, published)
 
     # -- rebalance / recovery --------------------------------------------------------------
