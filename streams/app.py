@@ -103,8 +103,12 @@ class _ChangelogTable(faust.Table[bytes, bytes]):
                 # Kept across the rebalance: the derived state already holds every record of
                 # these changelog partitions (the revocation flushed this worker's writes, and
                 # nobody else wrote to them meanwhile), so Faust replays nothing of them.
-                ends = await self.app.consumer.highwaters(
-                    *(TP(topic, p) for p in sorted(retained)))
+                try:
+                    ends = await self.app.consumer.highwaters(
+                        *(TP(topic, p) for p in sorted(retained)))
+                except Exception as exc:  # then Faust replays them: slower, as correct
+                    logger.warning("changelog ends of kept partitions unknown: %r", exc)
+                    ends = {}
                 for tp, end in ends.items():
                     if end:
                         self._read_upto[tp.partition] = end - 1
