@@ -13,6 +13,8 @@ from typing import Protocol
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from streams.events import kept
+
 logger = logging.getLogger(__name__)
 
 
@@ -44,7 +46,7 @@ class InProcessCache:
             return
         self._data.pop(key, None)
         # An exact-size copy: orjson's output holds a 4 KiB buffer however short the answer.
-        self._data[key] = (time.monotonic() + ttl_s, memoryview(value).tobytes())
+        self._data[key] = (time.monotonic() + ttl_s, kept(value))
         while len(self._data) > self._max:
             self._data.pop(next(iter(self._data)))
 
