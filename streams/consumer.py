@@ -26,6 +26,8 @@ from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaDriverConsumer
 from faust.types import TP
+from faust.types.tuples import ack_lock
+from mode.utils.futures import notify
 
 # Faust's driver hard-codes fetch_max_wait_ms=1500. Requests on a broker connection are
 # answered in order, so every metadata, offset or commit request queued behind a fetch that
@@ -33,7 +35,8 @@ from faust.types import TP
 # (Faust's recovery asks for offsets twice). A shorter long-poll costs a few idle fetches/s.
 FETCH_MAX_WAIT_MS = 100
 
-BatchHandler = Callable[[list[Any]], Awaitable[list[Any]]]
+# Records (aiokafka's ConsumerRecord) per partition -> the partitions whose records it handled.
+BatchHandler = Callable[[dict[TP, list[Any]]], Awaitable[list[TP]]]
 
 
 def install(app: Any, topics: Iterable[str], handler: BatchHandler) -> None:
@@ -134,59 +137,119 @@ class BatchConsumer(AIOKafkaDriverConsumer):
             if offset is not None:
                 self._committed_offset[tp] = offset
 
+    def _new_offset(self, tp: TP) -> int | None:
+        # Faust computes the offset to commit from the acked offsets of the partition; acks
+        # below the committed offset are stale (recorded before the partition was revoked
+        # and assigned again) and must not count: with the committed offset unknown for a
+        # moment (a rebalance clears it) they could make it commit a lower offset, after
+        # which the partition's later acks never join up with it and its commits stop.
+        committed = self._committed_offset.get(tp)
+        acked = self._acked.get(tp)
+        if committed is not None and acked and min(acked) < committed:
+            stale = [o for o in acked if o < committed]
+            acked[:] = [o for o in acked if o >= committed]
+            self._acked_index[tp].difference_update(stale)
+        result: int | None = super()._new_offset(tp)
+        return result
+
+    def _ack_handled(self, tp: TP, offsets: list[int]) -> None:
+        """Ack the handled records of one partition (ascending offsets) at once: what
+        ``Consumer.ack`` does per message, for records that were never tracked as
+        messages."""
+        with ack_lock:
+            committed = self._committed_offset[tp]
+            if committed is not None and offsets[0] < committed:
+                offsets = [o for o in offsets if o >= committed]
+            acked_index = self._acked_index[tp]
+            if acked_index.isdisjoint(offsets):
+                new = offsets
+            else:
+                new = [o for o in offsets if o not in acked_index]
+            if new:
+                acked_index.update(new)
+                self._acked[tp].extend(new)
+                self._n_acked += len(new)
+            notify(self._waiting_for_ack)
+
     async def _drain_messages(self, fetcher: Any) -> None:
-        # Faust's loop (faust/transport/consumer.py, Consumer._drain_messages), with the
-        # records of the handler's topics collected per fetch instead of delivered one by one.
+        # Faust's loop (faust/transport/consumer.py, Consumer._drain_messages and getmany),
+        # with the records of the handler's topics handed over per fetch, as aiokafka
+        # returned them, instead of one ConsumerMessage and one task at a time.
         handler: BatchHandler = getattr(self.app, "batch_handler")  # noqa: B009 (set by install)
         topics: frozenset[str] = getattr(self.app, "batch_topics")  # noqa: B009
         callback = self.callback
+        to_message = self._to_message
         consumer_should_stop = self._stopped.is_set
         fetcher_should_stop = fetcher._stopped.is_set
         read_offset = self._read_offset
         acks_enabled_for = self.app.topics.acks_enabled_for
+        track_end_offset = self.app.monitor.track_tp_end_offset
         commit_every = self._commit_every
         set_flag = self.diag.set_flag
         unset_flag = self.diag.unset_flag
-        ack = self.ack
         # Per partition of the handler's topics: (epoch, offset after the last record handled).
-        expected: dict[Any, tuple[int, int]] = {}
+        expected: dict[TP, tuple[int, int]] = {}
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 set_flag(CONSUMER_FETCHING)
-                batch: list[Any] = []
-                last: dict[Any, int] = {}  # per partition of the batch: last offset taken
-                gaps: list[tuple[Any, int, int]] = []
+                batch: dict[TP, list[Any]] = {}
+                gaps: list[tuple[TP, int, int]] = []
                 generation = self.app.consumer_generation_id
                 epoch = self._epoch
                 await self.sleep(0)
+                records: Any = None
+                active: Any = None
                 if not self.should_stop:
-                    async for tp, message in self.getmany(timeout=1.0):
-                        offset = message.offset
+                    records, active = await self._wait_next_records(1.0)
+                if records is not None and not self.should_stop and not self.flow_active:
+                    # As Faust's getmany: the flow stopped while fetching (a rebalance began):
+                    # seek back to the committed offsets.
+                    try:
+                        await self.perform_seek()
+                    except Exception as exc:
+                        self.log.warning("exception performing seek when flow not active %r",
+                                         exc)
+                    records = None
+                if records and not self.should_stop:
+                    for atp, recs in records.items():
+                        if (self.app.consumer_generation_id != generation
+                                or not self.flow_active):
+                            break  # as Faust's getmany; the batch is dropped below
+                        tp = TP(atp.topic, atp.partition)
+                        if not recs or (active is not None and tp not in active
+                                        and tp not in self._buffered_partitions):
+                            continue
+                        track_end_offset(tp, self.highwater(tp))
+                        r_offset = read_offset[tp]
                         if tp.topic in topics:
-                            if tp in last:
-                                if offset <= last[tp]:
+                            if r_offset is not None and recs[0].offset < r_offset:
+                                recs = [r for r in recs if r.offset >= r_offset]  # read already
+                                if not recs:
                                     continue
-                                if offset - last[tp] > 1 and acks_enabled_for(message.topic):
-                                    gaps.append((tp, last[tp] + 1, offset - 1))
-                            else:
-                                r_offset = read_offset[tp]
-                                if r_offset is not None and offset < r_offset:
-                                    continue  # read already (Faust drops these too)
+                            first = recs[0].offset
+                            if acks_enabled_for(tp.topic):
                                 seen = expected.get(tp)
-                                if (seen is not None and seen[0] == epoch and offset > seen[1]
-                                        and acks_enabled_for(message.topic)):
-                                    gaps.append((tp, seen[1], offset - 1))
-                            batch.append(message)
-                            last[tp] = offset
+                                if seen is not None and seen[0] == epoch and first > seen[1]:
+                                    gaps.append((tp, seen[1], first - 1))
+                                if recs[-1].offset - first + 1 != len(recs):
+                                    prev = first
+                                    for r in recs:
+                                        if r.offset - prev > 1:
+                                            gaps.append((tp, prev + 1, r.offset - 1))
+                                        prev = r.offset
+                            batch[tp] = recs
                             continue
                         # Any other topic (changelogs while Faust recovers): Faust's path.
-                        r_offset = read_offset[tp]
-                        if r_offset is not None and offset < r_offset:
-                            continue
-                        if r_offset and offset - r_offset > 1 and acks_enabled_for(message.topic):
-                            await self._add_gap(tp, r_offset + 1, offset)
-                        await self.wait_first(callback(message), self.suspend_flow.wait())
-                        read_offset[tp] = offset
+                        for record in recs:
+                            offset = record.offset
+                            if r_offset is not None and offset < r_offset:
+                                continue
+                            if (r_offset and offset - r_offset > 1
+                                    and acks_enabled_for(tp.topic)):
+                                await self._add_gap(tp, r_offset + 1, offset)
+                            await self.wait_first(callback(to_message(tp, record)),
+                                                  self.suspend_flow.wait())
+                            read_offset[tp] = r_offset = offset
                 unset_flag(CONSUMER_FETCHING)
                 if not batch:
                     pass
@@ -196,31 +259,38 @@ class BatchConsumer(AIOKafkaDriverConsumer):
                     # known. Nothing of them is acked; reading resumes at the committed offsets.
                     expected.clear()
                     if self.flow_active:
-                        await self._reseek(set(last))
+                        await self._reseek(set(batch))
                 else:
                     done = await handler(batch)
-                    # Handled records are acked even if a seek came meanwhile (acking what was
-                    # handled is always right), but then their offsets say nothing of where
-                    # the partition stands.
-                    same_epoch = self._epoch == epoch
-                    if done:
-                        if same_epoch:
-                            for tp, start, stop in gaps:
-                                await self._add_gap(tp, start, stop)
-                        for message in done:
-                            ack(message)
-                        if same_epoch and self._epoch == epoch:
-                            for message in done:
-                                read_offset[message.tp] = message.offset
-                                expected[message.tp] = (epoch, message.offset + 1)
-                    if not same_epoch:
-                        expected.clear()
-                    if len(done) < len(batch):
-                        # Records left (their partition's state is not ready here): read again.
+                    if self._epoch != epoch:
+                        # A seek or a rebalance came while the batch was handled. Its records
+                        # are not acked: a revocation has cleared the partitions' bookkeeping,
+                        # and acks recorded now would be stale in the next generation (Faust
+                        # would commit from them). They are read again from the committed
+                        # offsets (the seek that came did that, or the one ending the
+                        # rebalance will, or this one), and handling them again is idempotent.
                         expected.clear()
                         if self.flow_active:
-                            handled = {id(m) for m in done}
-                            await self._reseek({m.tp for m in batch if id(m) not in handled})
+                            await self._reseek(set(batch))
+                    else:
+                        # Acks first, with no await in between: the epoch is still this one.
+                        for tp in done:
+                            if acks_enabled_for(tp.topic):
+                                self._ack_handled(tp, [r.offset for r in batch[tp]])
+                        for tp in done:
+                            last = batch[tp][-1].offset
+                            read_offset[tp] = last
+                            expected[tp] = (epoch, last + 1)
+                        handled = set(done)
+                        for tp, start, stop in gaps:
+                            if tp in handled and self._epoch == epoch:
+                                await self._add_gap(tp, start, stop)
+                        if len(done) < len(batch):
+                            # Records left (their partition's state is not ready here): read
+                            # again.
+                            expected.clear()
+                            if self.flow_active:
+                                await self._reseek(set(batch) - handled)
                     await asyncio.sleep(0)  # let the web server and timers in between batches
                 if commit_every is not None and self._n_acked >= commit_every:
                     self._n_acked = 0

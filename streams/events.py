@@ -58,10 +58,15 @@ class Event(msgspec.Struct, gc=False):
         return orjson.dumps([self.program_id, self.user_id, self.segment_basis, self.basis_id,
                              self.name, self.action_type, self.weight, self.in_history, self.ts])
 
-    @classmethod
-    def decode(cls, raw: bytes) -> Event:
-        p, u, sb, bid, name, act, w, hist, ts = orjson.loads(raw)
-        return cls(p, u, sb, bid, name, act, None if w is None else float(w), hist, ts)
+    @staticmethod
+    def decode(raw: bytes) -> Event:
+        """An event of the repartition topic, checked like an input event (it is a topic
+        anybody could write to); raises InvalidEvent."""
+        try:
+            ev: Event = _wire_decoder.decode(raw)
+        except msgspec.DecodeError as exc:  # ValidationError included
+            raise InvalidEvent(str(exc)) from None
+        return ev
 
 
 class _Input(Event, kw_only=True, gc=False):
@@ -71,7 +76,12 @@ class _Input(Event, kw_only=True, gc=False):
     ts: Annotated[int, _INT64] | None = None  # type: ignore[assignment]
 
 
+class _Wire(Event, array_like=True, gc=False):
+    """The repartition topic's form: a JSON array of Event's fields, in order."""
+
+
 _decoder = msgspec.json.Decoder(_Input)
+_wire_decoder = msgspec.json.Decoder(_Wire)
 
 
 def family_key(program_id: str, segment_basis: str, basis_id: str, action_type: str) -> bytes:

@@ -8,9 +8,10 @@ No Kafka, Faust or aiohttp here: the agents feed events in, the durable table st
 from __future__ import annotations
 
 import sys
+from array import array
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import orjson
@@ -53,10 +54,12 @@ class CountChange:
     user_count: int
     previous_user_count: int
     strength: float
+    # Key of the segment and threshold in the emitted-counts table (computed when missing).
+    key: bytes = field(default=b"", compare=False, repr=False)
 
     @property
     def emitted_key(self) -> bytes:
-        return emitted_key(
+        return self.key or emitted_key(
             (self.program_id, self.segment_basis, self.segment_basis_id, self.action_type),
             self.segment_type, self.min_weight)
 
@@ -87,38 +90,38 @@ def decode_record(raw: bytes) -> tuple[Record, int, str]:
     return Record(None if w is None else float(w), hist, ts, offset), partition, name
 
 
-# How a Family holds one recommendation: a plain tuple (weight, in_history, order) with
-# order = ts * 2**64 + offset, which sorts exactly like (ts, offset) for any int ts and any
-# Kafka offset (0 <= offset < 2**63). A plain tuple of atoms is untracked by the garbage
-# collector after its first collection (a NamedTuple instance never is: a million of them made
-# each full collection take ~240 ms), and one int instead of two saves ~36 bytes.
-Stored = tuple[float | None, bool, int]
-_ORDER_SHIFT = 64
-_OFFSET_MASK = (1 << _ORDER_SHIFT) - 1
-_NO_ORDER = -(1 << 256)  # below every order (orjson's ints are within 64 bits)
-
-
-def order_of(ts: int, offset: int) -> int:
-    return (ts << _ORDER_SHIFT) + offset
-
-
-def unpack(stored: Stored) -> Record:
-    w, hist, order = stored
-    return Record(w, hist, order >> _ORDER_SHIFT, order & _OFFSET_MASK)
+# How a Family holds its recommendations: in columns. Each user has a slot (a small int: the
+# ints up to 256 are shared objects), and per slot the weight in an array of doubles (NaN for a
+# withdrawn one), the order (ts, offset) in an array of signed 64-bit ints, and in_history in a
+# bytearray: ~25 bytes per recommendation where a tuple, a float and an int took ~130, and no
+# small objects for the garbage collector to walk or to pin the allocator's arenas. Kafka's
+# timestamps and offsets are signed 64-bit ints, and so are the events' ts (validated).
+_WITHDRAWN = float("nan")
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+_NO_ORDER = (_INT64_MIN - 1, 0)  # before every event
 
 
 class Family:
-    """All segments of one (program, basis, basis_id, action_type): three indexes + name."""
+    """All segments of one (program, basis, basis_id, action_type): the latest state of each
+    user's recommendation, the three threshold indexes and the name."""
 
-    __slots__ = ("base", "discovery", "growth", "name", "name_order", "users")
+    __slots__ = ("base", "discovery", "growth", "hist", "name", "name_order", "orders",
+                 "slots", "weights")
 
     def __init__(self) -> None:
-        self.users: dict[str, Stored] = {}
+        self.slots: dict[str, int] = {}
+        self.weights = array("d")
+        self.orders = array("q")  # ts, offset of slot i at 2 * i, 2 * i + 1
+        self.hist = bytearray()
         self.growth = ThresholdIndex()
         self.base = ThresholdIndex()
         self.discovery = ThresholdIndex()
         self.name = ""
-        self.name_order = _NO_ORDER  # order of the event the name comes from
+        self.name_order = _NO_ORDER  # (ts, offset) of the event the name comes from
+
+    def __len__(self) -> int:
+        """Recommendations held (withdrawn ones included: their order still counts)."""
+        return len(self.slots)
 
     def index(self, segment_type: str) -> ThresholdIndex:
         if segment_type == "growth":
@@ -127,20 +130,66 @@ class Family:
             return self.base
         return self.discovery
 
-    def set(self, user_id: str, stored: Stored, name: str) -> None:
-        old = self.users.get(user_id)
-        if old is not None and old[0] is not None:
-            self.growth.remove(old[0])
-            (self.base if old[1] else self.discovery).remove(old[0])
-        # Interned: a user appears in many segments; they then share one string.
-        self.users[sys.intern(user_id)] = stored
-        w = stored[0]
-        if w is not None:
-            self.growth.add(w)
-            (self.base if stored[1] else self.discovery).add(w)
-        if stored[2] > self.name_order:
-            self.name_order = stored[2]
+    def get(self, user_id: str) -> Record | None:
+        slot = self.slots.get(user_id)
+        return None if slot is None else self._record(slot)
+
+    def _record(self, slot: int) -> Record:
+        w = self.weights[slot]
+        return Record(None if w != w else w, bool(self.hist[slot]), self.orders[2 * slot],
+                      self.orders[2 * slot + 1])
+
+    def put(self, user_id: str, weight: float | None, in_history: bool, ts: int, offset: int,
+            name: str) -> bool | None:
+        """Last-writer-wins: store the event at (ts, offset) unless the stored one is as
+        recent. None: not stored; True: stored and the user's membership or weight changed;
+        False: stored, only its order (and maybe the name) moved."""
+        slot = self.slots.get(user_id)
+        orders = self.orders
+        if slot is None:
+            slot = len(self.weights)
+            # Interned: a user appears in many segments; they then share one string.
+            self.slots[sys.intern(user_id)] = slot
+            self.weights.append(_WITHDRAWN if weight is None else weight)
+            orders.append(ts)
+            orders.append(offset)
+            self.hist.append(in_history)
+            changed = True
+        else:
+            o = 2 * slot
+            stored_ts = orders[o]
+            if ts < stored_ts or (ts == stored_ts and offset <= orders[o + 1]):
+                return None
+            orders[o] = ts
+            orders[o + 1] = offset
+            old = self.weights[slot]
+            old_hist = self.hist[slot]
+            if old == old:  # not withdrawn
+                if old == weight and old_hist == in_history:
+                    self._rename(ts, offset, name)
+                    return False
+                self.growth.remove(old)
+                (self.base if old_hist else self.discovery).remove(old)
+            elif weight is None:
+                self._rename(ts, offset, name)
+                return False
+            self.weights[slot] = _WITHDRAWN if weight is None else weight
+            self.hist[slot] = in_history
+            changed = True
+        if weight is not None:
+            self.growth.add(weight)
+            (self.base if in_history else self.discovery).add(weight)
+        self._rename(ts, offset, name)
+        return changed
+
+    def _rename(self, ts: int, offset: int, name: str) -> None:
+        if (ts, offset) > self.name_order:
+            self.name_order = (ts, offset)
             self.name = name
+
+    def records(self) -> Iterator[tuple[str, Record]]:
+        for user, slot in self.slots.items():
+            yield user, self._record(slot)
 
 
 class PartitionState:
@@ -169,28 +218,28 @@ class PartitionState:
             self.by_program.setdefault(key[0], {}).setdefault(key[1], {})[key] = fam
         return fam
 
-    def apply(self, ev: Event, offset: int) -> Record | None:
+    def apply(self, ev: Event, offset: int, family: FamilyKey | None = None) -> Record | None:
         """Apply one event at ``offset``; return the new durable record, or None if it is not
-        newer than the stored one (older, or a replay of an offset already applied)."""
-        key: FamilyKey = (ev.program_id, ev.segment_basis, ev.basis_id, ev.action_type)
+        newer than the stored one (older, or a replay of an offset already applied).
+        ``family``: the event's family key when the caller has it already."""
+        key: FamilyKey = family or (ev.program_id, ev.segment_basis, ev.basis_id,
+                                    ev.action_type)
         fam = self._family(key)
-        old = fam.users.get(ev.user_id)
-        order = order_of(ev.ts, offset)
-        if old is not None and order <= old[2]:
+        changed = fam.put(ev.user_id, ev.weight, ev.in_history, ev.ts, offset, ev.name)
+        if changed is None:
             return None
-        fam.set(ev.user_id, (ev.weight, ev.in_history, order), ev.name)
-        self._changed(ev.program_id, ev.segment_basis)
-        if old is None or old[0] != ev.weight or old[1] != ev.in_history:
+        self._changed(key[0], key[1])
+        if changed:
             self.dirty.add(key)
         return Record(ev.weight, ev.in_history, ev.ts, offset)
 
     def load(self, family: FamilyKey, user_id: str, rec: Record, name: str) -> None:
         """Rebuild path: put one durable record back (any order; last-writer-wins holds)."""
         fam = self._family(family)
-        old = fam.users.get(user_id)
-        order = order_of(rec.ts, rec.offset)
-        if old is None or order > old[2]:
-            fam.set(user_id, (rec.weight, rec.in_history, order), name)
+        # Records of ts beyond 64 bits (accepted before ts was validated as such) keep their
+        # order among themselves only approximately: clamped.
+        ts = min(max(rec.ts, _INT64_MIN), _INT64_MAX)
+        if fam.put(user_id, rec.weight, rec.in_history, ts, rec.offset, name) is not None:
             self._changed(family[0], family[1])
 
     def load_emitted(self, key: bytes, count: int, previous: int | None = None) -> None:
@@ -206,6 +255,7 @@ class PartitionState:
     def mark_unsettled(self, thresholds: Iterable[float]) -> None:
         """After a rebuild: families whose counts differ from the last emitted change, or whose
         last publication is unconfirmed, are dirty; unchanged ones are not."""
+        thresholds = tuple(thresholds)
         for key, fam in self.families.items():
             for segment_type in SEGMENT_TYPES:
                 idx = fam.index(segment_type)
@@ -253,6 +303,7 @@ class PartitionState:
         changes: list[CountChange] = []
         dirty, self.dirty = self.dirty, set()
         uncertain = self.uncertain
+        emitted = self.emitted
         for key in dirty:
             fam = self.families.get(key)
             if fam is None:
@@ -260,15 +311,16 @@ class PartitionState:
             for segment_type in SEGMENT_TYPES:
                 idx = fam.index(segment_type)
                 for m in thresholds:
-                    count, mean = idx.stats_at_least(m)
                     ek = emitted_key(key, segment_type, m)
-                    previous = self.emitted.get(ek, 0)
-                    if count == previous and ek in uncertain:
+                    count = idx.count_at_least(m)
+                    previous = emitted.get(ek, 0)
+                    if count == previous:
+                        if ek not in uncertain:
+                            continue
                         previous = uncertain[ek]
-                    elif count == previous:
-                        continue
+                    count, mean = idx.stats_at_least(m)
                     changes.append(CountChange(key[0], segment_type, key[1], key[2], key[3],
-                                               fam.name, m, count, previous, mean))
+                                               fam.name, m, count, previous, mean, ek))
         return changes
 
     def commit_change(self, change: CountChange) -> None:
@@ -278,5 +330,8 @@ class PartitionState:
 
     def records(self) -> Iterator[tuple[FamilyKey, str, Record]]:
         for key, fam in self.families.items():
-            for user, stored in fam.users.items():
-                yield key, user, unpack(stored)
+            for user, rec in fam.records():
+                yield key, user, rec
+
+    def recommendations(self) -> int:
+        return sum(len(fam) for fam in self.families.values())

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from streams.events import Event, parse_event
 from streams.produce import generate
-from streams.segments import SEGMENT_TYPES, PartitionState, order_of, unpack
+from streams.segments import SEGMENT_TYPES, Family, PartitionState
 from tests.oracle import THRESHOLDS, Oracle, assert_rows_equal
 
 
@@ -99,12 +99,19 @@ def test_query_memo_sees_every_change() -> None:
     assert state.apply(_event("u1", 0.9, 13), 5) is None  # older ts: ignored
 
 
-@settings(max_examples=200, deadline=None)
-@given(ts=st.integers(-(2**63), 2**64 - 1), offset=st.integers(0, 2**63 - 1),
-       ts2=st.integers(-(2**63), 2**64 - 1), offset2=st.integers(0, 2**63 - 1))
+@settings(max_examples=300, deadline=None)
+@given(ts=st.integers(-(2**63), 2**63 - 1), offset=st.integers(0, 2**63 - 1),
+       ts2=st.integers(-(2**63), 2**63 - 1), offset2=st.integers(0, 2**63 - 1))
 def test_order_is_ts_then_offset(ts: int, offset: int, ts2: int, offset2: int) -> None:
-    assert (order_of(ts, offset) < order_of(ts2, offset2)) == ((ts, offset) < (ts2, offset2))
-    assert unpack((0.5, True, order_of(ts, offset)))[2:] == (ts, offset)
+    fam = Family()
+    assert fam.put("u", 0.5, True, ts, offset, "first") is True
+    assert fam.get("u") == (0.5, True, ts, offset)
+    stored = fam.put("u", 0.25, False, ts2, offset2, "second")
+    newer = (ts2, offset2) > (ts, offset)
+    assert (stored is not None) == newer
+    assert fam.get("u") == ((0.25, False, ts2, offset2) if newer else (0.5, True, ts, offset))
+    assert fam.name == ("second" if newer else "first")
+    assert fam.growth.count_at_least(0) == 1
 
 
 def _growth_at_half(changes: list[object]) -> list[tuple[int, int]]:
