@@ -18,7 +18,9 @@ an offset.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
+from time import monotonic
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -34,6 +36,10 @@ from mode.utils.futures import notify
 # waits for data (a paused or idle partition) waited up to 1.5 s: ~3 s of each worker start
 # (Faust's recovery asks for offsets twice). A shorter long-poll costs a few idle fetches/s.
 FETCH_MAX_WAIT_MS = 100
+
+# Seconds between checks for partitions whose commits cannot advance (see _stuck_partitions):
+# a hole must persist over two checks in a row.
+STALL_CHECK_S = 5.0
 
 # Records (aiokafka's ConsumerRecord) per partition -> the partitions whose records it handled.
 BatchHandler = Callable[[dict[TP, list[Any]]], Awaitable[list[TP]]]
@@ -70,6 +76,11 @@ class BatchConsumer(AIOKafkaDriverConsumer):
     """
 
     _epoch = 0
+    _holes: dict[TP, tuple[int, int]] = {}  # replaced per check, never mutated
+    # Fetched ranges and what became of them, for the warning of _stuck_partitions: the
+    # latest ones, and the first ones of each partition since the last assignment.
+    _trace: deque[tuple[Any, ...]] = deque(maxlen=200)  # replaced at start
+    _first_batches: dict[TP, list[tuple[Any, ...]]] = {}  # replaced at each assignment
 
     def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -98,6 +109,7 @@ class BatchConsumer(AIOKafkaDriverConsumer):
 
     async def on_partitions_assigned(self, assigned: Any, generation_id: int = 0) -> None:
         self._epoch += 1
+        self._first_batches = {}
         await super().on_partitions_assigned(assigned, generation_id)
 
     async def _reseek(self, tps: set[Any]) -> None:
@@ -137,6 +149,23 @@ class BatchConsumer(AIOKafkaDriverConsumer):
             if offset is not None:
                 self._committed_offset[tp] = offset
 
+    async def _commit_offsets(self, offsets: Any, start_new_transaction: bool = True) -> bool:
+        # Faust records the offsets of a commit as committed even when the commit failed; the
+        # driver fails silently when the group "already rebalanced". That commit's request
+        # may have waited through the whole rebalance, so the stale offset lands after the
+        # revocation cleared the partition's bookkeeping, or even after the seek to the
+        # committed offsets that ends the rebalance: the partition then believes an offset
+        # above the broker's is committed, drops the acks of the records in between as
+        # already committed, and its commits stop for good (the crash test stalled this
+        # way). A failed commit leaves the committed offset unknown instead: the rebalance
+        # under way seeks every partition to the broker's committed offset and sets it.
+        did_commit: bool = await super()._commit_offsets(offsets, start_new_transaction)
+        if not did_commit:
+            for tp, offset in offsets.items():
+                if self._committed_offset.get(tp) == offset:
+                    self._committed_offset.pop(tp, None)
+        return did_commit
+
     def _new_offset(self, tp: TP) -> int | None:
         # Faust computes the offset to commit from the acked offsets of the partition; acks
         # below the committed offset are stale (recorded before the partition was revoked
@@ -151,6 +180,46 @@ class BatchConsumer(AIOKafkaDriverConsumer):
             self._acked_index[tp].difference_update(stale)
         result: int | None = super()._new_offset(tp)
         return result
+
+    def _stuck_partitions(self, topics: frozenset[str]) -> set[TP]:
+        """Partitions of ``topics`` whose commits cannot advance: records acked above the
+        committed offset with a hole below them that no gap fills, unchanged since the
+        previous check. The batches of a partition are handled and acked in order, so a hole
+        that persists means records that were read and never acked (Faust's bookkeeping
+        lost them in a rebalance race): without this, the partition would never commit
+        again. Its next owner re-reads them anyway; this worker does it now."""
+        stuck = set()
+        seen, self._holes = self._holes, {}
+        for tp, acked in self._acked.items():
+            committed = self._committed_offset.get(tp)
+            if tp.topic not in topics or not acked or committed is None:
+                continue
+            lowest = min(acked)
+            if lowest - committed <= 1:  # committable (Faust's rule)
+                continue
+            gaps = self._gap.get(tp)
+            if gaps and gaps.overlaps(committed, committed + 2):
+                continue
+            hole = (committed, lowest)
+            self._holes[tp] = hole
+            if seen.get(tp) == hole:
+                history = self._history(tp)
+                self.log.warning("offsets %d..%d of %s were read but never acked (%d records "
+                                 "acked after them): reading them again; its last batches:\n%s",
+                                 committed, lowest - 1, tp, len(acked), history)
+                stuck.add(tp)
+        return stuck
+
+    def _history(self, tp: TP) -> str:
+        def line(entry: tuple[Any, ...]) -> str:
+            t, _, first, last, e0, e1, outcome, committed = entry
+            return (f"  {t:.3f} {first}..{last} epoch {e0}->{e1} {outcome}, "
+                    f"committed {committed}")
+
+        since = [line(e) for e in self._first_batches.get(tp, [])]
+        latest = [line(e) for e in self._trace if e[1] == tp][-10:]
+        return "\n".join(["first batches since the assignment:", *since,
+                          "latest batches:", *latest])
 
     def _ack_handled(self, tp: TP, offsets: list[int]) -> None:
         """Ack the handled records of one partition (ascending offsets) at once: what
@@ -189,6 +258,9 @@ class BatchConsumer(AIOKafkaDriverConsumer):
         unset_flag = self.diag.unset_flag
         # Per partition of the handler's topics: (epoch, offset after the last record handled).
         expected: dict[TP, tuple[int, int]] = {}
+        next_check = monotonic() + STALL_CHECK_S
+        self._trace = deque(maxlen=200)
+        self._first_batches = {}
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 set_flag(CONSUMER_FETCHING)
@@ -251,6 +323,19 @@ class BatchConsumer(AIOKafkaDriverConsumer):
                                                   self.suspend_flow.wait())
                             read_offset[tp] = r_offset = offset
                 unset_flag(CONSUMER_FETCHING)
+                if batch:
+                    # What became of each fetched range (for the stall warning below).
+                    outcome = ("handled" if self._epoch == epoch
+                               and self.app.consumer_generation_id == generation
+                               and self.flow_active else "dropped")
+                    trace, first = self._trace, self._first_batches
+                    for tp, recs in batch.items():
+                        entry = (monotonic(), tp, recs[0].offset, recs[-1].offset, epoch,
+                                 self._epoch, outcome, self._committed_offset.get(tp))
+                        trace.append(entry)
+                        since = first.setdefault(tp, [])
+                        if len(since) < 20:
+                            since.append(entry)
                 if not batch:
                     pass
                 elif (self._epoch != epoch or self.app.consumer_generation_id != generation
@@ -295,6 +380,13 @@ class BatchConsumer(AIOKafkaDriverConsumer):
                 if commit_every is not None and self._n_acked >= commit_every:
                     self._n_acked = 0
                     await self.commit()
+                now = monotonic()
+                if now >= next_check:
+                    next_check = now + STALL_CHECK_S
+                    stuck = self._stuck_partitions(topics)
+                    if stuck and self.flow_active:
+                        expected.clear()
+                        await self._reseek(stuck)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 self.log.info("Broker stopped consumer, shutting down...")

@@ -3,8 +3,11 @@ bulk acks, and the offset to commit, without a broker."""
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
+from typing import Any
 
+from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP
 from intervaltree import IntervalTree
 
@@ -21,6 +24,7 @@ def consumer(committed: int | None) -> BatchConsumer:
     c._gap = defaultdict(IntervalTree)
     c._n_acked = 0
     c._waiting_for_ack = None
+    c.log = logging.getLogger("test")  # type: ignore[assignment]
     if committed is not None:
         c._committed_offset[TP0] = committed
     return c
@@ -63,3 +67,49 @@ def test_gaps_count_as_acked() -> None:
     c._ack_handled(TP0, [100, 101, 105, 106])
     c._gap[TP0].addi(102, 105)
     assert c._new_offset(TP0) == 107
+
+
+async def test_a_failed_commit_leaves_the_committed_offset_unknown(monkeypatch: Any) -> None:
+    # Faust's Consumer._commit_offsets records the offsets as committed whatever the outcome;
+    # the driver returns False when the group "already rebalanced".
+    async def faust_commit_offsets(self: Any, offsets: Any, start: bool = True) -> bool:
+        self._committed_offset.update(offsets)
+        return outcome
+
+    monkeypatch.setattr(FaustConsumer, "_commit_offsets", faust_commit_offsets)
+    c = consumer(committed=100)
+    outcome = False
+    assert await c._commit_offsets({TP0: 150}) is False
+    assert c._committed_offset.get(TP0) is None
+    # Records from the broker's committed offset on are acked again, and commit.
+    c._ack_handled(TP0, list(range(100, 160)))
+    assert c._new_offset(TP0) == 160
+    outcome = True
+    assert await c._commit_offsets({TP0: 160}) is True
+    assert c._committed_offset[TP0] == 160
+
+
+def test_a_hole_below_the_acks_that_persists_is_read_again() -> None:
+    c = consumer(committed=100)
+    topics = frozenset({"in"})
+    c._ack_handled(TP0, list(range(140, 150)))  # 100..139 read, never acked
+    assert c._stuck_partitions(topics) == set()  # seen once
+    assert c._stuck_partitions(topics) == {TP0}  # the same hole at the next check
+    c._ack_handled(TP0, list(range(100, 140)))  # read again
+    assert c._stuck_partitions(topics) == set()
+    assert c._new_offset(TP0) == 150
+
+
+def test_holes_that_gaps_fill_or_that_move_are_not_stuck() -> None:
+    c = consumer(committed=100)
+    topics = frozenset({"in"})
+    c._ack_handled(TP0, list(range(140, 150)))
+    c._gap[TP0].addi(100, 140)  # offsets that do not exist (transaction markers)
+    assert c._stuck_partitions(topics) == set()
+    assert c._stuck_partitions(topics) == set()
+    c2 = consumer(committed=100)
+    c2._ack_handled(TP0, [120])
+    assert c2._stuck_partitions(topics) == set()
+    c2._committed_offset[TP0] = 110  # commits advanced meanwhile
+    assert c2._stuck_partitions(topics) == set()
+    assert c2._stuck_partitions(frozenset({"other"})) == set()
