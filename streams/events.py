@@ -84,8 +84,14 @@ _decoder = msgspec.json.Decoder(_Input)
 _wire_decoder = msgspec.json.Decoder(_Wire)
 
 
+# Kept keys and durable values are encoded by msgspec: byte for byte what orjson.dumps writes
+# for them (strings, booleans, ints and floats below 1e16; a unit test compares), but in a
+# bytes object of the exact size, where orjson's holds its 4 KiB working buffer.
+encode_exact = msgspec.json.Encoder().encode
+
+
 def family_key(program_id: str, segment_basis: str, basis_id: str, action_type: str) -> bytes:
-    return kept(orjson.dumps([program_id, segment_basis, basis_id, action_type]))
+    return encode_exact([program_id, segment_basis, basis_id, action_type])
 
 
 def kept(dumped: bytes) -> bytes:

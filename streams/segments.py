@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import orjson
 
-from streams.events import Event, kept
+from streams.events import Event, encode_exact
 from streams.threshold_index import ThresholdIndex
 
 SEGMENT_TYPES: tuple[str, ...] = ("growth", "base", "discovery")
@@ -72,17 +72,17 @@ def contract_order(rows: list[SegmentStat]) -> list[SegmentStat]:
 
 
 def emitted_key(family: FamilyKey, segment_type: str, threshold: float) -> bytes:
-    return kept(orjson.dumps([*family, segment_type, threshold]))
+    return encode_exact([*family, segment_type, threshold])
 
 
 def record_key(family: FamilyKey, user_id: str) -> bytes:
     """Durable-table key of one recommendation (exact size: a batch holds thousands)."""
-    return kept(orjson.dumps([*family, user_id]))
+    return encode_exact([*family, user_id])
 
 
 def encode_record(rec: Record, partition: int, name: str) -> bytes:
     """Durable-table value: the record, the partition it belongs to, and its event's name."""
-    return kept(orjson.dumps([rec.weight, rec.in_history, rec.ts, rec.offset, partition, name]))
+    return encode_exact([rec.weight, rec.in_history, rec.ts, rec.offset, partition, name])
 
 
 def decode_record(raw: bytes) -> tuple[Record, int, str]:
