@@ -61,3 +61,7 @@ class Health(BaseModel):
     """Body of `GET /healthz`: 200 when ready, 503 otherwise."""
 
     ready: bool
+    partitions: list[int] = Field(
+        description="The partitions whose segments this worker holds and serves.")
+    recommendations: int = Field(
+        description="Recommendations held on those partitions (withdrawn ones included).")

@@ -48,6 +48,8 @@ class SegmentsBackend(Protocol):
         """Listed segments on this worker's partitions, in contract order (a list the caller
         must not modify), and those partitions."""
     def owners(self) -> dict[str, list[int]]: ...
+    def recommendations(self) -> int:
+        """Recommendations held on this worker's partitions."""
 
 
 BACKEND = web.AppKey("backend", SegmentsBackend)
@@ -178,7 +180,8 @@ async def internal_segments(request: web.Request) -> web.Response:
 async def healthz(request: web.Request) -> web.Response:
     backend = request.app[BACKEND]
     ready = backend.is_ready()
-    body = {"ready": ready, "partitions": backend.local_query("", "growth", "label", 1.0)[1]}
+    body = {"ready": ready, "partitions": backend.local_query("", "growth", "label", 1.0)[1],
+            "recommendations": backend.recommendations()}
     return json_response(body, status=200 if ready else 503,
                          headers=None if ready else {"Retry-After": str(RETRY_AFTER_S)})
 

@@ -167,6 +167,11 @@ class WorkerProc:
         assert self.proc is not None
         return int(psutil.Process(self.proc.pid).memory_info().rss)
 
+    async def recommendations(self) -> int:
+        """Recommendations the worker holds, as its /healthz says."""
+        async with aiohttp.ClientSession() as session, session.get(self.url + "/healthz") as r:
+            return int((await r.json())["recommendations"])
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
@@ -349,8 +354,8 @@ async def bench(cfg: BenchConfig, run: Run) -> dict[str, Any]:
 
     console.print("5. memory")
     rss = worker.rss()
-    total_recs = held + n  # the first data set is held too (minus removals)
-    results["memory"] = {"rss_bytes": rss, "recommendations_held_approx": total_recs,
+    total_recs = await worker.recommendations()  # all data sets: ingest, freshness, API
+    results["memory"] = {"rss_bytes": rss, "recommendations_held": total_recs,
                          "rss_bytes_per_recommendation": rss / total_recs,
                          "delta_bytes_per_api_recommendation": (rss - rss_before) / held}
 

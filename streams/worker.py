@@ -87,6 +87,9 @@ class _Backend:
     def owners(self) -> dict[str, list[int]]:
         return self.core.owners()
 
+    def recommendations(self) -> int:
+        return sum(state.recommendations() for state in list(self.core.partitions.values()))
+
 
 class WebService(mode.Service):
     """Runs the aiohttp endpoint alongside the Faust worker."""

@@ -193,7 +193,8 @@ def test_real_bodies_match_their_schemas() -> None:
     )
     body = PageSegmentCount(items=[item], total=1, page=10**30, size=50).model_dump_json()
     _validator("PageSegmentCount").validate(orjson.loads(body))
-    _validator("Health").validate({"ready": False})
+    _validator("Health").validate({"ready": False, "partitions": [], "recommendations": 0})
+    _validator("Health").validate({"ready": True, "partitions": [0, 3], "recommendations": 7})
     _validator("ErrorMessage").validate({"detail": "not ready"})
 
 
