@@ -260,10 +260,9 @@ class SegmentStreamApp:
             await self._send_batched(self.settings.repartition_topic, repartition)
         await self._write(writes)
 
-    async def process_batch(self, batch: dict[TP, list[Any]]) -> list[TP]:
-        """The batched consumer's handler (streams/consumer.py): the records (aiokafka's
-        ``ConsumerRecord``) of each partition of the input and repartition topics fetched
-        together; returns the partitions whose records were handled, to be acked.
+    async def process_batch(self, messages: list[Any]) -> list[Any]:
+        """The batched consumer's handler (streams/consumer.py): every fetched record of the
+        input and repartition topics, in partition order; returns those handled, to be acked.
 
         Runs under the batch lock, so a rebalance waits for a batch in flight. Records that
         cannot be handled here now (a rebalance has begun, or their partition is not owned)
@@ -278,24 +277,19 @@ class SegmentStreamApp:
             done = []
             owned = self.partitions
             input_topic = self.settings.input_topic
-            now_ms = int(time.time() * 1000)
-            for tp, records in batch.items():
-                part = tp.partition
+            ingest = self._ingest_record
+            aggregate = self._aggregate_record
+            for msg in messages:
+                part = msg.partition
                 if part not in owned:
                     continue
-                if tp.topic == input_topic:
-                    ingest = self._ingest_record
-                    for r in records:
-                        ts = r.timestamp
-                        ingest(part, r.offset, r.key, r.value,
-                               now_ms if ts is None or ts < 0 else ts, writes, invalid,
-                               repartition)
+                if msg.topic == input_topic:
+                    ingest(part, msg.offset, msg.key, msg.value, round(msg.timestamp * 1000),
+                           writes, invalid, repartition)
                 else:
-                    aggregate = self._aggregate_record
-                    for r in records:
-                        aggregate(part, r.offset, r.key, r.value, writes, invalid)
-                self.processed += len(records)
-                done.append(tp)
+                    aggregate(part, msg.offset, msg.key, msg.value, writes, invalid)
+                done.append(msg)
+            self.processed += len(done)
             await self._flush_batch(writes, invalid, repartition)
             return done
 

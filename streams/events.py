@@ -66,6 +66,8 @@ class Event(msgspec.Struct, gc=False):
             ev: Event = _wire_decoder.decode(raw)
         except msgspec.DecodeError as exc:  # ValidationError included
             raise InvalidEvent(str(exc)) from None
+        except RecursionError:
+            raise InvalidEvent("nested too deeply") from None
         return ev
 
 
@@ -114,6 +116,8 @@ def parse_event(raw: bytes | None, record_ts_ms: int) -> Event:
         raise InvalidEvent(str(exc)) from None
     except msgspec.DecodeError as exc:
         raise InvalidEvent(f"not valid JSON: {exc}") from None
+    except RecursionError:  # msgspec skips unknown fields recursively
+        raise InvalidEvent("nested too deeply") from None
     if ev.name is None:
         ev.name = ev.basis_id
     if ev.ts is None:

@@ -106,6 +106,8 @@ def test_unicode_lengths_count_characters() -> None:
     (with_(ts=...)[:-1] + b',"ts":99999999999999999999}', "ts"),
     (with_(user_id=...)[:-1] + b',"user_id":"\\ud800"}', ""),  # lone surrogate
     (with_(user_id="u\xff").replace("u\xff".encode(), b"u\xff"), ""),  # invalid UTF-8
+    (b'{"deep": ' + b"[" * 100_000 + b"]" * 100_000 + b", " + with_()[1:], "nested"),
+    (b"[" * 100_000 + b"]" * 100_000, ""),
 ])
 def test_invalid_events_are_refused_with_a_reason(raw: bytes | None, reason: str) -> None:
     with pytest.raises(InvalidEvent) as err:
@@ -145,3 +147,10 @@ def test_any_valid_event_is_accepted_as_is(program_id: str, user_id: str, basis:
         assert ev.weight == weight and not math.isnan(ev.weight)
     # The repartition form carries the same event.
     assert fields(Event.decode(ev.encode())) == fields(ev)
+
+
+def test_repartition_records_are_checked_too() -> None:
+    with pytest.raises(InvalidEvent):
+        Event.decode(b"[" * 100_000 + b"]" * 100_000)
+    with pytest.raises(InvalidEvent):
+        Event.decode(b'["p","u","label","b","n","a",0.5,true,"not an int"]')
