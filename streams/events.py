@@ -48,11 +48,6 @@ class Event(msgspec.Struct, gc=False):
         """(program_id, segment_basis, basis_id, action_type): the segment family."""
         return (self.program_id, self.segment_basis, self.basis_id, self.action_type)
 
-    @property
-    def family_key(self) -> bytes:
-        """Partitioning key: every user of a segment family lands on one partition."""
-        return family_key(self.program_id, self.segment_basis, self.basis_id, self.action_type)
-
     def encode(self) -> bytes:
         """The compact form sent on the repartition topic."""
         return orjson.dumps([self.program_id, self.user_id, self.segment_basis, self.basis_id,
@@ -93,6 +88,7 @@ encode_exact = msgspec.json.Encoder().encode
 
 
 def family_key(program_id: str, segment_basis: str, basis_id: str, action_type: str) -> bytes:
+    """Partitioning key: every user of a segment family lands on one partition."""
     return encode_exact([program_id, segment_basis, basis_id, action_type])
 
 
