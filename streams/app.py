@@ -228,7 +228,7 @@ class SegmentStreamApp:
         except InvalidEvent as exc:
             invalid.append((key, value, exc.reason))
             return
-        family: FamilyKey = (ev.program_id, ev.segment_basis, ev.basis_id, ev.action_type)
+        family = ev.family
         fkey, fpart = self._route(family)
         if fpart == partition and key == fkey and partition in self.partitions:
             self._apply(partition, offset, ev, family, writes)

@@ -154,7 +154,6 @@ class Family:
             orders.append(ts)
             orders.append(offset)
             self.hist.append(in_history)
-            changed = True
         else:
             o = 2 * slot
             stored_ts = orders[o]
@@ -175,12 +174,11 @@ class Family:
                 return False
             self.weights[slot] = _WITHDRAWN if weight is None else weight
             self.hist[slot] = in_history
-            changed = True
         if weight is not None:
             self.growth.add(weight)
             (self.base if in_history else self.discovery).add(weight)
         self._rename(ts, offset, name)
-        return changed
+        return True
 
     def _rename(self, ts: int, offset: int, name: str) -> None:
         if (ts, offset) > self.name_order:
