@@ -135,6 +135,48 @@ def tune_malloc() -> None:
     mallopt(m_mmap_threshold, 256 * 1024)
 
 
+class MallocTrimmer(mode.Service):
+    """Gives the memory the C allocator holds free back to the system, every few seconds
+    while the worker works and once when it goes idle (glibc only).
+
+    Ingest frees as much as it keeps: fetched records, parsed events, encoded keys and values,
+    producer batches, the columns' and dicts' old buffers when they grow. Python returns what
+    it frees to glibc's heap, and glibc hands memory back to the system only from the top of
+    the heap, so the pages of every hole below stay resident: a worker that ingested 1,000,000
+    recommendations had an RSS of 499 MB, of which ``malloc_trim(0)`` (which also releases
+    the free pages inside the heap) gave back 228 MB; one that rebuilt the same state from
+    the changelog held 298 MB (BENCHMARKS.md). The trim runs in a thread (ctypes releases the
+    GIL), so the event loop keeps serving (its allocations may wait on the heap's lock): it
+    took 8-25 ms per call on that heap, now and then ~200 ms of wall time under load."""
+
+    def __init__(self, core: SegmentStreamApp, interval_s: float = 5.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.core = core
+        self.interval_s = interval_s
+        self._trim: Any = None
+        self._seen: tuple[int, bool] | None = None
+        try:
+            self._trim = ctypes.CDLL(None).malloc_trim
+        except (OSError, AttributeError):  # not glibc
+            self._trim = None
+
+    @mode.Service.task
+    async def _trimmer(self) -> None:
+        if self._trim is None:
+            return
+        loop = asyncio.get_running_loop()
+        while not self.should_stop:
+            await self.sleep(self.interval_s)
+            # Work since the last look (records handled, a rebuild that made it ready)?
+            seen = (self.core.processed, self.core.ready)
+            if seen == self._seen:
+                continue
+            self._seen = seen
+            started = time.perf_counter()
+            await loop.run_in_executor(None, self._trim, 0)
+            logger.debug("malloc_trim took %.1f ms", (time.perf_counter() - started) * 1000)
+
+
 def run_worker(settings: Settings | None = None) -> None:
     import faust
 
@@ -146,8 +188,9 @@ def run_worker(settings: Settings | None = None) -> None:
     asyncio.set_event_loop(loop)
     loop.run_until_complete(ensure_topics(settings))
     core = SegmentStreamApp(settings)
-    worker = faust.Worker(core.app, WebService(core), loglevel=settings.log_level,
-                          quiet=True, redirect_stdouts=False, loop=loop)
+    worker = faust.Worker(core.app, WebService(core), MallocTrimmer(core),
+                          loglevel=settings.log_level, quiet=True, redirect_stdouts=False,
+                          loop=loop)
     # Faust's terminal spinner sets the root logger to DEBUG so that it spins on every record:
     # every aiokafka send then builds a log record. No spinner, and logs at the set level.
     worker.spinner = None
