@@ -43,7 +43,6 @@ from streams.segments import (
     PartitionState,
     SegmentStat,
     contract_order,
-    decode_record,
     encode_record,
     record_key,
 )
@@ -444,7 +443,7 @@ class SegmentStreamApp:
         if state is None:
             state = self._recovering.get(partition)
             if state is None:
-                state = self._recovering[partition] = PartitionState(partition)
+                state = self._recovering[partition] = PartitionState(partition, rebuilding=True)
         return state
 
     def load_changelog_record(self, table: str, partition: int, key: bytes | None,
@@ -453,9 +452,7 @@ class SegmentStreamApp:
         if value is None or key is None:
             return
         if table == "recommendations":
-            rec, _partition, name = decode_record(value)
-            *family, user = orjson.loads(key)
-            self._target(partition).load(tuple(family), user, rec, name)
+            self._target(partition).load_durable(key, value)
         else:
             # [count, partition] once published; [count, partition, previous] while about to be
             count, _partition, *previous = orjson.loads(value)
@@ -507,6 +504,7 @@ class SegmentStreamApp:
                 recovered[p] = PartitionState(p)  # an empty partition
         n = 0
         for state in recovered.values():
+            state.finish_rebuild()
             state.mark_unsettled(self.settings.watch_thresholds)
             n += state.recommendations()
         self.partitions.update(recovered)

@@ -85,11 +85,6 @@ def encode_record(rec: Record, partition: int, name: str) -> bytes:
     return encode_exact([rec.weight, rec.in_history, rec.ts, rec.offset, partition, name])
 
 
-def decode_record(raw: bytes) -> tuple[Record, int, str]:
-    w, hist, ts, offset, partition, name = orjson.loads(raw)
-    return Record(None if w is None else float(w), hist, ts, offset), partition, name
-
-
 # How a Family holds its recommendations: in columns. Each user has a slot (a small int: the
 # ints up to 256 are shared objects), and per slot the weight in an array of doubles (NaN for a
 # withdrawn one), the order (ts, offset) in an array of signed 64-bit ints, and in_history in a
@@ -180,6 +175,44 @@ class Family:
         self._rename(ts, offset, name)
         return True
 
+    def load(self, user_id: str, weight: float | None, in_history: bool, ts: int, offset: int,
+             name: str) -> bool:
+        """Rebuild path: ``put`` without the indexes (``build_indexes`` makes them once all
+        records are in). True if stored."""
+        slot = self.slots.get(user_id)
+        orders = self.orders
+        if slot is None:
+            slot = len(self.weights)
+            self.slots[sys.intern(user_id)] = slot
+            self.weights.append(_WITHDRAWN if weight is None else weight)
+            orders.append(ts)
+            orders.append(offset)
+            self.hist.append(in_history)
+        else:
+            o = 2 * slot
+            stored_ts = orders[o]
+            if ts < stored_ts or (ts == stored_ts and offset <= orders[o + 1]):
+                return False
+            orders[o] = ts
+            orders[o + 1] = offset
+            self.weights[slot] = _WITHDRAWN if weight is None else weight
+            self.hist[slot] = in_history
+        self._rename(ts, offset, name)
+        return True
+
+    def build_indexes(self) -> None:
+        """The three indexes from the stored weights, each in one sort."""
+        growth: list[float] = []
+        base: list[float] = []
+        discovery: list[float] = []
+        for w, h in zip(self.weights, self.hist, strict=True):
+            if w == w:  # not withdrawn
+                growth.append(w)
+                (base if h else discovery).append(w)
+        self.growth = ThresholdIndex.of(growth)
+        self.base = ThresholdIndex.of(base)
+        self.discovery = ThresholdIndex.of(discovery)
+
     def _rename(self, ts: int, offset: int, name: str) -> None:
         if (ts, offset) > self.name_order:
             self.name_order = (ts, offset)
@@ -193,8 +226,11 @@ class Family:
 class PartitionState:
     """Everything one partition of the repartition topic holds."""
 
-    def __init__(self, partition: int) -> None:
+    def __init__(self, partition: int, rebuilding: bool = False) -> None:
         self.partition = partition
+        # While rebuilding (a new owner loading the changelog, not yet queried): records are
+        # stored without their indexes, built by finish_rebuild in one sort per index.
+        self.rebuilding = rebuilding
         self.families: dict[FamilyKey, Family] = {}
         # program -> basis -> families: a query touches only one program's segments.
         self.by_program: dict[str, dict[str, dict[FamilyKey, Family]]] = {}
@@ -220,6 +256,8 @@ class PartitionState:
         """Apply one event at ``offset``; return the new durable record, or None if it is not
         newer than the stored one (older, or a replay of an offset already applied).
         ``family``: the event's family key when the caller has it already."""
+        if self.rebuilding:
+            self.finish_rebuild()
         key: FamilyKey = family or (ev.program_id, ev.segment_basis, ev.basis_id,
                                     ev.action_type)
         fam = self._family(key)
@@ -233,12 +271,36 @@ class PartitionState:
 
     def load(self, family: FamilyKey, user_id: str, rec: Record, name: str) -> None:
         """Rebuild path: put one durable record back (any order; last-writer-wins holds)."""
-        fam = self._family(family)
+        self._load(family, user_id, rec.weight, rec.in_history, rec.ts, rec.offset, name)
+
+    def load_durable(self, key: bytes, value: bytes) -> None:
+        """Rebuild path: one durable-table record as written (``record_key``,
+        ``encode_record``)."""
+        w, in_history, ts, offset, _partition, name = orjson.loads(value)
+        *family, user_id = orjson.loads(key)
+        self._load(tuple(family), user_id, None if w is None else float(w), in_history, ts,
+                   offset, name)
+
+    def _load(self, family: FamilyKey, user_id: str, weight: float | None, in_history: bool,
+              ts: int, offset: int, name: str) -> None:
+        fam = self.families.get(family)
+        if fam is None:
+            fam = self._family(family)
         # Records of ts beyond 64 bits (accepted before ts was validated as such) keep their
         # order among themselves only approximately: clamped.
-        ts = min(max(rec.ts, _INT64_MIN), _INT64_MAX)
-        if fam.put(user_id, rec.weight, rec.in_history, ts, rec.offset, name) is not None:
+        ts = min(max(ts, _INT64_MIN), _INT64_MAX)
+        if self.rebuilding:
+            fam.load(user_id, weight, in_history, ts, offset, name)
+        elif fam.put(user_id, weight, in_history, ts, offset, name) is not None:
             self._changed(family[0], family[1])
+
+    def finish_rebuild(self) -> None:
+        """End of a rebuild: build every family's indexes; from now on loads and events
+        update them one by one."""
+        if self.rebuilding:
+            for fam in self.families.values():
+                fam.build_indexes()
+            self.rebuilding = False
 
     def load_emitted(self, key: bytes, count: int, previous: int | None = None) -> None:
         """Rebuild path: the last emitted-counts record of one segment and threshold. With
@@ -253,6 +315,8 @@ class PartitionState:
     def mark_unsettled(self, thresholds: Iterable[float]) -> None:
         """After a rebuild: families whose counts differ from the last emitted change, or whose
         last publication is unconfirmed, are dirty; unchanged ones are not."""
+        if self.rebuilding:
+            self.finish_rebuild()
         thresholds = tuple(thresholds)
         for key, fam in self.families.items():
             for segment_type in SEGMENT_TYPES:
@@ -273,6 +337,8 @@ class PartitionState:
         The answer is memoised per (program, basis) version: asked again with no event
         applied to that program and basis since, it is returned as is (the same list: do not
         modify it), which is what it would recompute."""
+        if self.rebuilding:
+            self.finish_rebuild()
         version = self.versions.get((program_id, segment_basis), 0)
         memo_key = (program_id, segment_type, segment_basis, min_weight)
         hit = self._memo.get(memo_key)
@@ -297,6 +363,8 @@ class PartitionState:
         """Counts at watched thresholds that differ from the last emitted ones (dirty families
         only), and unconfirmed publications again (the same change when the count is still
         the one it announced); the caller publishes them and then calls ``commit_change``."""
+        if self.rebuilding:
+            self.finish_rebuild()
         thresholds = tuple(thresholds)
         changes: list[CountChange] = []
         dirty, self.dirty = self.dirty, set()

@@ -358,6 +358,21 @@ class ThresholdIndex:
         self._load = load
         self._small = min(SMALL_MAX, 2 * load)  # promote to big mode beyond this many
 
+    @classmethod
+    def of(cls, weights: list[float], *, load: int = DEFAULT_LOAD) -> ThresholdIndex:
+        """An index holding ``weights`` (same rules as :meth:`add`), built in one sort:
+        what a rebuild uses instead of one ``add`` per weight. Takes over the list."""
+        index = cls(load=load)
+        for k, w in enumerate(weights):
+            if not 0.0 <= w <= 1.0:
+                raise ValueError(f"weight must be in [0, 1], got {w!r}")
+            weights[k] = w + 0.0  # -0.0 -> 0.0, int -> float
+        weights.sort()
+        index._items = weights
+        if len(weights) > index._small:
+            index._promote()
+        return index
+
     def __len__(self) -> int:
         big = self._big
         return len(self._items) if big is None else big.n

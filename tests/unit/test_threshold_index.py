@@ -477,3 +477,35 @@ def _check_drift(index: ThresholdIndex, alive: list[float]) -> None:
             assert abs(mean - expected) <= 1e-12 * expected
         else:
             assert mean == 0.0
+
+
+@pytest.mark.parametrize("load", [1, 3, DEFAULT_LOAD])
+@pytest.mark.parametrize("size", [0, 1, SMALL_MAX, SMALL_MAX + 1, 3 * DEFAULT_LOAD + 7])
+def test_built_in_one_sort_equals_added_one_by_one(load: int, size: int) -> None:
+    """``ThresholdIndex.of`` (the rebuild path) answers like ``add`` per weight, and then
+    keeps working through adds and removes, in both modes."""
+    rng = random.Random(size)
+    model = [rng.choice([rng.random(), 0.5, 0.0, -0.0, 1.0, TINY, 1]) for _ in range(size)]
+    built = ThresholdIndex.of(list(model), load=load)
+    added = ThresholdIndex(load=load)
+    for w in model:
+        added.add(w)
+    assert built.weights() == added.weights()
+    assert all(type(w) is float and math.copysign(1.0, w) == 1.0 for w in built.weights())
+    for m in (0.0, 0.25, 0.5, 1.0, TINY, rng.random()):
+        # Counts exact; means within the bound (block boundaries may differ, and with them
+        # the float summation order).
+        assert built.count_at_least(m) == added.count_at_least(m)
+        _check_query(built, model, m, load)
+    for w in model[: size // 2]:
+        built.remove(w)
+        model.remove(w)
+    for _ in range(50):
+        w = rng.random()
+        built.add(w)
+        model.append(w)
+    for m in (0.0, 0.5, rng.random()):
+        _check_query(built, model, m, load)
+    for bad in (-0.1, 1.5, math.nan):
+        with pytest.raises(ValueError):
+            ThresholdIndex.of([0.5, bad])
