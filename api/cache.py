@@ -6,8 +6,12 @@ is dropped), the outage is logged once, and Redis is tried again after a short b
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
+import uuid
+from collections import OrderedDict
 from typing import Protocol
 
 import redis.asyncio as aioredis
@@ -55,17 +59,38 @@ class InProcessCache:
 
 
 class RedisCache:
-    """Redis-backed cache with short timeouts and a back-off after a failure."""
+    """Redis-backed cache with short timeouts and a back-off after a failure, and a near copy.
+
+    Near copy: the answers this worker wrote are also kept in its memory (up to
+    ``near_bytes``, oldest first out) until the same expiry as in Redis, and served from
+    there: a hit then costs no Redis round trip (~40 % of a cached request's time). Every
+    write is announced on a Redis pub/sub channel, and each worker drops its copy of the keys
+    others wrote, so a ``force_refresh`` on one worker reaches the copies of all (within the
+    channel's delivery time, about a millisecond on one host). The copies are used only
+    while this worker is subscribed: when the subscription breaks (Redis down), they are
+    dropped and every answer goes to Redis (or to the tables) until it is back.
+    """
 
     def __init__(self, url: str, timeout_s: float = 0.25, retry_after_s: float = 1.0,
-                 prefix: str = "segment-stream:") -> None:
+                 prefix: str = "segment-stream:", near_bytes: int = 8 * 1024 * 1024) -> None:
         self._client = aioredis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+            health_check_interval=0, retry_on_timeout=False)
+        # The subscription has a client (and connection pool) of its own.
+        self._subscriber = aioredis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
             health_check_interval=0, retry_on_timeout=False)
         self._retry_after_s = retry_after_s
         self._down_until = 0.0
         self._down = False
         self._prefix = prefix
+        self._channel = prefix + "written"
+        self._origin = uuid.uuid4().hex.encode()  # this cache's writes, on the channel
+        self._near: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._near_bytes = 0
+        self._near_max = near_bytes
+        self._near_live = False  # subscribed: the copies are kept coherent
+        self._listener: asyncio.Task[None] | None = None
 
     def _available(self) -> bool:
         return time.monotonic() >= self._down_until
@@ -81,7 +106,65 @@ class RedisCache:
             logger.warning("Redis cache is back")
         self._down = False
 
+    # -- near copies ---------------------------------------------------------------------------
+    def _start_listener(self) -> None:
+        if self._listener is None and self._near_max > 0:
+            self._listener = asyncio.get_running_loop().create_task(self._listen())
+
+    async def _listen(self) -> None:
+        """Keep the subscription to the write announcements (retried after a failure)."""
+        while True:
+            pubsub = self._subscriber.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._channel)
+                self._near_live = True
+                while True:
+                    message = await pubsub.get_message(timeout=None)
+                    if message is None:
+                        continue
+                    origin, _, key = bytes(message["data"]).partition(b" ")
+                    if origin != self._origin:
+                        self._drop(key.decode())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis down or restarted: copies may be stale now
+                logger.debug("cache write announcements lost: %r", exc)
+            finally:
+                self._near_live = False
+                self._clear()
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(self._retry_after_s)
+
+    def _keep(self, key: str, value: bytes, expires: float) -> None:
+        if len(value) > self._near_max // 16:
+            return  # a huge page: not worth a sixteenth of the budget
+        self._drop(key)
+        value = kept(value)  # exact size (orjson's output holds a 4 KiB buffer)
+        self._near[key] = (expires, value)
+        self._near_bytes += len(value)
+        while self._near_bytes > self._near_max:
+            _, (_, dropped) = self._near.popitem(last=False)
+            self._near_bytes -= len(dropped)
+
+    def _drop(self, key: str) -> None:
+        hit = self._near.pop(key, None)
+        if hit is not None:
+            self._near_bytes -= len(hit[1])
+
+    def _clear(self) -> None:
+        self._near.clear()
+        self._near_bytes = 0
+
+    # -- the cache -------------------------------------------------------------------------------
     async def get(self, key: str) -> bytes | None:
+        self._start_listener()
+        if self._near_live and not self._down:
+            hit = self._near.get(key)
+            if hit is not None:
+                if hit[0] > time.monotonic():
+                    return hit[1]
+                self._drop(key)
         if not self._available():
             return None
         try:
@@ -93,16 +176,30 @@ class RedisCache:
         return value if isinstance(value, bytes) else None
 
     async def set(self, key: str, value: bytes, ttl_s: float) -> None:
+        self._start_listener()
         if ttl_s <= 0 or not self._available():
+            self._drop(key)
             return
+        expires = time.monotonic() + ttl_s
         try:
-            await self._client.set(self._prefix + key, value, px=max(1, int(ttl_s * 1000)))
+            async with self._client.pipeline(transaction=False) as pipe:  # one round trip
+                pipe.set(self._prefix + key, value, px=max(1, int(ttl_s * 1000)))
+                pipe.publish(self._channel, self._origin + b" " + key.encode())
+                await pipe.execute()
         except (RedisError, OSError) as exc:
+            self._drop(key)
             self._failed(exc)
             return
         self._recovered()
+        if self._near_live:
+            self._keep(key, value, expires)
 
     async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+            self._listener = None
+        await self._subscriber.aclose()
         await self._client.aclose()
 
 

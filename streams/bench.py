@@ -259,16 +259,17 @@ async def api_latency(worker: WorkerProc, program: str, refresh: bool, clients: 
     per_client = max(1, requests // clients)
     params = {"force_refresh": "true" if refresh else "false", "min_weight": "0.5"}
 
-    async def client(session: aiohttp.ClientSession, i: int) -> None:
-        for j in range(per_client):
-            page = str(1 + (i * per_client + j) % 20)
+    async def client(session: aiohttp.ClientSession, i: int, n: int, record: bool) -> None:
+        for j in range(n):
+            page = str(1 + (i * n + j) % 20)
             t0 = time.perf_counter()
             async with session.get(worker.url + "/segments", params={**params, "page": page},
                                    headers={"program-id": program}) as resp:
                 await resp.read()
                 if resp.status != 200:
                     raise RuntimeError(f"GET /segments answered {resp.status}")
-            latencies.append(time.perf_counter() - t0)
+            if record:
+                latencies.append(time.perf_counter() - t0)
 
     connector = aiohttp.TCPConnector(limit=clients)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -277,8 +278,11 @@ async def api_latency(worker: WorkerProc, program: str, refresh: bool, clients: 
             body = await resp.json()
             if body["total"] == 0:
                 raise RuntimeError("the API program has no segments")
+        # Warm-up, not measured: every client's connection opened, every page asked once.
+        await asyncio.gather(*(client(session, i, max(2, 40 // clients), False)
+                               for i in range(clients)))
         started = time.perf_counter()
-        await asyncio.gather(*(client(session, i) for i in range(clients)))
+        await asyncio.gather(*(client(session, i, per_client, True) for i in range(clients)))
         elapsed = time.perf_counter() - started
     return {"p50_ms": _pct(latencies, 0.5) * 1000, "p99_ms": _pct(latencies, 0.99) * 1000,
             "requests_per_s": len(latencies) / elapsed, "requests": len(latencies)}

@@ -6,6 +6,7 @@ import asyncio
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -301,6 +302,10 @@ async def test_force_refresh_sees_what_the_cache_does_not(api: Setup) -> None:
     await wait_no_lag(api.cluster)
     status, first = await api.get(program=program)
     assert status == 200 and first["total"] == 1 and first["items"][0]["user_count"] == 1
+    # An answer worker 1 computed and cached itself (so it also holds a near copy of it).
+    status, own = await api.get({"force_refresh": "true", "size": "49"}, program=program,
+                                worker=1)
+    assert status == 200 and own["items"][0]["user_count"] == 1
 
     event.update(user_id="u2", ts=2)
     await produce_records(api.cluster.bootstrap, api.cluster.input_topic,
@@ -312,6 +317,13 @@ async def test_force_refresh_sees_what_the_cache_does_not(api: Setup) -> None:
     assert fresh["items"][0]["user_count"] == 2
     status, after = await api.get(program=program, worker=1)
     assert after == fresh, "force_refresh refreshes the shared cache"
+    # A force_refresh on worker 0 also replaces worker 1's near copy (announced on Redis).
+    status, fresh49 = await api.get({"force_refresh": "true", "size": "49"}, program=program)
+    assert fresh49["items"][0]["user_count"] == 2
+    deadline = time.monotonic() + 2
+    while (await api.get({"size": "49"}, program=program, worker=1))[1] != fresh49:
+        assert time.monotonic() < deadline, "worker 1 kept serving its stale near copy"
+        await asyncio.sleep(0.01)
 
 
 # -- Redis outage --------------------------------------------------------------------------------
