@@ -411,11 +411,15 @@ class SegmentStreamApp:
         partitions = sorted(await self._producer().partitions_for(topic))
         now_ms = int(time.time() * 1000)
         events = []
+        routes: dict[str, tuple[int, bytes]] = {}  # program -> (partition, key): few programs
         for _, _, changes in taken:
             for c in changes:
-                key = c.program_id.encode()
-                events.append((partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)], key,
-                               change_payload(c, now_ms)))
+                route = routes.get(c.program_id)
+                if route is None:
+                    key = c.program_id.encode()
+                    route = routes[c.program_id] = (
+                        partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)], key)
+                events.append((*route, change_payload(c, now_ms)))
         await asyncio.gather(*await self._send_batched(topic, events))
         published = []
         for partition, state, changes in taken:

@@ -137,7 +137,7 @@ def tune_malloc() -> None:
 
 class MallocTrimmer(mode.Service):
     """Gives the memory the C allocator holds free back to the system, every few seconds
-    while the worker works and once when it goes idle (glibc only).
+    while the worker works and once within a second or two of going idle (glibc only).
 
     Ingest frees as much as it keeps: fetched records, parsed events, encoded keys and values,
     producer batches, the columns' and dicts' old buffers when they grow. Python returns what
@@ -154,7 +154,6 @@ class MallocTrimmer(mode.Service):
         self.core = core
         self.interval_s = interval_s
         self._trim: Any = None
-        self._seen: tuple[int, bool] | None = None
         try:
             self._trim = ctypes.CDLL(None).malloc_trim
         except (OSError, AttributeError):  # not glibc
@@ -165,16 +164,23 @@ class MallocTrimmer(mode.Service):
         if self._trim is None:
             return
         loop = asyncio.get_running_loop()
+        # Work is records handled, or a rebuild that made the worker ready.
+        seen: tuple[int, bool] | None = None  # at the last look (every second)
+        trimmed: tuple[int, bool] | None = None  # at the last trim
+        trimmed_at = 0.0
         while not self.should_stop:
-            await self.sleep(self.interval_s)
-            # Work since the last look (records handled, a rebuild that made it ready)?
-            seen = (self.core.processed, self.core.ready)
-            if seen == self._seen:
-                continue
-            self._seen = seen
-            started = time.perf_counter()
-            await loop.run_in_executor(None, self._trim, 0)
-            logger.debug("malloc_trim took %.1f ms", (time.perf_counter() - started) * 1000)
+            await self.sleep(1.0)
+            now = (self.core.processed, self.core.ready)
+            if now == trimmed:
+                continue  # nothing done since the last trim
+            went_idle = now == seen
+            seen = now
+            if went_idle or time.monotonic() - trimmed_at >= self.interval_s:
+                trimmed, trimmed_at = now, time.monotonic()
+                started = time.perf_counter()
+                await loop.run_in_executor(None, self._trim, 0)
+                logger.debug("malloc_trim took %.1f ms",
+                             (time.perf_counter() - started) * 1000)
 
 
 def run_worker(settings: Settings | None = None) -> None:
