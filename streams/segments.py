@@ -140,22 +140,11 @@ class Family:
         recent. None: not stored; True: stored and the user's membership or weight changed;
         False: stored, only its order (and maybe the name) moved."""
         slot = self.slots.get(user_id)
-        orders = self.orders
         if slot is None:
-            slot = len(self.weights)
-            # Interned: a user appears in many segments; they then share one string.
-            self.slots[sys.intern(user_id)] = slot
-            self.weights.append(_WITHDRAWN if weight is None else weight)
-            orders.append(ts)
-            orders.append(offset)
-            self.hist.append(in_history)
+            self._append(user_id, weight, in_history, ts, offset)
         else:
-            o = 2 * slot
-            stored_ts = orders[o]
-            if ts < stored_ts or (ts == stored_ts and offset <= orders[o + 1]):
+            if not self._advance(slot, ts, offset):
                 return None
-            orders[o] = ts
-            orders[o + 1] = offset
             old = self.weights[slot]
             old_hist = self.hist[slot]
             if old == old:  # not withdrawn
@@ -180,24 +169,35 @@ class Family:
         """Rebuild path: ``put`` without the indexes (``build_indexes`` makes them once all
         records are in). True if stored."""
         slot = self.slots.get(user_id)
-        orders = self.orders
         if slot is None:
-            slot = len(self.weights)
-            self.slots[sys.intern(user_id)] = slot
-            self.weights.append(_WITHDRAWN if weight is None else weight)
-            orders.append(ts)
-            orders.append(offset)
-            self.hist.append(in_history)
-        else:
-            o = 2 * slot
-            stored_ts = orders[o]
-            if ts < stored_ts or (ts == stored_ts and offset <= orders[o + 1]):
-                return False
-            orders[o] = ts
-            orders[o + 1] = offset
+            self._append(user_id, weight, in_history, ts, offset)
+        elif self._advance(slot, ts, offset):
             self.weights[slot] = _WITHDRAWN if weight is None else weight
             self.hist[slot] = in_history
+        else:
+            return False
         self._rename(ts, offset, name)
+        return True
+
+    def _append(self, user_id: str, weight: float | None, in_history: bool, ts: int,
+                offset: int) -> None:
+        """A new user's slot."""
+        # Interned: a user appears in many segments; they then share one string.
+        self.slots[sys.intern(user_id)] = len(self.weights)
+        self.weights.append(_WITHDRAWN if weight is None else weight)
+        self.orders.append(ts)
+        self.orders.append(offset)
+        self.hist.append(in_history)
+
+    def _advance(self, slot: int, ts: int, offset: int) -> bool:
+        """Move the slot's order to (ts, offset) if that is more recent; False if not."""
+        orders = self.orders
+        o = 2 * slot
+        stored_ts = orders[o]
+        if ts < stored_ts or (ts == stored_ts and offset <= orders[o + 1]):
+            return False
+        orders[o] = ts
+        orders[o + 1] = offset
         return True
 
     def build_indexes(self) -> None:
