@@ -63,7 +63,7 @@ class RedisCache:
 
     Near copy: the answers this worker wrote are also kept in its memory (up to
     ``near_bytes``, oldest first out) until the same expiry as in Redis, and served from
-    there: a hit then costs no Redis round trip (~40 % of a cached request's time). Every
+    there: a hit then costs no Redis round trip (about a third of a cached request's time). Every
     write is announced on a Redis pub/sub channel, and each worker drops its copy of the keys
     others wrote, so a ``force_refresh`` on one worker reaches the copies of all (within the
     channel's delivery time, about a millisecond on one host). The copies are used only
