@@ -359,6 +359,7 @@ class SegmentStreamApp:
                     batch = producer.create_batch()
                     batch.append(key=key, value=value, timestamp=None)
             futures.append(await producer.send_batch(batch, topic, partition=partition))
+            await asyncio.sleep(0)  # thousands of appends per partition: let others in
         return futures
 
     # -- change publisher ------------------------------------------------------------------
@@ -372,9 +373,14 @@ class SegmentStreamApp:
         async with self._publish_lock:
             if not self.ready:
                 return
-            taken = [(partition, state, changes)
-                     for partition, state in list(self.partitions.items())
-                     if (changes := state.take_changes(self.settings.watch_thresholds))]
+            taken = []
+            for partition, state in list(self.partitions.items()):
+                changes = state.take_changes(self.settings.watch_thresholds)
+                if changes:
+                    taken.append((partition, state, changes))
+                # After a burst a tick holds thousands of changes: let HTTP requests and
+                # batches in between partitions (tens of ms each) instead of after all.
+                await asyncio.sleep(0)
             if not taken:
                 return
             try:
@@ -402,9 +408,12 @@ class SegmentStreamApp:
         that change again (the same one if the count has not moved since), so the last change
         of a segment always reaches the topic."""
         emitted_changelog = self._emitted_changelog
-        intents = [(partition, c.emitted_key,
-                    orjson.dumps([c.user_count, partition, c.previous_user_count]))
-                   for partition, _, changes in taken for c in changes]
+        intents = []
+        for partition, _, changes in taken:
+            intents += [(partition, c.emitted_key,
+                         orjson.dumps([c.user_count, partition, c.previous_user_count]))
+                        for c in changes]
+            await asyncio.sleep(0)  # between partitions (see _publish_changes)
         await asyncio.gather(*await self._send_batched(emitted_changelog, intents))
         # Keyed by program_id, on the partition Kafka's default partitioner picks for it.
         topic = self.settings.changes_topic
@@ -420,6 +429,7 @@ class SegmentStreamApp:
                     route = routes[c.program_id] = (
                         partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)], key)
                 events.append((*route, change_payload(c, now_ms)))
+            await asyncio.sleep(0)
         await asyncio.gather(*await self._send_batched(topic, events))
         published = []
         for partition, state, changes in taken:
@@ -427,6 +437,7 @@ class SegmentStreamApp:
                 state.commit_change(c)
                 published.append((partition, c.emitted_key,
                                    orjson.dumps([c.user_count, partition])))
+            await asyncio.sleep(0)
         await self._send_batched(emitted_changelog, published)
 
     # -- rebalance / recovery --------------------------------------------------------------

@@ -336,8 +336,8 @@ async def bench(cfg: BenchConfig, run: Run) -> dict[str, Any]:
                             "p50_ms": _pct(lat, 0.5) * 1000, "p99_ms": _pct(lat, 0.99) * 1000}
     await wait_no_lag(run, timeout_s=600)
 
-    console.print(f"4. api: {cfg.api_segments} segments, {cfg.api_recommendations} "
-                  "recommendations in one program")
+    console.print(f"4./5. api program: {cfg.api_segments} segments, "
+                  f"{cfg.api_recommendations} recommendations")
     program = f"api-{run.app_id}"
     rss_before = worker.rss()
     api_recs = list(api_records(program, cfg.api_segments, cfg.api_recommendations, seed=5))
@@ -348,18 +348,13 @@ async def bench(cfg: BenchConfig, run: Run) -> dict[str, Any]:
     held = len(api_recs)
     del api_recs
     await worker.wait_ready()
-    results["api"] = {
-        "segments": cfg.api_segments, "recommendations": held,
-        "ingest_events_per_s_incl_produce": api_ingest,
-        "cached": await api_latency(worker, program, False, cfg.clients, cfg.api_requests),
-        "force_refresh": await api_latency(worker, program, True, cfg.clients,
-                                           max(cfg.clients, cfg.api_requests // 8)),
-    }
 
     console.print("5. memory")
-    rss_busy = worker.rss()  # right after the API load
+    rss_busy = worker.rss()  # right after the API program's load
     # Then idle for a few seconds: what a worker holding these recommendations keeps (it
-    # returns the allocator's free memory within ~2 s of going idle, streams/worker.py).
+    # returns the allocator's free memory within ~2 s of going idle, streams/worker.py) and
+    # the settled worker the API phases measure (the change publisher has published the
+    # load's last changes by then).
     await asyncio.sleep(5.0)
     rss = worker.rss()
     total_recs = await worker.recommendations()  # all data sets: ingest, freshness, API
@@ -369,6 +364,15 @@ async def bench(cfg: BenchConfig, run: Run) -> dict[str, Any]:
                          "rss_bytes_per_recommendation_right_after_api_load":
                              rss_busy / total_recs,
                          "delta_bytes_per_api_recommendation": (rss - rss_before) / held}
+
+    console.print("4. api latency")
+    results["api"] = {
+        "segments": cfg.api_segments, "recommendations": held,
+        "ingest_events_per_s_incl_produce": api_ingest,
+        "cached": await api_latency(worker, program, False, cfg.clients, cfg.api_requests),
+        "force_refresh": await api_latency(worker, program, True, cfg.clients,
+                                           max(cfg.clients, cfg.api_requests // 8)),
+    }
 
     console.print("6. recovery")
     worker.stop()
