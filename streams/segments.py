@@ -283,9 +283,7 @@ class PartitionState:
 
     def _load(self, family: FamilyKey, user_id: str, weight: float | None, in_history: bool,
               ts: int, offset: int, name: str) -> None:
-        fam = self.families.get(family)
-        if fam is None:
-            fam = self._family(family)
+        fam = self._family(family)
         # Records of ts beyond 64 bits (accepted before ts was validated as such) keep their
         # order among themselves only approximately: clamped.
         ts = min(max(ts, _INT64_MIN), _INT64_MAX)
@@ -315,8 +313,7 @@ class PartitionState:
     def mark_unsettled(self, thresholds: Iterable[float]) -> None:
         """After a rebuild: families whose counts differ from the last emitted change, or whose
         last publication is unconfirmed, are dirty; unchanged ones are not."""
-        if self.rebuilding:
-            self.finish_rebuild()
+        self.finish_rebuild()  # (a no-op unless rebuilding)
         thresholds = tuple(thresholds)
         for key, fam in self.families.items():
             for segment_type in SEGMENT_TYPES:
@@ -337,8 +334,7 @@ class PartitionState:
         The answer is memoised per (program, basis) version: asked again with no event
         applied to that program and basis since, it is returned as is (the same list: do not
         modify it), which is what it would recompute."""
-        if self.rebuilding:
-            self.finish_rebuild()
+        self.finish_rebuild()  # (a no-op unless rebuilding)
         version = self.versions.get((program_id, segment_basis), 0)
         memo_key = (program_id, segment_type, segment_basis, min_weight)
         hit = self._memo.get(memo_key)
@@ -363,8 +359,7 @@ class PartitionState:
         """Counts at watched thresholds that differ from the last emitted ones (dirty families
         only), and unconfirmed publications again (the same change when the count is still
         the one it announced); the caller publishes them and then calls ``commit_change``."""
-        if self.rebuilding:
-            self.finish_rebuild()
+        self.finish_rebuild()  # (a no-op unless rebuilding)
         thresholds = tuple(thresholds)
         changes: list[CountChange] = []
         dirty, self.dirty = self.dirty, set()

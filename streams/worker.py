@@ -146,18 +146,17 @@ class MallocTrimmer(mode.Service):
     recommendations had an RSS of 499 MB, of which ``malloc_trim(0)`` (which also releases
     the free pages inside the heap) gave back 228 MB; one that rebuilt the same state from
     the changelog held 298 MB (BENCHMARKS.md). The trim runs in a thread (ctypes releases the
-    GIL), but it holds the heap's lock while it walks the heap (8-25 ms on that heap, ~200 ms
-    now and then), and the event loop's allocations wait for it: trimming every 5 s under load
-    put freshness p99 at 227-364 ms against 169-193 ms without, side by side. So it trims
-    only once idle (no record handled for a second); under sustained load glibc reuses the
-    freed memory instead."""
+    GIL) but holds the heap's lock while it walks the heap (8-25 ms on that heap, ~200 ms now
+    and then under load), so the event loop's allocations can wait for it: trimming every 5 s
+    under load put freshness p99 at 227-364 ms against 169-193 ms without, side by side. So
+    it trims only once idle (no record handled for a second): there a trim took 10 ms and
+    delayed the loop by 1.4 ms at most. Under sustained load glibc reuses the freed memory."""
 
     def __init__(self, core: SegmentStreamApp, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.core = core
-        self._trim: Any = None
         try:
-            self._trim = ctypes.CDLL(None).malloc_trim
+            self._trim: Any = ctypes.CDLL(None).malloc_trim
         except (OSError, AttributeError):  # not glibc
             self._trim = None
 
