@@ -25,7 +25,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import faust
 import orjson
@@ -43,7 +43,7 @@ from streams.segments import (
     PartitionState,
     SegmentStat,
     contract_order,
-    encode_record,
+    encode_applied,
     record_key,
 )
 from streams.settings import Settings
@@ -215,53 +215,69 @@ class SegmentStreamApp:
                 key, (murmur2(key) & 0x7FFFFFFF) % self.settings.partitions)
         return route
 
-    def _ingest_record(self, partition: int, offset: int, key: bytes | None,
-                       value: bytes | None, ts_ms: int, writes: dict[tuple[int, bytes], bytes],
-                       invalid: list[tuple[bytes | None, bytes | None, str]],
-                       repartition: list[tuple[int, bytes, bytes]]) -> None:
-        """One input record: validate it (invalid: collected for the DLQ with the reason),
+    def _ingest_records(self, partition: int, state: PartitionState | None,
+                        records: Iterable[Any], out: _BatchOutput) -> None:
+        """Input records of one partition (aiokafka records: ``offset``, ``key``, ``value``,
+        ``timestamp`` in ms): validate each (invalid: collected for the DLQ with the reason),
         then aggregate it here when it already sits on its segment family's partition under
-        the family's key, else collect it for the repartition topic."""
-        try:
-            ev = parse_event(value, ts_ms)
-        except InvalidEvent as exc:
-            invalid.append((key, value, exc.reason))
-            return
-        family = ev.family
-        fkey, fpart = self._route(family)
-        if fpart == partition and key == fkey and partition in self.partitions:
-            self._apply(partition, offset, ev, family, writes)
-        else:
-            repartition.append((fpart, fkey, ev.encode()))
+        the family's key and ``state`` (the partition's, if owned) is given, else collect it
+        for the repartition topic."""
+        route = self._route
+        invalid = out.invalid
+        repartition = out.repartition
+        writes = out.writes_for(partition)
+        apply = state.apply if state is not None else None
+        for r in records:
+            try:
+                ev = parse_event(r.value, r.timestamp)
+            except InvalidEvent as exc:
+                invalid.append((r.key, r.value, exc.reason))
+                continue
+            family = ev.family
+            fkey, fpart = route(family)
+            if apply is not None and fpart == partition and r.key == fkey:
+                offset = r.offset
+                if apply(ev, offset, family):
+                    writes[record_key(family, ev.user_id)] = encode_applied(ev, offset,
+                                                                            partition)
+            else:
+                repartition.append((fpart, fkey, ev.encode()))
 
-    def _aggregate_record(self, partition: int, offset: int, key: bytes | None,
-                          value: bytes | None, writes: dict[tuple[int, bytes], bytes],
-                          invalid: list[tuple[bytes | None, bytes | None, str]]) -> None:
-        """One repartitioned event: apply it to its partition's state."""
-        try:
-            ev = Event.decode(value or b"")
-        except InvalidEvent as exc:  # not written by our ingest
-            invalid.append((key, value, f"bad repartition record: {exc.reason}"))
-            return
-        self._apply(partition, offset, ev, ev.family, writes)
+    def _aggregate_records(self, partition: int, state: PartitionState, records: Iterable[Any],
+                           out: _BatchOutput) -> None:
+        """Repartitioned events of one partition: apply each to the partition's state."""
+        invalid = out.invalid
+        writes = out.writes_for(partition)
+        apply = state.apply
+        for r in records:
+            try:
+                ev = Event.decode(r.value or b"")
+            except InvalidEvent as exc:  # not written by our ingest
+                invalid.append((r.key, r.value, f"bad repartition record: {exc.reason}"))
+                continue
+            family = ev.family
+            offset = r.offset
+            if apply(ev, offset, family):
+                writes[record_key(family, ev.user_id)] = encode_applied(ev, offset, partition)
 
-    async def _flush_batch(self, writes: dict[tuple[int, bytes], bytes],
-                           invalid: list[tuple[bytes | None, bytes | None, str]],
-                           repartition: list[tuple[int, bytes, bytes]]) -> None:
+    async def _flush_batch(self, out: _BatchOutput) -> None:
         """Queue in the producer what a batch produced: dead letters, repartitioned events
-        and the durable writes (Faust flushes the producer before committing offsets)."""
-        if invalid:
-            self.invalid += len(invalid)
-            for key, value, reason in invalid:
+        and the durable writes, one per recommendation per batch (the last one wins anyway).
+        Faust flushes the producer before committing offsets."""
+        if out.invalid:
+            self.invalid += len(out.invalid)
+            for key, value, reason in out.invalid:
                 await self.app.producer.send(self.settings.dlq_topic, key, value, None, None,
                                              [("error", reason.encode())])
-        if repartition:
-            await self._send_batched(self.settings.repartition_topic, repartition)
-        await self._write(writes)
+        if out.repartition:
+            await self._send_batched(self.settings.repartition_topic, out.repartition)
+        if out.writes:
+            await self._send_partitions(self._changelog, out.writes)
 
-    async def process_batch(self, messages: list[Any]) -> list[Any]:
-        """The batched consumer's handler (streams/consumer.py): every fetched record of the
-        input and repartition topics, in partition order; returns those handled, to be acked.
+    async def process_batch(self, batch: list[tuple[TP, list[Any]]]) -> list[TP]:
+        """The batched consumer's handler (streams/consumer.py): the fetched records of the
+        input and repartition topics, per partition in offset order; returns the partitions
+        handled (all their records), to be acked.
 
         Runs under the batch lock, so a rebalance waits for a batch in flight. Records that
         cannot be handled here now (a rebalance has begun, or their partition is not owned)
@@ -270,69 +286,48 @@ class SegmentStreamApp:
         async with self._batch_lock:
             if not self.ready:
                 return []
-            writes: dict[tuple[int, bytes], bytes] = {}
-            invalid: list[tuple[bytes | None, bytes | None, str]] = []
-            repartition: list[tuple[int, bytes, bytes]] = []
+            out = _BatchOutput()
             done = []
             owned = self.partitions
             input_topic = self.settings.input_topic
-            ingest = self._ingest_record
-            aggregate = self._aggregate_record
-            for msg in messages:
-                part = msg.partition
-                if part not in owned:
+            n = 0
+            for tp, records in batch:
+                part = tp.partition
+                state = owned.get(part)
+                if state is None:
                     continue
-                if msg.topic == input_topic:
-                    ingest(part, msg.offset, msg.key, msg.value, round(msg.timestamp * 1000),
-                           writes, invalid, repartition)
+                if tp.topic == input_topic:
+                    self._ingest_records(part, state, records, out)
                 else:
-                    aggregate(part, msg.offset, msg.key, msg.value, writes, invalid)
-                done.append(msg)
-            self.processed += len(done)
-            await self._flush_batch(writes, invalid, repartition)
+                    self._aggregate_records(part, state, records, out)
+                done.append(tp)
+                n += len(records)
+            self.processed += n
+            await self._flush_batch(out)
             return done
 
     async def _ingest(self, stream: Any) -> AsyncIterator[None]:
-        """Agent path (when the batched consumer is off): the same work per record."""
+        """Agent path (when the batched consumer is off): the same work, from Faust's
+        per-record messages."""
         async for events in stream.take_events(BATCH, within=BATCH_WITHIN_S):
-            writes: dict[tuple[int, bytes], bytes] = {}
-            invalid: list[tuple[bytes | None, bytes | None, str]] = []
-            repartition: list[tuple[int, bytes, bytes]] = []
-            for event in events:
-                msg = event.message
-                self._ingest_record(msg.partition, msg.offset, msg.key, msg.value,
-                                    round(msg.timestamp * 1000), writes, invalid, repartition)
+            out = _BatchOutput()
+            for part, records in _by_partition(events):
+                self._ingest_records(part, self.partitions.get(part), records, out)
             self.processed += len(events)
-            await self._flush_batch(writes, invalid, repartition)
+            await self._flush_batch(out)
             yield None
 
     async def _aggregate(self, stream: Any) -> AsyncIterator[None]:
         async for events in stream.take_events(BATCH, within=BATCH_WITHIN_S):
-            writes: dict[tuple[int, bytes], bytes] = {}
-            invalid: list[tuple[bytes | None, bytes | None, str]] = []
-            for event in events:
-                msg = event.message
-                self._aggregate_record(msg.partition, msg.offset, msg.key, msg.value, writes,
-                                       invalid)
+            out = _BatchOutput()
+            for part, records in _by_partition(events):
+                state = self.partitions.get(part)
+                if state is None:
+                    state = self.partitions[part] = PartitionState(part)
+                self._aggregate_records(part, state, records, out)
             self.processed += len(events)
-            await self._flush_batch(writes, invalid, [])
+            await self._flush_batch(out)
             yield None
-
-    def _apply(self, partition: int, offset: int, ev: Event, family: FamilyKey,
-               writes: dict[tuple[int, bytes], bytes]) -> None:
-        state = self.partitions.get(partition)
-        if state is None:
-            state = self.partitions[partition] = PartitionState(partition)
-        rec = state.apply(ev, offset, family)
-        if rec is not None:
-            writes[(partition, record_key(family, ev.user_id))] = encode_record(
-                rec, partition, ev.name)
-
-    async def _write(self, writes: dict[tuple[int, bytes], bytes]) -> None:
-        """One durable write per recommendation per batch (the last one wins anyway)."""
-        await self._send_batched(self._changelog,
-                                 [(partition, key, value)
-                                  for (partition, key), value in writes.items()])
 
     def _producer(self) -> Any:
         return cast(Any, self.app.producer)._ensure_producer()  # the AIOKafkaProducer
@@ -340,24 +335,34 @@ class SegmentStreamApp:
     async def _send_batched(self, topic: str, records: Iterable[tuple[int, bytes, bytes]]
                             ) -> list[asyncio.Future[Any]]:
         """Queue ``(partition, key, value)`` records, in this order per partition, in the
-        producer as whole record batches (``AIOKafkaProducer.send_batch``): ``send`` costs a
-        future and an accumulator lookup per record, a quarter of a worker's time. Faust's
-        flush before each offset commit waits for these batches like for any other send.
-        Returns the batches' delivery futures."""
+        producer as whole record batches (:meth:`_send_partitions`)."""
         by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
         for partition, key, value in records:
             by_partition.setdefault(partition, []).append((key, value))
-        if not by_partition:
-            return []
+        return await self._send_partitions(topic, by_partition)
+
+    async def _send_partitions(
+            self, topic: str,
+            by_partition: dict[int, list[tuple[bytes, bytes]]] | dict[int, dict[bytes, bytes]]
+    ) -> list[asyncio.Future[Any]]:
+        """Queue records, per partition ``(key, value)`` pairs (a list, or a dict of values by
+        key), in this order per partition, in the producer as whole record batches
+        (``AIOKafkaProducer.send_batch``): ``send`` costs a future and an accumulator lookup
+        per record, a quarter of a worker's time. Faust's flush before each offset commit waits
+        for these batches like for any other send. Returns the batches' delivery futures."""
         producer = self._producer()
         futures = []
         for partition, items in by_partition.items():
+            if not items:
+                continue
             batch = producer.create_batch()
-            for key, value in items:
-                if batch.append(key=key, value=value, timestamp=None) is None:  # full
+            append = batch.append
+            for key, value in (items.items() if isinstance(items, dict) else items):
+                if append(key=key, value=value, timestamp=None) is None:  # full
                     futures.append(await producer.send_batch(batch, topic, partition=partition))
                     batch = producer.create_batch()
-                    batch.append(key=key, value=value, timestamp=None)
+                    append = batch.append
+                    append(key=key, value=value, timestamp=None)
             futures.append(await producer.send_batch(batch, topic, partition=partition))
             await asyncio.sleep(0)  # thousands of appends per partition: let others in
         return futures
@@ -558,6 +563,43 @@ class SegmentStreamApp:
         """Worker URL -> active partitions, from the group assignment."""
         meta = self.app.assignor.table_metadata(self._changelog)
         return {str(url): sorted(tps.get(self._changelog, [])) for url, tps in meta.items()}
+
+
+class _BatchOutput:
+    """What handling a batch produces, to be queued in the producer (``_flush_batch``)."""
+
+    __slots__ = ("invalid", "repartition", "writes")
+
+    def __init__(self) -> None:
+        # Durable writes per changelog partition: record key -> value (the last one wins).
+        self.writes: dict[int, dict[bytes, bytes]] = {}
+        self.invalid: list[tuple[bytes | None, bytes | None, str]] = []  # key, value, reason
+        self.repartition: list[tuple[int, bytes, bytes]] = []  # partition, key, event
+
+    def writes_for(self, partition: int) -> dict[bytes, bytes]:
+        writes = self.writes.get(partition)
+        if writes is None:
+            writes = self.writes[partition] = {}
+        return writes
+
+
+class _Record(NamedTuple):
+    """A Faust message as the record handlers read aiokafka's records (timestamp in ms)."""
+
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: int
+
+
+def _by_partition(events: Iterable[EventT[Any]]) -> list[tuple[int, list[_Record]]]:
+    """Faust's events (agent path), grouped per partition in arrival order."""
+    grouped: dict[int, list[_Record]] = {}
+    for event in events:
+        msg = event.message
+        grouped.setdefault(msg.partition, []).append(
+            _Record(msg.offset, msg.key, msg.value, round(msg.timestamp * 1000)))
+    return list(grouped.items())
 
 
 def change_payload(c: CountChange, now_ms: int) -> bytes:

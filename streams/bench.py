@@ -126,7 +126,7 @@ def pure_aggregation(records: list[Record]) -> float:
     """Events/s of the aggregation alone: what the hot path costs without Faust and Kafka."""
     from streams.events import parse_event
     from streams.exceptions import InvalidEvent
-    from streams.segments import PartitionState, encode_record, record_key
+    from streams.segments import PartitionState, encode_applied, record_key
 
     state = PartitionState(0)
     started = time.perf_counter()
@@ -135,11 +135,9 @@ def pure_aggregation(records: list[Record]) -> float:
             ev = parse_event(r.value, r.timestamp_ms)
         except InvalidEvent:
             continue
-        rec = state.apply(ev, offset)
-        if rec is not None:
-            record_key((ev.program_id, ev.segment_basis, ev.basis_id, ev.action_type),
-                       ev.user_id)
-            encode_record(rec, 0, ev.name)
+        if state.apply(ev, offset):
+            record_key(ev.family, ev.user_id)
+            encode_applied(ev, offset, 0)
     return len(records) / (time.perf_counter() - started)
 
 

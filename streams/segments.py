@@ -85,6 +85,12 @@ def encode_record(rec: Record, partition: int, name: str) -> bytes:
     return encode_exact([rec.weight, rec.in_history, rec.ts, rec.offset, partition, name])
 
 
+def encode_applied(ev: Event, offset: int, partition: int) -> bytes:
+    """``encode_record`` of the record an event applied at ``offset`` stored (the hot path:
+    no ``Record`` in between)."""
+    return encode_exact([ev.weight, ev.in_history, ev.ts, offset, partition, ev.name])
+
+
 # How a Family holds its recommendations: in columns. Each user has a slot (a small int: the
 # ints up to 256 are shared objects), and per slot the weight in an array of doubles (NaN for a
 # withdrawn one), the order (ts, offset) in an array of signed 64-bit ints, and in_history in a
@@ -101,9 +107,9 @@ class Family:
     user's recommendation, the three threshold indexes and the name."""
 
     __slots__ = ("base", "discovery", "growth", "hist", "name", "name_order", "orders",
-                 "slots", "weights")
+                 "slots", "version", "weights")
 
-    def __init__(self) -> None:
+    def __init__(self, version: list[int] | None = None) -> None:
         self.slots: dict[str, int] = {}
         self.weights = array("d")
         self.orders = array("q")  # ts, offset of slot i at 2 * i, 2 * i + 1
@@ -113,6 +119,9 @@ class Family:
         self.discovery = ThresholdIndex()
         self.name = ""
         self.name_order = _NO_ORDER  # (ts, offset) of the event the name comes from
+        # Changes applied to the families of this program and basis (a counter they share,
+        # bumped by their owner: PartitionState.apply), the query memo's validity.
+        self.version = [0] if version is None else version
 
     def __len__(self) -> int:
         """Recommendations held (withdrawn ones included: their order still counts)."""
@@ -239,8 +248,9 @@ class PartitionState:
         # Emitted key -> previous count of a change recorded as "about to be published" whose
         # publication was never confirmed (the worker died in between): re-published once.
         self.uncertain: dict[bytes, int] = {}
-        # (program, basis) -> number of changes applied: the query memo's validity.
-        self.versions: dict[tuple[str, str], int] = {}
+        # (program, basis) -> [number of changes applied], shared with those families: the
+        # query memo's validity.
+        self.versions: dict[tuple[str, str], list[int]] = {}
         self._memo: OrderedDict[tuple[str, str, str, float],
                                 tuple[int, list[SegmentStat]]] = OrderedDict()
         self._memo_rows = 0
@@ -248,26 +258,32 @@ class PartitionState:
     def _family(self, key: FamilyKey) -> Family:
         fam = self.families.get(key)
         if fam is None:
-            fam = self.families[key] = Family()
+            version = self.versions.get((key[0], key[1]))
+            if version is None:
+                version = self.versions[(key[0], key[1])] = [0]
+            fam = self.families[key] = Family(version)
             self.by_program.setdefault(key[0], {}).setdefault(key[1], {})[key] = fam
         return fam
 
-    def apply(self, ev: Event, offset: int, family: FamilyKey | None = None) -> Record | None:
-        """Apply one event at ``offset``; return the new durable record, or None if it is not
-        newer than the stored one (older, or a replay of an offset already applied).
-        ``family``: the event's family key when the caller has it already."""
+    def apply(self, ev: Event, offset: int, family: FamilyKey | None = None) -> bool:
+        """Apply one event at ``offset``; True if stored (its durable record is then
+        ``encode_applied(ev, offset, partition)``), False if it is not newer than the stored
+        one (older, or a replay of an offset already applied). ``family``: the event's
+        family key when the caller has it already."""
         if self.rebuilding:
             self.finish_rebuild()
         key: FamilyKey = family or (ev.program_id, ev.segment_basis, ev.basis_id,
                                     ev.action_type)
-        fam = self._family(key)
+        fam = self.families.get(key)
+        if fam is None:
+            fam = self._family(key)
         changed = fam.put(ev.user_id, ev.weight, ev.in_history, ev.ts, offset, ev.name)
         if changed is None:
-            return None
-        self._changed(key[0], key[1])
+            return False
+        fam.version[0] += 1
         if changed:
             self.dirty.add(key)
-        return Record(ev.weight, ev.in_history, ev.ts, offset)
+        return True
 
     def load(self, family: FamilyKey, user_id: str, rec: Record, name: str) -> None:
         """Rebuild path: put one durable record back (any order; last-writer-wins holds)."""
@@ -290,7 +306,7 @@ class PartitionState:
         if self.rebuilding:
             fam.load(user_id, weight, in_history, ts, offset, name)
         elif fam.put(user_id, weight, in_history, ts, offset, name) is not None:
-            self._changed(family[0], family[1])
+            fam.version[0] += 1
 
     def finish_rebuild(self) -> None:
         """End of a rebuild: build every family's indexes; from now on loads and events
@@ -323,10 +339,6 @@ class PartitionState:
                     if ek in self.uncertain or idx.count_at_least(m) != self.emitted.get(ek, 0):
                         self.dirty.add(key)
 
-    def _changed(self, program_id: str, segment_basis: str) -> None:
-        key = (program_id, segment_basis)
-        self.versions[key] = self.versions.get(key, 0) + 1
-
     def query(self, program_id: str, segment_type: str, segment_basis: str,
               min_weight: float) -> list[SegmentStat]:
         """The listed segments (count > 0) of one program, type and basis at ``min_weight``.
@@ -335,7 +347,8 @@ class PartitionState:
         applied to that program and basis since, it is returned as is (the same list: do not
         modify it), which is what it would recompute."""
         self.finish_rebuild()  # (a no-op unless rebuilding)
-        version = self.versions.get((program_id, segment_basis), 0)
+        counter = self.versions.get((program_id, segment_basis))
+        version = counter[0] if counter is not None else 0
         memo_key = (program_id, segment_type, segment_basis, min_weight)
         hit = self._memo.get(memo_key)
         if hit is not None and hit[0] == version:

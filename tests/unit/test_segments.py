@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 
 from streams.events import Event, parse_event
 from streams.produce import generate
-from streams.segments import SEGMENT_TYPES, Family, PartitionState, encode_record, record_key
+from streams.segments import (
+    SEGMENT_TYPES,
+    Family,
+    PartitionState,
+    encode_applied,
+    encode_record,
+    record_key,
+)
 from tests.oracle import THRESHOLDS, Oracle, assert_rows_equal
 
 
@@ -74,6 +81,24 @@ def test_rebuild_from_durable_records_in_any_order_and_replays(rebuilding: bool)
                         r[5:] for r in _sorted(state.query(program, t, basis, m))]
 
 
+def test_applied_event_encodes_as_its_stored_record() -> None:
+    # The hot path encodes the durable value from the event (encode_applied); a rebuild reads
+    # it back as the stored record's encode_record.
+    records = list(generate(2000, seed=5, programs=2, users=100, labels=10, assets=10))
+    state = PartitionState(3)
+    stored = 0
+    for offset, r in enumerate(records):
+        if not r.valid:
+            continue
+        ev = parse_event(r.value, r.timestamp_ms)
+        if state.apply(ev, offset):
+            stored += 1
+            rec = state.families[ev.family].get(ev.user_id)
+            assert rec is not None
+            assert encode_applied(ev, offset, 3) == encode_record(rec, 3, ev.name)
+    assert stored > 1000
+
+
 def test_replayed_events_change_nothing() -> None:
     records = list(generate(3000, seed=11, programs=1, users=200, labels=10, assets=10))
     oracle = Oracle()
@@ -83,7 +108,7 @@ def test_replayed_events_change_nothing() -> None:
     for offset, r in valid:
         state.apply(parse_event(r.value, r.timestamp_ms), offset)
     for offset, r in valid[len(valid) // 2:]:  # at-least-once: a suffix is delivered again
-        assert state.apply(parse_event(r.value, r.timestamp_ms), offset) is None
+        assert state.apply(parse_event(r.value, r.timestamp_ms), offset) is False
     _check(state, oracle, "after replay")
 
 
@@ -105,7 +130,7 @@ def test_query_memo_sees_every_change() -> None:
     assert [r[4] for r in state.query("p", "growth", "label", 0.5)] == ["Renamed"]
     state.apply(_event("u1", None, 14), 4)
     assert state.query("p", "growth", "label", 0.5) == []
-    assert state.apply(_event("u1", 0.9, 13), 5) is None  # older ts: ignored
+    assert state.apply(_event("u1", 0.9, 13), 5) is False  # older ts: ignored
 
 
 @settings(max_examples=300, deadline=None)
