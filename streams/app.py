@@ -413,37 +413,37 @@ class SegmentStreamApp:
         that change again (the same one if the count has not moved since), so the last change
         of a segment always reaches the topic."""
         emitted_changelog = self._emitted_changelog
-        intents = []
+        intents: dict[int, list[tuple[bytes, bytes]]] = {}
         for partition, _, changes in taken:
-            intents += [(partition, c.emitted_key,
-                         orjson.dumps([c.user_count, partition, c.previous_user_count]))
-                        for c in changes]
+            intents[partition] = [
+                (c.emitted_key, orjson.dumps([c.user_count, partition, c.previous_user_count]))
+                for c in changes]
             await asyncio.sleep(0)  # between partitions (see _publish_changes)
-        await asyncio.gather(*await self._send_batched(emitted_changelog, intents))
+        await asyncio.gather(*await self._send_partitions(emitted_changelog, intents))
         # Keyed by program_id, on the partition Kafka's default partitioner picks for it.
         topic = self.settings.changes_topic
         partitions = sorted(await self._producer().partitions_for(topic))
         now_ms = int(time.time() * 1000)
-        events = []
-        routes: dict[str, tuple[int, bytes]] = {}  # program -> (partition, key): few programs
+        events: dict[int, list[tuple[bytes, bytes]]] = {}
+        routes: dict[str, tuple[list[tuple[bytes, bytes]], bytes]] = {}  # few programs
         for _, _, changes in taken:
             for c in changes:
                 route = routes.get(c.program_id)
                 if route is None:
                     key = c.program_id.encode()
-                    route = routes[c.program_id] = (
-                        partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)], key)
-                events.append((*route, change_payload(c, now_ms)))
+                    partition = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+                    route = routes[c.program_id] = (events.setdefault(partition, []), key)
+                route[0].append((route[1], change_payload(c, now_ms)))
             await asyncio.sleep(0)
-        await asyncio.gather(*await self._send_batched(topic, events))
-        published = []
+        await asyncio.gather(*await self._send_partitions(topic, events))
+        published: dict[int, list[tuple[bytes, bytes]]] = {}
         for partition, state, changes in taken:
             for c in changes:
                 state.commit_change(c)
-                published.append((partition, c.emitted_key,
-                                   orjson.dumps([c.user_count, partition])))
+            published[partition] = [(c.emitted_key, orjson.dumps([c.user_count, partition]))
+                                    for c in changes]
             await asyncio.sleep(0)
-        await self._send_batched(emitted_changelog, published)
+        await self._send_partitions(emitted_changelog, published)
 
     # -- rebalance / recovery --------------------------------------------------------------
     def on_rebalance_started(self) -> None:
