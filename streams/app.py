@@ -201,6 +201,8 @@ class SegmentStreamApp:
             install_batch_consumer(app, (s.input_topic, s.repartition_topic), self.process_batch)
         app.timer(s.change_interval_ms / 1000.0, name="publish-changes")(self._publish_changes)
         app.on_partitions_revoked.connect(cast(Any, self._on_partitions_revoked))
+        # A graceful stop sends no revocation (Faust stops the consumer, then sends this).
+        app.on_before_shutdown.connect(cast(Any, self._on_partitions_revoked))
 
     # -- agents ----------------------------------------------------------------------------
     def _route(self, family: FamilyKey) -> tuple[bytes, int]:
@@ -381,7 +383,7 @@ class SegmentStreamApp:
             taken = []
             for partition, state in list(self.partitions.items()):
                 changes = state.take_changes(self.settings.watch_thresholds)
-                if changes:
+                if changes or state.unconfirmed:
                     taken.append((partition, state, changes))
                 # After a burst a tick holds thousands of changes: let HTTP requests and
                 # batches in between partitions (tens of ms each) instead of after all.
@@ -398,28 +400,56 @@ class SegmentStreamApp:
                                         c.action_type) for c in changes)
 
     async def _on_partitions_revoked(self, sender: Any, *args: Any, **kwargs: Any) -> None:
-        """Faust's revocation signal (sent after it stopped the flow and flushed): stop
-        handling records and publishing changes, wait for the batch or publication in
-        flight, and flush what it produced, before the partitions can move."""
+        """Faust's revocation signal (sent after it stopped the flow and flushed), and its
+        shutdown signal: stop handling records and publishing changes, wait for the batch or
+        publication in flight, record what was published as published, and flush what it
+        produced, before the partitions can move."""
         self.ready = False
         async with self._batch_lock, self._publish_lock:
+            try:
+                await self._confirm({p: (st, {}) for p, st in self.partitions.items()})
+            except Exception:  # then the next owner publishes those changes once more
+                logger.exception("recording published changes as published failed")
             await self.app.producer.flush()
+
+    async def _confirm(self, pending: dict[int, tuple[PartitionState, dict[bytes, bytes]]]
+                       ) -> None:
+        """Write, per partition, ``records`` (emitted key -> value: the tick's intents) and
+        the partition's published-but-unrecorded changes as published ([count, partition]),
+        except where an intent of the same key supersedes that (an intent names the previous
+        count, published); wait for the broker's acknowledgement. Confirmations are given
+        back to their partitions if the write fails."""
+        confirmations = {p: st.take_confirmations() for p, (st, _) in pending.items()}
+        records: dict[int, dict[bytes, bytes]] = {}
+        for partition, (_, intents) in pending.items():
+            out = records[partition] = {}
+            for key, count in confirmations[partition].items():
+                if key not in intents:
+                    out[key] = orjson.dumps([count, partition])
+            out.update(intents)
+        try:
+            await asyncio.gather(*await self._send_partitions(self._emitted_changelog, records))
+        except BaseException:
+            for partition, (state, _) in pending.items():
+                for key, count in confirmations[partition].items():
+                    state.unconfirmed.setdefault(key, count)
+            raise
 
     async def _emit(self, taken: list[tuple[int, PartitionState, list[CountChange]]]) -> None:
         """Publish the changes of some partitions write-ahead: first record each as about to
-        be published ([count, partition, previous], acknowledged by the broker), then publish
-        them all, then record them as published ([count, partition]). A worker that dies in
+        be published ([count, partition, previous]; with the previous tick's changes recorded
+        as published, acknowledged by the broker), then publish them all; the next tick, or
+        a revocation, records them as published ([count, partition]). A worker that dies in
         between leaves the intent as the last record: the partition's next owner publishes
         that change again (the same one if the count has not moved since), so the last change
         of a segment always reaches the topic."""
-        emitted_changelog = self._emitted_changelog
-        intents: dict[int, list[tuple[bytes, bytes]]] = {}
-        for partition, _, changes in taken:
-            intents[partition] = [
-                (c.emitted_key, orjson.dumps([c.user_count, partition, c.previous_user_count]))
-                for c in changes]
+        pending: dict[int, tuple[PartitionState, dict[bytes, bytes]]] = {}
+        for partition, state, changes in taken:
+            pending[partition] = (state, {
+                c.emitted_key: orjson.dumps([c.user_count, partition, c.previous_user_count])
+                for c in changes})
             await asyncio.sleep(0)  # between partitions (see _publish_changes)
-        await asyncio.gather(*await self._send_partitions(emitted_changelog, intents))
+        await self._confirm(pending)
         # Keyed by program_id, on the partition Kafka's default partitioner picks for it.
         topic = self.settings.changes_topic
         partitions = sorted(await self._producer().partitions_for(topic))
@@ -436,14 +466,9 @@ class SegmentStreamApp:
                 route[0].append((route[1], change_payload(c, now_ms)))
             await asyncio.sleep(0)
         await asyncio.gather(*await self._send_partitions(topic, events))
-        published: dict[int, list[tuple[bytes, bytes]]] = {}
-        for partition, state, changes in taken:
+        for _, state, changes in taken:
             for c in changes:
                 state.commit_change(c)
-            published[partition] = [(c.emitted_key, orjson.dumps([c.user_count, partition]))
-                                    for c in changes]
-            await asyncio.sleep(0)
-        await self._send_partitions(emitted_changelog, published)
 
     # -- rebalance / recovery --------------------------------------------------------------
     def on_rebalance_started(self) -> None:

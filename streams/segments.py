@@ -106,8 +106,8 @@ class Family:
     """All segments of one (program, basis, basis_id, action_type): the latest state of each
     user's recommendation, the three threshold indexes and the name."""
 
-    __slots__ = ("base", "discovery", "growth", "hist", "name", "name_order", "orders",
-                 "slots", "version", "weights")
+    __slots__ = ("base", "discovery", "ekeys", "growth", "hist", "name", "name_order",
+                 "orders", "slots", "version", "weights")
 
     def __init__(self, version: list[int] | None = None) -> None:
         self.slots: dict[str, int] = {}
@@ -122,6 +122,9 @@ class Family:
         # Changes applied to the families of this program and basis (a counter they share,
         # bumped by their owner: PartitionState.apply), the query memo's validity.
         self.version = [0] if version is None else version
+        # Emitted-counts keys of the family's segments at the watched thresholds (in
+        # PartitionState.take_changes's order), made when it first changes.
+        self.ekeys: tuple[bytes, ...] | None = None
 
     def __len__(self) -> int:
         """Recommendations held (withdrawn ones included: their order still counts)."""
@@ -248,6 +251,9 @@ class PartitionState:
         # Emitted key -> previous count of a change recorded as "about to be published" whose
         # publication was never confirmed (the worker died in between): re-published once.
         self.uncertain: dict[bytes, int] = {}
+        # Emitted key -> count of changes published but not yet recorded as published.
+        self.unconfirmed: dict[bytes, int] = {}
+        self._watched: tuple[float, ...] = ()  # the thresholds of the families' ekeys
         # (program, basis) -> [number of changes applied], shared with those families: the
         # query memo's validity.
         self.versions: dict[tuple[str, str], list[int]] = {}
@@ -332,12 +338,28 @@ class PartitionState:
         self.finish_rebuild()  # (a no-op unless rebuilding)
         thresholds = tuple(thresholds)
         for key, fam in self.families.items():
-            for segment_type in SEGMENT_TYPES:
-                idx = fam.index(segment_type)
+            ekeys = self._emitted_keys(key, fam, thresholds)
+            i = 0
+            for idx in (fam.growth, fam.base, fam.discovery):
                 for m in thresholds:
-                    ek = emitted_key(key, segment_type, m)
+                    ek = ekeys[i]
+                    i += 1
                     if ek in self.uncertain or idx.count_at_least(m) != self.emitted.get(ek, 0):
                         self.dirty.add(key)
+
+    def _emitted_keys(self, key: FamilyKey, fam: Family, thresholds: tuple[float, ...]
+                      ) -> tuple[bytes, ...]:
+        """The family's emitted-counts keys, per segment type (SEGMENT_TYPES) and then per
+        threshold (memoised in the family for the watched thresholds)."""
+        if thresholds != self._watched:
+            self._watched = thresholds
+            for f in self.families.values():
+                f.ekeys = None
+        ekeys = fam.ekeys
+        if ekeys is None:
+            ekeys = fam.ekeys = tuple(emitted_key(key, t, m)
+                                      for t in SEGMENT_TYPES for m in thresholds)
+        return ekeys
 
     def query(self, program_id: str, segment_type: str, segment_basis: str,
               min_weight: float) -> list[SegmentStat]:
@@ -378,14 +400,18 @@ class PartitionState:
         dirty, self.dirty = self.dirty, set()
         uncertain = self.uncertain
         emitted = self.emitted
+        families = self.families
         for key in dirty:
-            fam = self.families.get(key)
+            fam = families.get(key)
             if fam is None:
                 continue
-            for segment_type in SEGMENT_TYPES:
-                idx = fam.index(segment_type)
+            ekeys = self._emitted_keys(key, fam, thresholds)
+            i = 0
+            for segment_type, idx in (("growth", fam.growth), ("base", fam.base),
+                                      ("discovery", fam.discovery)):
                 for m in thresholds:
-                    ek = emitted_key(key, segment_type, m)
+                    ek = ekeys[i]
+                    i += 1
                     count = idx.count_at_least(m)
                     previous = emitted.get(ek, 0)
                     if count == previous:
@@ -398,9 +424,18 @@ class PartitionState:
         return changes
 
     def commit_change(self, change: CountChange) -> None:
+        """``change`` is published: it is the last emitted count of its segment and threshold,
+        to be recorded as published (``take_confirmations``)."""
         key = change.emitted_key
         self.emitted[key] = change.user_count
         self.uncertain.pop(key, None)
+        self.unconfirmed[key] = change.user_count
+
+    def take_confirmations(self) -> dict[bytes, int]:
+        """Published changes not yet recorded as published: emitted key -> count. The caller
+        records them (or gives them back with ``unconfirmed.update`` if that fails)."""
+        taken, self.unconfirmed = self.unconfirmed, {}
+        return taken
 
     def records(self) -> Iterator[tuple[FamilyKey, str, Record]]:
         for key, fam in self.families.items():

@@ -200,3 +200,23 @@ def test_an_unconfirmed_publication_of_the_current_count_is_repeated_once() -> N
     # Confirmed: nothing to publish.
     confirmed = _rebuilt_with(state, [(key, 1, 0), (key, 1)])
     assert _growth_at_half(confirmed.take_changes([0.5])) == []
+
+
+def test_published_changes_wait_to_be_recorded_as_published_once() -> None:
+    # The publisher records a tick's published changes with the next tick's intents (or at a
+    # revocation or a stop): commit_change keeps them until take_confirmations hands them out.
+    state = PartitionState(0)
+    state.apply(_event("u1", 0.9, 1), 0)
+    changes = state.take_changes([0.5])
+    assert state.take_confirmations() == {}
+    for c in changes:
+        state.commit_change(c)
+    assert state.take_confirmations() == {c.emitted_key: c.user_count for c in changes}
+    assert state.take_confirmations() == {}  # handed out once
+    # The next change of a segment names the published count as its previous one, so its
+    # intent stands for the confirmation: a rebuild from it republishes only the new change.
+    state.apply(_event("u2", 0.8, 2), 1)
+    (growth,) = [c for c in state.take_changes([0.5]) if c.segment_type == "growth"]
+    assert (growth.user_count, growth.previous_user_count) == (2, 1)
+    rebuilt = _rebuilt_with(state, [(growth.emitted_key, 2, 1)])
+    assert _growth_at_half(rebuilt.take_changes([0.5])) == [(2, 1)]
