@@ -113,6 +113,14 @@ class _ChangelogTable(faust.Table[bytes, bytes]):
                         self._read_upto[tp.partition] = end - 1
             todo = active - set(self._read_upto) - retained
             if todo:
+                # Empty changelog partitions (a new deployment) need no reader of their own.
+                try:
+                    ends = await self.app.consumer.highwaters(
+                        *(TP(topic, p) for p in sorted(todo)))
+                    todo = {tp.partition for tp, end in ends.items() if end}
+                except Exception as exc:  # then every partition is read
+                    logger.warning("changelog ends unknown: %r", exc)
+            if todo:
                 self._read_upto.update(await self.owner.fast_recover(self.name, topic, todo))
         await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
 

@@ -20,7 +20,6 @@ an offset.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -37,9 +36,6 @@ from mode.utils.futures import notify
 # waits for data (a paused or idle partition) waited up to 1.5 s: ~3 s of each worker start
 # (Faust's recovery asks for offsets twice). A shorter long-poll costs a few idle fetches/s.
 FETCH_MAX_WAIT_MS = 100
-
-# A fetch short of a full batch (caught up) commits at once, at most this often (seconds).
-CAUGHT_UP_COMMIT_S = 0.1
 
 # Takes the fetched records of the handler's topics as (partition, aiokafka records in offset
 # order) pairs; returns the partitions whose records it handled (all of them).
@@ -77,8 +73,6 @@ class BatchConsumer(AIOKafkaDriverConsumer):
     """
 
     _epoch = 0
-    _commit_kicked: asyncio.Future[Any] | None = None
-    _kicked_at = 0.0
 
     def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -146,17 +140,6 @@ class BatchConsumer(AIOKafkaDriverConsumer):
             if offset is not None:
                 self._committed_offset[tp] = offset
 
-    def _commit_caught_up(self) -> None:
-        """Commit now, alongside the loop, once a fetch comes back short of a full batch:
-        caught up, so that the group's lag reads zero within ~0.1 s instead of at the next
-        commit timer tick (up to ``broker_commit_interval`` later). At most one such commit at
-        a time and one per 0.1 s (under a light load every fetch is short)."""
-        now = time.monotonic()
-        kicked = self._commit_kicked
-        if (kicked is None or kicked.done()) and now - self._kicked_at >= CAUGHT_UP_COMMIT_S:
-            self._kicked_at = now
-            self._commit_kicked = self.add_future(self.commit())
-
     def _ack_records(self, tp: Any, records: list[Any]) -> None:
         """Faust's ``ack`` for a partition's handled records at once (the same bookkeeping:
         offsets at or past the committed one, each once)."""
@@ -179,8 +162,7 @@ class BatchConsumer(AIOKafkaDriverConsumer):
         # loop: Faust's loop commits every ``broker_commit_every`` acks and waits for it (a
         # producer flush and an offset commit, ~60 ms: a fifth of the loop's time at 30,000
         # events/s); here the commit timer (every ``broker_commit_interval``) commits
-        # alongside, and so does a caught-up fetch (``_commit_caught_up``).
-        max_records = self.app.conf.broker_max_poll_records or 0
+        # alongside.
         handler: BatchHandler = getattr(self.app, "batch_handler")  # noqa: B009 (set by install)
         topics: frozenset[str] = getattr(self.app, "batch_topics")  # noqa: B009
         callback = self.callback
@@ -255,7 +237,6 @@ class BatchConsumer(AIOKafkaDriverConsumer):
                                               self.suspend_flow.wait())
                         read_offset[tp] = offset
                 unset_flag(CONSUMER_FETCHING)
-                fetched = sum(len(recs) for recs in records.values()) if records else 0
                 if not batch:
                     pass
                 elif (self._epoch != epoch or self.app.consumer_generation_id != generation
@@ -293,8 +274,6 @@ class BatchConsumer(AIOKafkaDriverConsumer):
                         expected.clear()
                         if self.flow_active:
                             await self._reseek(left)
-                    if done and fetched < max_records:
-                        self._commit_caught_up()
                     await asyncio.sleep(0)  # let the web server and timers in between batches
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
