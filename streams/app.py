@@ -227,7 +227,7 @@ class SegmentStreamApp:
 
     def _ingest_records(self, partition: int, state: PartitionState | None,
                         records: Iterable[Any], out: _BatchOutput) -> None:
-        """Input records of one partition (aiokafka records: ``offset``, ``key``, ``value``,
+        """Input records of one partition (``_Record``s: ``offset``, ``key``, ``value``,
         ``timestamp`` in ms): validate each (invalid: collected for the DLQ with the reason),
         then aggregate it here when it already sits on its segment family's partition under
         the family's key and ``state`` (the partition's, if owned) is given, else collect it
@@ -284,10 +284,9 @@ class SegmentStreamApp:
         if out.writes:
             await self._send_partitions(self._changelog, out.writes)
 
-    async def process_batch(self, batch: list[tuple[TP, list[Any]]]) -> list[TP]:
-        """The batched consumer's handler (streams/consumer.py): the fetched records of the
-        input and repartition topics, per partition in offset order; returns the partitions
-        handled (all their records), to be acked.
+    async def process_batch(self, messages: list[Any]) -> list[Any]:
+        """The batched consumer's handler (streams/consumer.py): every fetched record of the
+        input and repartition topics, in partition order; returns those handled, to be acked.
 
         Runs under the batch lock, so a rebalance waits for a batch in flight. Records that
         cannot be handled here now (a rebalance has begun, or their partition is not owned)
@@ -300,28 +299,24 @@ class SegmentStreamApp:
             done = []
             owned = self.partitions
             input_topic = self.settings.input_topic
-            n = 0
-            for tp, records in batch:
-                part = tp.partition
+            for (topic, part), (records, handled) in _by_partition(messages).items():
                 state = owned.get(part)
                 if state is None:
                     continue
-                if tp.topic == input_topic:
+                if topic == input_topic:
                     self._ingest_records(part, state, records, out)
                 else:
                     self._aggregate_records(part, state, records, out)
-                done.append(tp)
-                n += len(records)
-            self.processed += n
+                done += handled
+            self.processed += len(done)
             await self._flush_batch(out)
             return done
 
     async def _ingest(self, stream: Any) -> AsyncIterator[None]:
-        """Agent path (when the batched consumer is off): the same work, from Faust's
-        per-record messages."""
+        """Agent path (when the batched consumer is off): the same work per record."""
         async for events in stream.take_events(BATCH, within=BATCH_WITHIN_S):
             out = _BatchOutput()
-            for part, records in _by_partition(events):
+            for (_, part), (records, _) in _by_partition(e.message for e in events).items():
                 self._ingest_records(part, self.partitions.get(part), records, out)
             self.processed += len(events)
             await self._flush_batch(out)
@@ -330,7 +325,7 @@ class SegmentStreamApp:
     async def _aggregate(self, stream: Any) -> AsyncIterator[None]:
         async for events in stream.take_events(BATCH, within=BATCH_WITHIN_S):
             out = _BatchOutput()
-            for part, records in _by_partition(events):
+            for (_, part), (records, _) in _by_partition(e.message for e in events).items():
                 state = self.partitions.get(part)
                 if state is None:
                     state = self.partitions[part] = PartitionState(part)
@@ -617,7 +612,7 @@ class _BatchOutput:
 
 
 class _Record(NamedTuple):
-    """A Faust message as the record handlers read aiokafka's records (timestamp in ms)."""
+    """A Faust message as the record handlers read it (timestamp in ms)."""
 
     offset: int
     key: bytes | None
@@ -625,14 +620,18 @@ class _Record(NamedTuple):
     timestamp: int
 
 
-def _by_partition(events: Iterable[EventT[Any]]) -> list[tuple[int, list[_Record]]]:
-    """Faust's events (agent path), grouped per partition in arrival order."""
-    grouped: dict[int, list[_Record]] = {}
-    for event in events:
-        msg = event.message
-        grouped.setdefault(msg.partition, []).append(
-            _Record(msg.offset, msg.key, msg.value, round(msg.timestamp * 1000)))
-    return list(grouped.items())
+def _by_partition(messages: Iterable[Any]) -> dict[tuple[str, int], tuple[list[_Record],
+                                                                         list[Any]]]:
+    """Faust's messages grouped per (topic, partition) in arrival order: the records the
+    handlers read (timestamp in ms) and the messages themselves (to be acked)."""
+    grouped: dict[tuple[str, int], tuple[list[_Record], list[Any]]] = {}
+    for msg in messages:
+        group = grouped.get((msg.topic, msg.partition))
+        if group is None:
+            group = grouped[(msg.topic, msg.partition)] = ([], [])
+        group[0].append(_Record(msg.offset, msg.key, msg.value, round(msg.timestamp * 1000)))
+        group[1].append(msg)
+    return grouped
 
 
 def change_payload(c: CountChange, now_ms: int) -> bytes:

@@ -6,11 +6,9 @@ decode into an ``Event``, a channel queue, the agent's stream iterator and ``tak
 That is about half of a worker's time (BENCHMARKS.md). This consumer keeps everything else of
 Faust (group membership, the co-partitioned assignment, table recovery, offsets, commits,
 flow control on rebalance) and only replaces the delivery of records of the topics a
-:class:`BatchHandler` names: each fetch of them goes to the handler in one call, as aiokafka
-returned them (per partition, in offset order: no ``ConsumerMessage`` per record), and the
-records of the partitions it handled are acked in bulk, with the bookkeeping of a stream's
-acks. Records of any other topic (table changelogs during recovery) take Faust's path
-unchanged.
+:class:`BatchHandler` names: each fetched batch of them goes to the handler in one call, in
+partition order, and the records it returns are acked as if a stream had acked them. Records
+of any other topic (table changelogs during recovery) take Faust's path unchanged.
 
 At-least-once holds as with agents: a record is acked only after the handler returned (its
 durable writes are queued in the producer), and Faust flushes the producer before it commits
@@ -28,8 +26,6 @@ from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaDriverConsumer
 from faust.types import TP
-from faust.types.tuples import ack_lock
-from mode.utils.futures import notify
 
 # Faust's driver hard-codes fetch_max_wait_ms=1500. Requests on a broker connection are
 # answered in order, so every metadata, offset or commit request queued behind a fetch that
@@ -37,9 +33,7 @@ from mode.utils.futures import notify
 # (Faust's recovery asks for offsets twice). A shorter long-poll costs a few idle fetches/s.
 FETCH_MAX_WAIT_MS = 100
 
-# Takes the fetched records of the handler's topics as (partition, aiokafka records in offset
-# order) pairs; returns the partitions whose records it handled (all of them).
-BatchHandler = Callable[[list[tuple[Any, list[Any]]]], Awaitable[Iterable[Any]]]
+BatchHandler = Callable[[list[Any]], Awaitable[list[Any]]]
 
 
 def install(app: Any, topics: Iterable[str], handler: BatchHandler) -> None:
@@ -140,101 +134,58 @@ class BatchConsumer(AIOKafkaDriverConsumer):
             if offset is not None:
                 self._committed_offset[tp] = offset
 
-    def _ack_records(self, tp: Any, records: list[Any]) -> None:
-        """Faust's ``ack`` for a partition's handled records at once (the same bookkeeping:
-        offsets at or past the committed one, each once)."""
-        committed = self._committed_offset[tp]
-        acked_index = self._acked_index[tp]
-        with ack_lock:
-            new = [r.offset for r in records
-                   if (committed is None or r.offset >= committed)
-                   and r.offset not in acked_index]
-            if new:
-                acked_index.update(new)
-                self._acked[tp].extend(new)
-                self._n_acked += len(new)
-            notify(self._waiting_for_ack)
-
     async def _drain_messages(self, fetcher: Any) -> None:
-        # Faust's loop (faust/transport/consumer.py, Consumer._drain_messages and getmany), with
-        # the records of the handler's topics handed over per partition as fetched, instead of
-        # one by one as messages through an async generator. And no commit awaited in the
-        # loop: Faust's loop commits every ``broker_commit_every`` acks and waits for it (a
-        # producer flush and an offset commit, ~60 ms: a fifth of the loop's time at 30,000
-        # events/s); here the commit timer (every ``broker_commit_interval``) commits
-        # alongside.
+        # Faust's loop (faust/transport/consumer.py, Consumer._drain_messages), with the
+        # records of the handler's topics collected per fetch instead of delivered one by one.
         handler: BatchHandler = getattr(self.app, "batch_handler")  # noqa: B009 (set by install)
         topics: frozenset[str] = getattr(self.app, "batch_topics")  # noqa: B009
         callback = self.callback
-        to_message = self._to_message
         consumer_should_stop = self._stopped.is_set
         fetcher_should_stop = fetcher._stopped.is_set
         read_offset = self._read_offset
         acks_enabled_for = self.app.topics.acks_enabled_for
-        track_end_offset = self.app.monitor.track_tp_end_offset
+        commit_every = self._commit_every
         set_flag = self.diag.set_flag
         unset_flag = self.diag.unset_flag
+        ack = self.ack
         # Per partition of the handler's topics: (epoch, offset after the last record handled).
         expected: dict[Any, tuple[int, int]] = {}
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 set_flag(CONSUMER_FETCHING)
-                batch: list[tuple[Any, list[Any]]] = []
+                batch: list[Any] = []
+                last: dict[Any, int] = {}  # per partition of the batch: last offset taken
                 gaps: list[tuple[Any, int, int]] = []
                 generation = self.app.consumer_generation_id
                 epoch = self._epoch
                 await self.sleep(0)
-                records = None
                 if not self.should_stop:
-                    records, active = await self._wait_next_records(1.0)
-                    if records is not None and not self.should_stop and not self.flow_active:
-                        records = None
-                        self.log.dev("fetched while flow not active: seek back to committed")
-                        try:
-                            await self.perform_seek()
-                        except Exception as exc:
-                            self.log.warning(f"exception performing seek when flow not active "
-                                             f"{exc}")
-                for tp, recs in (records or {}).items():
-                    if not recs or (active is not None and tp not in active
-                                    and tp not in self._buffered_partitions):
-                        continue
-                    if not self.flow_active or self.app.consumer_generation_id != generation:
-                        break  # as Faust's getmany: the rest of the fetch is not delivered
-                    track_end_offset(tp, self.highwater(tp))
-                    if tp.topic in topics:
-                        r_offset = read_offset[tp]
-                        if r_offset is not None and recs[0].offset < r_offset:
-                            # read already (Faust drops these too)
-                            recs = [r for r in recs if r.offset >= r_offset]
-                            if not recs:
-                                continue
-                        if acks_enabled_for(tp.topic):
-                            first = recs[0].offset
-                            seen = expected.get(tp)
-                            if seen is not None and seen[0] == epoch and first > seen[1]:
-                                gaps.append((tp, seen[1], first - 1))
-                            if recs[-1].offset - first != len(recs) - 1:  # holes in the fetch
-                                prev = first
-                                for r in recs:
-                                    if r.offset - prev > 1:
-                                        gaps.append((tp, prev + 1, r.offset - 1))
-                                    prev = r.offset
-                        batch.append((tp, recs))
-                        continue
-                    # Any other topic (changelogs while Faust recovers): Faust's path.
-                    for record in recs:
-                        if (not self.flow_active
-                                or self.app.consumer_generation_id != generation):
-                            break
-                        offset = record.offset
+                    async for tp, message in self.getmany(timeout=1.0):
+                        offset = message.offset
+                        if tp.topic in topics:
+                            if tp in last:
+                                if offset <= last[tp]:
+                                    continue
+                                if offset - last[tp] > 1 and acks_enabled_for(message.topic):
+                                    gaps.append((tp, last[tp] + 1, offset - 1))
+                            else:
+                                r_offset = read_offset[tp]
+                                if r_offset is not None and offset < r_offset:
+                                    continue  # read already (Faust drops these too)
+                                seen = expected.get(tp)
+                                if (seen is not None and seen[0] == epoch and offset > seen[1]
+                                        and acks_enabled_for(message.topic)):
+                                    gaps.append((tp, seen[1], offset - 1))
+                            batch.append(message)
+                            last[tp] = offset
+                            continue
+                        # Any other topic (changelogs while Faust recovers): Faust's path.
                         r_offset = read_offset[tp]
                         if r_offset is not None and offset < r_offset:
                             continue
-                        if r_offset and offset - r_offset > 1 and acks_enabled_for(tp.topic):
+                        if r_offset and offset - r_offset > 1 and acks_enabled_for(message.topic):
                             await self._add_gap(tp, r_offset + 1, offset)
-                        await self.wait_first(callback(to_message(tp, record)),
-                                              self.suspend_flow.wait())
+                        await self.wait_first(callback(message), self.suspend_flow.wait())
                         read_offset[tp] = offset
                 unset_flag(CONSUMER_FETCHING)
                 if not batch:
@@ -245,9 +196,9 @@ class BatchConsumer(AIOKafkaDriverConsumer):
                     # known. Nothing of them is acked; reading resumes at the committed offsets.
                     expected.clear()
                     if self.flow_active:
-                        await self._reseek({tp for tp, _ in batch})
+                        await self._reseek(set(last))
                 else:
-                    done = set(await handler(batch))
+                    done = await handler(batch)
                     # Handled records are acked even if a seek came meanwhile (acking what was
                     # handled is always right), but then their offsets say nothing of where
                     # the partition stands.
@@ -255,26 +206,25 @@ class BatchConsumer(AIOKafkaDriverConsumer):
                     if done:
                         if same_epoch:
                             for tp, start, stop in gaps:
-                                if tp in done:
-                                    await self._add_gap(tp, start, stop)
-                        for tp, recs in batch:
-                            if tp in done:
-                                self._ack_records(tp, recs)
+                                await self._add_gap(tp, start, stop)
+                        for message in done:
+                            ack(message)
                         if same_epoch and self._epoch == epoch:
-                            for tp, recs in batch:
-                                if tp in done:
-                                    last = recs[-1].offset
-                                    read_offset[tp] = last
-                                    expected[tp] = (epoch, last + 1)
+                            for message in done:
+                                read_offset[message.tp] = message.offset
+                                expected[message.tp] = (epoch, message.offset + 1)
                     if not same_epoch:
                         expected.clear()
-                    left = {tp for tp, _ in batch if tp not in done}
-                    if left:
+                    if len(done) < len(batch):
                         # Records left (their partition's state is not ready here): read again.
                         expected.clear()
                         if self.flow_active:
-                            await self._reseek(left)
+                            handled = {id(m) for m in done}
+                            await self._reseek({m.tp for m in batch if id(m) not in handled})
                     await asyncio.sleep(0)  # let the web server and timers in between batches
+                if commit_every is not None and self._n_acked >= commit_every:
+                    self._n_acked = 0
+                    await self.commit()
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 self.log.info("Broker stopped consumer, shutting down...")
