@@ -208,16 +208,20 @@ def api_records(program: str, segments: int, recs: int, seed: int) -> Iterator[R
 
 async def freshness(run: Run, worker: WorkerProc, rate: float, probes: int) -> list[float]:
     """Latency from producing a probe event to seeing it in a force_refresh answer, while
-    synthetic load runs at ``rate`` events/s."""
+    synthetic load runs at ``rate`` events/s.
+
+    The load comes from a separate process (``segments produce``): produced from this
+    process's event loop, it delayed the probes' own sends (one probe's acknowledgement took
+    451 ms of its 565 ms) and their polls, which measured the bench, not the worker."""
     from aiokafka import AIOKafkaProducer
 
-    load = asyncio.create_task(produce(run.bootstrap, run.topic,
-                                       generate(10**9, seed=99, programs=3,
-                                                # the clock runs 10 ms per event: start it
-                                                # far enough back for 10 minutes of load
-                                                base_ts=base_ts_ending_now(int(rate * 600))),
-                                       total=10**9,
-                                       rate=rate))
+    load = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "streams.cli", "produce", "--events", str(10**9),
+        "--seed", "99", "--programs", "3", "--rate", str(rate),
+        # the clock runs 10 ms per event: start it far enough back for 10 minutes of load
+        "--base-ts", str(base_ts_ending_now(int(rate * 600))),
+        "--topic", run.topic, "--bootstrap", run.bootstrap,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     producer = AIOKafkaProducer(bootstrap_servers=run.bootstrap, linger_ms=0, acks=1)
     await producer.start()
     latencies: list[float] = []
@@ -245,8 +249,12 @@ async def freshness(run: Run, worker: WorkerProc, rate: float, probes: int) -> l
                     await asyncio.sleep(0.01)  # 100 polls/s: measuring must not starve it
                 await asyncio.sleep(0.05)
     finally:
-        load.cancel()
-        await asyncio.gather(load, return_exceptions=True)
+        load.terminate()
+        try:
+            await asyncio.wait_for(load.wait(), 30)
+        except TimeoutError:
+            load.kill()
+            await load.wait()
         await producer.stop()
     return latencies
 
