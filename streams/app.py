@@ -154,6 +154,7 @@ class SegmentStreamApp:
         self.ready = False
         self.processed = 0
         self.invalid = 0
+        self.publications = 0  # change publisher ticks that wrote something
         self.app = faust.App(
             s.app_id,
             broker=s.kafka_url,
@@ -403,6 +404,7 @@ class SegmentStreamApp:
                 return
             try:
                 await self._emit(taken)
+                self.publications += 1
             except Exception:
                 logger.exception("publishing %d count changes failed; retrying",
                                  sum(len(changes) for _, _, changes in taken))

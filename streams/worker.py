@@ -166,12 +166,13 @@ class MallocTrimmer(mode.Service):
         if self._trim is None:
             return
         loop = asyncio.get_running_loop()
-        # Work is records handled, or a rebuild that made the worker ready.
-        seen: tuple[int, bool] | None = None  # at the last look (every second)
-        trimmed: tuple[int, bool] | None = None  # at the last trim
+        # Work is records handled, a rebuild that made the worker ready, or a publication of
+        # count changes (after a large load the last ones come seconds after its last record).
+        seen: tuple[int, bool, int] | None = None  # at the last look (every second)
+        trimmed: tuple[int, bool, int] | None = None  # at the last trim
         while not self.should_stop:
             await self.sleep(1.0)
-            now = (self.core.processed, self.core.ready)
+            now = (self.core.processed, self.core.ready, self.core.publications)
             if now == trimmed:
                 continue  # nothing done since the last trim
             went_idle = now == seen
