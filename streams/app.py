@@ -451,8 +451,8 @@ class SegmentStreamApp:
     async def _emit(self, taken: list[tuple[int, PartitionState, list[CountChange]]]) -> None:
         """Publish the changes of some partitions write-ahead: first record each as about to
         be published ([count, partition, previous]; with the previous tick's changes recorded
-        as published, acknowledged by the broker), then publish them all; the next tick, or
-        a revocation, records them as published ([count, partition]). A worker that dies in
+        as published, acknowledged by the broker), then publish them all; the next tick, a
+        revocation or a stop records them as published ([count, partition]). A worker that dies in
         between leaves the intent as the last record: the partition's next owner publishes
         that change again (the same one if the count has not moved since), so the last change
         of a segment always reaches the topic."""
