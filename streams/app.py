@@ -25,7 +25,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 import faust
 import orjson
@@ -229,11 +229,10 @@ class SegmentStreamApp:
 
     def _ingest_records(self, partition: int, state: PartitionState | None,
                         records: Iterable[Any], out: _BatchOutput) -> None:
-        """Input records of one partition (``_Record``s: ``offset``, ``key``, ``value``,
-        ``timestamp`` in ms): validate each (invalid: collected for the DLQ with the reason),
-        then aggregate it here when it already sits on its segment family's partition under
-        the family's key and ``state`` (the partition's, if owned) is given, else collect it
-        for the repartition topic."""
+        """Input records of one partition (Faust's messages, in offset order): validate each
+        (invalid: collected for the DLQ with the reason), then aggregate it here when it
+        already sits on its segment family's partition under the family's key and ``state``
+        (the partition's, if owned) is given, else collect it for the repartition topic."""
         route = self._route
         invalid = out.invalid
         repartition = out.repartition
@@ -241,7 +240,7 @@ class SegmentStreamApp:
         apply = state.apply if state is not None else None
         for r in records:
             try:
-                ev = parse_event(r.value, r.timestamp)
+                ev = parse_event(r.value, round(r.timestamp * 1000))
             except InvalidEvent as exc:
                 invalid.append((r.key, r.value, exc.reason))
                 continue
@@ -302,7 +301,7 @@ class SegmentStreamApp:
             owned = self.partitions
             input_topic = self.settings.input_topic
             since_yield = 0
-            for (topic, part), (records, handled) in _by_partition(messages).items():
+            for (topic, part), records in _by_partition(messages).items():
                 state = owned.get(part)
                 if state is None:
                     continue
@@ -315,7 +314,7 @@ class SegmentStreamApp:
                     self._ingest_records(part, state, records, out)
                 else:
                     self._aggregate_records(part, state, records, out)
-                done += handled
+                done += records
                 since_yield += len(records)
             self.processed += len(done)
             await self._flush_batch(out)
@@ -325,7 +324,7 @@ class SegmentStreamApp:
         """Agent path (when the batched consumer is off): the same work per record."""
         async for events in stream.take_events(BATCH, within=BATCH_WITHIN_S):
             out = _BatchOutput()
-            for (_, part), (records, _) in _by_partition(e.message for e in events).items():
+            for (_, part), records in _by_partition(e.message for e in events).items():
                 self._ingest_records(part, self.partitions.get(part), records, out)
             self.processed += len(events)
             await self._flush_batch(out)
@@ -334,7 +333,7 @@ class SegmentStreamApp:
     async def _aggregate(self, stream: Any) -> AsyncIterator[None]:
         async for events in stream.take_events(BATCH, within=BATCH_WITHIN_S):
             out = _BatchOutput()
-            for (_, part), (records, _) in _by_partition(e.message for e in events).items():
+            for (_, part), records in _by_partition(e.message for e in events).items():
                 state = self.partitions.get(part)
                 if state is None:
                     state = self.partitions[part] = PartitionState(part)
@@ -621,26 +620,14 @@ class _BatchOutput:
         return writes
 
 
-class _Record(NamedTuple):
-    """A Faust message as the record handlers read it (timestamp in ms)."""
-
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp: int
-
-
-def _by_partition(messages: Iterable[Any]) -> dict[tuple[str, int], tuple[list[_Record],
-                                                                         list[Any]]]:
-    """Faust's messages grouped per (topic, partition) in arrival order: the records the
-    handlers read (timestamp in ms) and the messages themselves (to be acked)."""
-    grouped: dict[tuple[str, int], tuple[list[_Record], list[Any]]] = {}
+def _by_partition(messages: Iterable[Any]) -> dict[tuple[str, int], list[Any]]:
+    """Faust's messages grouped per (topic, partition), in arrival order."""
+    grouped: dict[tuple[str, int], list[Any]] = {}
     for msg in messages:
         group = grouped.get((msg.topic, msg.partition))
         if group is None:
-            group = grouped[(msg.topic, msg.partition)] = ([], [])
-        group[0].append(_Record(msg.offset, msg.key, msg.value, round(msg.timestamp * 1000)))
-        group[1].append(msg)
+            group = grouped[(msg.topic, msg.partition)] = []
+        group.append(msg)
     return grouped
 
 
