@@ -181,8 +181,9 @@ class SegmentStreamApp:
             stream_buffer_maxsize=4096,
             # Bounds one fetched batch (and the memory it takes while a backlog is read). Larger
             # batches cost less per record (per-batch work; fewer durable writes, the last write
-            # per recommendation per batch wins): 5,000 -> 10,000 with 1 -> 4 MiB per partition
-            # fetch took worker CPU per 200,000 events from ~4.0 to ~3.2 s (BENCHMARKS.md).
+            # per recommendation per batch wins): 5,000 -> 10,000 records with 1 -> 4 MiB per
+            # partition fetch, and the commits above, took the worker's CPU for 200,000 events
+            # from 4.5-4.9 to 3.4-3.7 s side by side (BENCHMARKS.md).
             broker_max_poll_records=10_000,
             consumer_max_fetch_size=4 * 1024 * 1024,
             consumer_auto_offset_reset="earliest",
@@ -235,10 +236,10 @@ class SegmentStreamApp:
     def _ingest_records(self, partition: int, state: PartitionState | None,
                         records: Iterable[Any], out: _BatchOutput) -> None:
         """Input records of one partition (aiokafka's records, timestamps in ms, in offset
-        order): validate each
-        (invalid: collected for the DLQ with the reason), then aggregate it here when it
-        already sits on its segment family's partition under the family's key and ``state``
-        (the partition's, if owned) is given, else collect it for the repartition topic."""
+        order): validate each (invalid: collected for the DLQ with the reason), then
+        aggregate it here when it already sits on its segment family's partition under the
+        family's key and ``state`` (the partition's, if owned) is given, else collect it for
+        the repartition topic."""
         route = self._route
         invalid = out.invalid
         repartition = out.repartition

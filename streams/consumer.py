@@ -84,7 +84,9 @@ class BatchConsumer(AIOKafkaDriverConsumer):
             return record
         return super()._to_message(tp, record)
 
-    async def getmany(self, timeout: float) -> AsyncIterator[tuple[Any, Any]]:  # noqa: ASYNC109 (Faust's signature)
+    async def getmany(
+            self, timeout: float,  # noqa: ASYNC109 (Faust's signature)
+    ) -> AsyncIterator[tuple[Any, Any]]:
         """Faust's ``getmany`` (faust/transport/consumer.py) with the same checks (flow
         stopped: seek back to committed offsets; a new generation or a stopped flow ends the
         fetch; only active or buffered partitions), but a partition's records come in offset
