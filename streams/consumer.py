@@ -205,7 +205,7 @@ class BatchConsumer(AIOKafkaDriverConsumer):
         # Faust's loop (faust/transport/consumer.py, Consumer._drain_messages), with the
         # records of the handler's topics collected per fetch instead of delivered one by one.
         handler: BatchHandler = getattr(self.app, "batch_handler")  # noqa: B009 (set by install)
-        topics: frozenset[str] = getattr(self.app, "batch_topics")  # noqa: B009
+        topics = self._batch_topics
         callback = self.callback
         consumer_should_stop = self._stopped.is_set
         fetcher_should_stop = fetcher._stopped.is_set
