@@ -28,34 +28,79 @@ class AnswerCache(Protocol):
     async def close(self) -> None: ...
 
 
-class InProcessCache:
-    """A small TTL cache; entries expire lazily and the oldest go first past ``max_entries``."""
+class _Entries:
+    """Answers with an expiry, bounded by count and by bytes (keys, values and a per-entry
+    overhead); the least recently written go first."""
 
-    def __init__(self, max_entries: int = 10_000) -> None:
-        self._data: dict[str, tuple[float, bytes]] = {}
-        self._max = max_entries
+    OVERHEAD = 200  # bytes per entry besides its key and value: dict slot, tuple, objects
 
-    async def get(self, key: str) -> bytes | None:
+    def __init__(self, max_bytes: int, max_entries: int) -> None:
+        self._data: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._bytes = 0
+        self._max_bytes = max_bytes
+        self._max_entries = max_entries
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._data
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    @property
+    def size(self) -> int:
+        """Bytes held, as counted against the bound."""
+        return self._bytes
+
+    def get(self, key: str) -> bytes | None:
         hit = self._data.get(key)
         if hit is None:
             return None
-        expires, value = hit
-        if expires < time.monotonic():
-            self._data.pop(key, None)
+        if hit[0] <= time.monotonic():
+            self.drop(key)
             return None
-        return value
+        return hit[1]
+
+    def put(self, key: str, value: bytes, expires: float) -> None:
+        self.drop(key)
+        cost = self._cost(key, value)
+        if cost > self._max_bytes // 16:
+            return  # a huge answer: not worth a sixteenth of the budget
+        # An exact-size copy: orjson's output holds a 4 KiB buffer however short the answer.
+        self._data[key] = (expires, kept(value))
+        self._bytes += cost
+        while self._bytes > self._max_bytes or len(self._data) > self._max_entries:
+            old, (_, dropped) = self._data.popitem(last=False)
+            self._bytes -= self._cost(old, dropped)
+
+    def drop(self, key: str) -> None:
+        hit = self._data.pop(key, None)
+        if hit is not None:
+            self._bytes -= self._cost(key, hit[1])
+
+    def clear(self) -> None:
+        self._data.clear()
+        self._bytes = 0
+
+    def _cost(self, key: str, value: bytes) -> int:
+        return len(key) + len(value) + self.OVERHEAD
+
+
+class InProcessCache:
+    """A small TTL cache in the worker's memory, bounded in entries and bytes."""
+
+    def __init__(self, max_bytes: int = 32 * 1024 * 1024, max_entries: int = 10_000) -> None:
+        self._entries = _Entries(max_bytes, max_entries)
+
+    async def get(self, key: str) -> bytes | None:
+        return self._entries.get(key)
 
     async def set(self, key: str, value: bytes, ttl_s: float) -> None:
         if ttl_s <= 0:
             return
-        self._data.pop(key, None)
-        # An exact-size copy: orjson's output holds a 4 KiB buffer however short the answer.
-        self._data[key] = (time.monotonic() + ttl_s, kept(value))
-        while len(self._data) > self._max:
-            self._data.pop(next(iter(self._data)))
+        self._entries.put(key, value, time.monotonic() + ttl_s)
 
     async def close(self) -> None:
-        self._data.clear()
+        self._entries.clear()
 
 
 class RedisCache:
@@ -72,7 +117,8 @@ class RedisCache:
     """
 
     def __init__(self, url: str, timeout_s: float = 0.25, retry_after_s: float = 1.0,
-                 prefix: str = "segment-stream:", near_bytes: int = 8 * 1024 * 1024) -> None:
+                 prefix: str = "segment-stream:", near_bytes: int = 8 * 1024 * 1024,
+                 near_entries: int = 10_000) -> None:
         self._client = aioredis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
             health_check_interval=0, retry_on_timeout=False)
@@ -86,9 +132,7 @@ class RedisCache:
         self._prefix = prefix
         self._channel = prefix + "written"
         self._origin = uuid.uuid4().hex.encode()  # this cache's writes, on the channel
-        self._near: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
-        self._near_bytes = 0
-        self._near_max = near_bytes
+        self._near = _Entries(near_bytes, near_entries)
         self._near_live = False  # subscribed: the copies are kept coherent
         self._listener: asyncio.Task[None] | None = None
 
@@ -108,7 +152,7 @@ class RedisCache:
 
     # -- near copies ---------------------------------------------------------------------------
     def _start_listener(self) -> None:
-        if self._listener is None and self._near_max > 0:
+        if self._listener is None:
             self._listener = asyncio.get_running_loop().create_task(self._listen())
 
     async def _listen(self) -> None:
@@ -124,37 +168,17 @@ class RedisCache:
                         continue
                     origin, _, key = bytes(message["data"]).partition(b" ")
                     if origin != self._origin:
-                        self._drop(key.decode())
+                        self._near.drop(key.decode(errors="replace"))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis down or restarted: copies may be stale now
                 logger.debug("cache write announcements lost: %r", exc)
             finally:
                 self._near_live = False
-                self._clear()
+                self._near.clear()
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(self._retry_after_s)
-
-    def _keep(self, key: str, value: bytes, expires: float) -> None:
-        if len(value) > self._near_max // 16:
-            return  # a huge page: not worth a sixteenth of the budget
-        self._drop(key)
-        value = kept(value)  # exact size (orjson's output holds a 4 KiB buffer)
-        self._near[key] = (expires, value)
-        self._near_bytes += len(value)
-        while self._near_bytes > self._near_max:
-            _, (_, dropped) = self._near.popitem(last=False)
-            self._near_bytes -= len(dropped)
-
-    def _drop(self, key: str) -> None:
-        hit = self._near.pop(key, None)
-        if hit is not None:
-            self._near_bytes -= len(hit[1])
-
-    def _clear(self) -> None:
-        self._near.clear()
-        self._near_bytes = 0
 
     # -- the cache -------------------------------------------------------------------------------
     async def get(self, key: str) -> bytes | None:
@@ -162,9 +186,7 @@ class RedisCache:
         if self._near_live and not self._down:
             hit = self._near.get(key)
             if hit is not None:
-                if hit[0] > time.monotonic():
-                    return hit[1]
-                self._drop(key)
+                return hit
         if not self._available():
             return None
         try:
@@ -178,7 +200,7 @@ class RedisCache:
     async def set(self, key: str, value: bytes, ttl_s: float) -> None:
         self._start_listener()
         if ttl_s <= 0 or not self._available():
-            self._drop(key)
+            self._near.drop(key)
             return
         expires = time.monotonic() + ttl_s
         try:
@@ -187,12 +209,12 @@ class RedisCache:
                 pipe.publish(self._channel, self._origin + b" " + key.encode())
                 await pipe.execute()
         except (RedisError, OSError) as exc:
-            self._drop(key)
+            self._near.drop(key)
             self._failed(exc)
             return
         self._recovered()
         if self._near_live:
-            self._keep(key, value, expires)
+            self._near.put(key, value, expires)
 
     async def close(self) -> None:
         if self._listener is not None:
@@ -203,5 +225,7 @@ class RedisCache:
         await self._client.aclose()
 
 
-def make_cache(redis_url: str | None) -> AnswerCache:
-    return RedisCache(redis_url) if redis_url else InProcessCache()
+def make_cache(redis_url: str | None, namespace: str) -> AnswerCache:
+    """The answer cache of deployment ``namespace`` (its app id: the prefix of its Redis keys
+    and channel, so that deployments can share a Redis)."""
+    return RedisCache(redis_url, prefix=f"{namespace}:") if redis_url else InProcessCache()

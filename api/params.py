@@ -142,6 +142,20 @@ def parse_segments_request(
     )
 
 
+def parse_internal_request(query: Mapping[str, str] | MultiMapping[str]) -> SegmentsQuery:
+    """Validate a worker-to-worker query (the program as query parameter ``program_id``)
+    exactly like `GET /segments`; raise `RequestValidationError` listing every problem."""
+    program = _last(query, "program_id")
+    try:
+        return parse_segments_request(query, {} if program is None else {
+            PROGRAM_ID_HEADER: program})
+    except RequestValidationError as exc:
+        for err in exc.errors:
+            if err["loc"] == ["header", PROGRAM_ID_HEADER]:
+                err["loc"] = ["query", "program_id"]
+        raise
+
+
 def _last(query: Mapping[str, str] | MultiMapping[str], name: str) -> str | None:
     """The last value of a repeated query parameter wins, as in Starlette/FastAPI."""
     if isinstance(query, MultiMapping):

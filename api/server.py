@@ -21,16 +21,16 @@ from aiohttp import web
 
 from api.cache import AnswerCache, make_cache
 from api.exceptions import RequestValidationError, ServiceUnavailable
+from api.fanout import PeerClient
 from api.openapi import build_openapi
 from api.pagination import paginate
-from api.params import SegmentsQuery, parse_segments_request
+from api.params import SegmentsQuery, parse_internal_request, parse_segments_request
 from streams.segments import SegmentStat, contract_order
 
 logger = logging.getLogger(__name__)
 
 JSON = "application/json"
 RETRY_AFTER_S = 1
-PEER_TIMEOUT_S = 5.0
 
 
 class SegmentsBackend(Protocol):
@@ -55,6 +55,7 @@ class SegmentsBackend(Protocol):
 BACKEND = web.AppKey("backend", SegmentsBackend)
 CACHE = web.AppKey("cache", AnswerCache)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
+PEERS = web.AppKey("peers", PeerClient)
 OPENAPI = web.AppKey("openapi", bytes)
 
 
@@ -87,22 +88,6 @@ def _item(stat: SegmentStat | list[Any], min_weight: float) -> dict[str, Any]:
 
 
 
-async def _ask_peer(session: aiohttp.ClientSession, url: str, q: SegmentsQuery
-                    ) -> tuple[list[Any], list[int]]:
-    params = {"program_id": q.program_id, "segment_type": q.segment_type,
-              "segment_basis": q.segment_basis, "min_weight": repr(q.min_weight)}
-    try:
-        async with session.get(f"{url.rstrip('/')}/internal/segments", params=params,
-                               timeout=aiohttp.ClientTimeout(total=PEER_TIMEOUT_S)) as resp:
-            if resp.status != 200:
-                raise ServiceUnavailable(f"worker {url} is not ready ({resp.status})",
-                                         RETRY_AFTER_S)
-            body = orjson.loads(await resp.read())
-    except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError) as exc:
-        raise ServiceUnavailable(f"worker {url} did not answer: {exc!r}", RETRY_AFTER_S) from None
-    return body["items"], body["partitions"]
-
-
 async def compute(request: web.Request, q: SegmentsQuery) -> list[Any]:
     """All listed segments of the query, sorted, from every partition's owner."""
     backend = request.app[BACKEND]
@@ -117,8 +102,8 @@ async def compute(request: web.Request, q: SegmentsQuery) -> list[Any]:
     seen = set(covered)
     if peers:
         rows = list(local)
-        session = request.app[SESSION]
-        answers = await asyncio.gather(*(_ask_peer(session, url, q) for url in peers))
+        ask = request.app[PEERS].ask
+        answers = await asyncio.gather(*(ask(url, q) for url in peers))
         for items, parts in answers:
             if seen & set(parts):
                 raise ServiceUnavailable("partition owners overlap (rebalancing)", RETRY_AFTER_S)
@@ -162,18 +147,13 @@ async def get_segments(request: web.Request) -> web.Response:
 
 
 async def internal_segments(request: web.Request) -> web.Response:
+    """A worker's own part of an answer, for the fan-out of another worker."""
+    q = parse_internal_request(request.query)
     backend = request.app[BACKEND]
     if not backend.is_ready():
         raise ServiceUnavailable("worker is rebalancing or recovering", RETRY_AFTER_S)
-    args = request.query
-    try:
-        program = args["program_id"]
-        segment_type = args["segment_type"]
-        basis = args["segment_basis"]
-        min_weight = float(args["min_weight"])
-    except (KeyError, ValueError):
-        return json_response({"detail": "bad internal query"}, status=400)
-    items, partitions = backend.local_query(program, segment_type, basis, min_weight)
+    items, partitions = backend.local_query(q.program_id, q.segment_type, q.segment_basis,
+                                            q.min_weight)
     return json_response({"items": items, "partitions": partitions})
 
 
@@ -190,14 +170,19 @@ async def openapi_json(request: web.Request) -> web.Response:
     return web.Response(body=request.app[OPENAPI], content_type=JSON)
 
 
-def create_web_app(backend: SegmentsBackend, redis_url: str | None) -> web.Application:
+def create_web_app(backend: SegmentsBackend, redis_url: str | None, *,
+                   namespace: str = "segment-stream", peer_timeout_s: float = 2.0
+                   ) -> web.Application:
+    """The HTTP API of one worker. ``namespace``: the deployment's app id (its cache keys'
+    prefix)."""
     app = web.Application(middlewares=[error_middleware])
     app[BACKEND] = backend
     app[OPENAPI] = orjson.dumps(build_openapi())
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        app[CACHE] = make_cache(redis_url)
+        app[CACHE] = make_cache(redis_url, namespace)
         app[SESSION] = aiohttp.ClientSession()
+        app[PEERS] = PeerClient(app[SESSION], backend.total_partitions, peer_timeout_s)
         yield
         await app[SESSION].close()
         await app[CACHE].close()

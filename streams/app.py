@@ -6,9 +6,9 @@ family -> aggregate (last-writer-wins durable table + derived per-partition inde
 publishes coalesced count changes.
 
 Hot-path choices (see BENCHMARKS.md):
-- both agents take events in batches (``stream.take_events``); Faust acks a batch only after
-  it has been processed, and flushes the producer before committing offsets, so delivery
-  stays at-least-once;
+- the batched consumer (streams/consumer.py) hands whole fetched batches to ``process_batch``,
+  which acks a record only once everything it produced is acknowledged by the broker, so
+  delivery stays at-least-once;
 - a record whose key already is its segment family key, on the partition the repartition
   would choose, is aggregated directly by the ingest agent: no needless repartition hop
   (Faust assigns the same partition numbers of co-partitioned topics to one worker);
@@ -24,37 +24,42 @@ import gc
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable
-from typing import Any, NamedTuple, cast
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping
+from typing import Any, Generic, TypeVar, cast
 
 import faust
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 from faust.tables.manager import TableManager
 from faust.types import TP, EventT
 
 from streams.consumer import install as install_batch_consumer
+from streams.dead_letters import MIN_DEAD_LETTER_BYTES, dead_letter
 from streams.events import Event, family_key, parse_event
 from streams.exceptions import InvalidEvent
 from streams.partitioner import partition_for
 from streams.segments import (
     CountChange,
     FamilyKey,
+    MalformedRecord,
     PartitionState,
     SegmentStat,
     contract_order,
+    decode_emitted,
     encode_applied,
     record_key,
 )
 from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
+K = TypeVar("K")
 
-BATCH = 2000
-BATCH_WITHIN_S = 0.02
 YIELD_EVERY = 400  # records handled between two yields to the event loop within a batch
 
-_ROUTE_CACHE_MAX = 200_000
+_ROUTE_CACHE_MAX = 20_000
+# A batch whose writes failed is retried after this back-off (doubling up to the maximum).
+_RETRY_MIN_S, _RETRY_MAX_S = 0.1, 2.0
 _MERGED_MEMO_MAX = 16  # merged local answers kept (each holds its partitions' memoised parts)
 
 
@@ -75,6 +80,14 @@ class _ChangelogTable(faust.Table[bytes, bytes]):
 
     def persisted_offset(self, tp: TP) -> int | None:
         return self._read_upto.get(tp.partition)
+
+    def remember(self, partition: int, offset: int) -> None:
+        """The derived state holds this partition's changelog up to ``offset``."""
+        self._read_upto[partition] = offset
+
+    def forget(self, partition: int) -> None:
+        """The derived state of this partition is gone: the next assignment reads it all."""
+        self._read_upto.pop(partition, None)
 
     def apply_changelog_batch(self, batch: Iterable[EventT[Any]]) -> None:
         if self.owner is not None:
@@ -152,8 +165,14 @@ class SegmentStreamApp:
                                   tuple[list[list[SegmentStat]], list[SegmentStat]]] = (
             OrderedDict())
         self.ready = False
+        # Partitions whose durable writes failed: out of service until rebuilt (_repair).
+        self._stale: set[int] = set()
+        # (topic, partition) of records whose outputs failed, and the rebuild: retry times.
+        self._held: _Backoff[tuple[str, int] | str] = _Backoff(_RETRY_MIN_S, _RETRY_MAX_S)
         self.processed = 0
         self.invalid = 0
+        self.failed_batches = 0
+        self.malformed_changelog_records = 0
         self.publications = 0  # change publisher ticks that wrote something
         self.app = faust.App(
             s.app_id,
@@ -177,6 +196,9 @@ class SegmentStreamApp:
             broker_commit_interval=1.0,
             producer_linger=0.005,
             producer_acks=-1,
+            # A write not acknowledged in this time fails, and so does the batch that made it
+            # (read again), instead of waiting up to Faust's default of 20 minutes.
+            producer_request_timeout=s.produce_timeout_ms / 1000.0,
             producer_max_batch_size=512 * 1024,
             stream_buffer_maxsize=4096,
             # Bounds one fetched batch (and the memory it takes while a backlog is read). Larger
@@ -210,13 +232,12 @@ class SegmentStreamApp:
             app.tables.add(table)
         self._changelog = self.recommendations.changelog_topic.get_topic_name()
         self._emitted_changelog = self.emitted.changelog_topic.get_topic_name()
-        # The agents subscribe the worker to the two topics (and process them when the batched
-        # consumer is off); with it on, their records reach process_batch instead.
-        app.agent(self.input_topic, name="ingest")(self._ingest)
-        app.agent(self.by_segment, name="aggregate")(self._aggregate)
-        if s.batch_consume:
-            install_batch_consumer(app, (s.input_topic, s.repartition_topic), self.process_batch)
+        # The agents subscribe the worker to the two topics; their records reach process_batch.
+        app.agent(self.input_topic, name="ingest")(self._subscribe)
+        app.agent(self.by_segment, name="aggregate")(self._subscribe)
+        install_batch_consumer(app, (s.input_topic, s.repartition_topic), self.process_batch)
         app.timer(s.change_interval_ms / 1000.0, name="publish-changes")(self._publish_changes)
+        app.timer(1.0, name="repair-partitions")(self._repair_stale)
         app.on_partitions_revoked.connect(cast(Any, self._on_partitions_revoked))
         # A graceful stop sends no revocation (Faust stops the consumer, then sends this).
         app.on_before_shutdown.connect(cast(Any, self._on_partitions_revoked))
@@ -243,13 +264,15 @@ class SegmentStreamApp:
         route = self._route
         invalid = out.invalid
         repartition = out.repartition
+        destinations: set[int] = set()
         writes = out.writes_for(partition)
         apply = state.apply if state is not None else None
+        max_future_ms = self.settings.max_future_ms
         for r in records:
             try:
-                ev = parse_event(r.value, r.timestamp)
+                ev = parse_event(r.value, r.timestamp, max_future_ms)
             except InvalidEvent as exc:
-                invalid.append((r.key, r.value, exc.reason))
+                invalid.append((r, exc.reason))
                 continue
             family = ev.family
             fkey, fpart = route(family)
@@ -259,42 +282,112 @@ class SegmentStreamApp:
                     writes[record_key(family, ev.user_id)] = encode_applied(ev, offset,
                                                                             partition)
             else:
-                repartition.append((fpart, fkey, ev.encode()))
+                group = repartition.get(fpart)
+                if group is None:
+                    group = repartition[fpart] = []
+                group.append((fkey, ev.encode()))
+                destinations.add(fpart)
+        for destination in destinations:
+            out.sources_of(destination).add(partition)
 
     def _aggregate_records(self, partition: int, state: PartitionState, records: Iterable[Any],
                            out: _BatchOutput) -> None:
-        """Repartitioned events of one partition: apply each to the partition's state."""
+        """Repartitioned events of one partition: apply each to the partition's state. The
+        topic is writable by anyone: a record that is not our compact event, or that belongs
+        to another partition, is a dead letter."""
         invalid = out.invalid
         writes = out.writes_for(partition)
         apply = state.apply
+        route = self._route
         for r in records:
             try:
                 ev = Event.decode(r.value or b"")
             except InvalidEvent as exc:  # not written by our ingest
-                invalid.append((r.key, r.value, f"bad repartition record: {exc.reason}"))
+                invalid.append((r, f"bad repartition record: {exc.reason}"))
                 continue
             family = ev.family
+            owner = route(family)[1]
+            if owner != partition:
+                invalid.append((r, f"repartition record of partition {owner} found on "
+                                   f"partition {partition}"))
+                continue
             offset = r.offset
             if apply(ev, offset, family):
                 writes[record_key(family, ev.user_id)] = encode_applied(ev, offset, partition)
 
-    async def _flush_batch(self, out: _BatchOutput) -> None:
-        """Queue in the producer what a batch produced: dead letters, repartitioned events
-        and the durable writes, one per recommendation per batch (the last one wins anyway).
-        Faust flushes the producer before committing offsets."""
-        if out.invalid:
-            self.invalid += len(out.invalid)
-            for key, value, reason in out.invalid:
-                await self.app.producer.send(self.settings.dlq_topic, key, value, None, None,
-                                             [("error", reason.encode())])
-        if out.repartition:
-            await self._send_batched(self.settings.repartition_topic, out.repartition)
-        if out.writes:
-            await self._send_partitions(self._changelog, out.writes)
+    async def _flush_batch(self, out: _BatchOutput) -> _Failures:
+        """Send what a batch produced (dead letters, repartitioned events and the durable
+        writes, one per recommendation per batch: the last one wins anyway) and wait for the
+        broker to acknowledge all of it. Returns what failed: the (topic, partition) of every
+        record whose output was not acknowledged, and the changelog partitions with a failed
+        durable write."""
+        failures = _Failures()
+        waits: list[tuple[Awaitable[Any], frozenset[tuple[str, int]], int | None]] = []
+        input_topic = self.settings.input_topic
+        repartition_topic = self.settings.repartition_topic
+        for record, reason in out.invalid:
+            waits.append((self._send_dead_letter(record, reason),
+                          frozenset({(record.topic, record.partition)}), None))
+        self.invalid += len(out.invalid)
+        for destination, records in out.repartition.items():
+            sources = frozenset((input_topic, p) for p in out.sources_of(destination))
+            await self._queue(repartition_topic, destination, records, sources, None, waits,
+                              failures)
+        for partition, writes in out.writes.items():
+            if writes:
+                await self._queue(self._changelog, partition, writes,
+                                  frozenset({(input_topic, partition),
+                                             (repartition_topic, partition)}),
+                                  partition, waits, failures)
+        results = await asyncio.gather(*(w for w, _, _ in waits), return_exceptions=True)
+        for result, (_, sources, changelog_partition) in zip(results, waits, strict=True):
+            if isinstance(result, BaseException):
+                failures.add(sources, changelog_partition, result)
+        return failures
+
+    async def _queue(self, topic: str, partition: int,
+                     records: list[tuple[bytes, bytes]] | dict[bytes, bytes],
+                     sources: frozenset[tuple[str, int]], changelog_partition: int | None,
+                     waits: list[tuple[Awaitable[Any], frozenset[tuple[str, int]], int | None]],
+                     failures: _Failures) -> None:
+        """Queue records for one partition; their deliveries join ``waits``, a failure to
+        queue them joins ``failures``."""
+        deliveries: list[asyncio.Future[Any]] = []
+        try:
+            await self._send_partitions(topic, {partition: records}, deliveries)
+        except Exception as exc:
+            failures.add(sources, changelog_partition, exc)
+        waits.extend((delivery, sources, changelog_partition) for delivery in deliveries)
+
+    async def _send_dead_letter(self, record: Any, reason: str) -> None:
+        """Send one record's dead letter and wait for its acknowledgement; raises if it cannot
+        be delivered. A dead letter the broker finds too large (a topic with a smaller
+        ``max.message.bytes``) is sent again cut to half the size, down to
+        ``MIN_DEAD_LETTER_BYTES``."""
+        max_bytes = self.app.conf.producer_max_request_size
+        while True:
+            letter = dead_letter(record.key, record.value, reason, max_bytes=max_bytes,
+                                 source=(record.topic, record.partition, record.offset))
+            try:
+                delivery = await self._producer().send(
+                    self.settings.dlq_topic, letter.value, key=letter.key,
+                    headers=list(letter.headers))
+                await delivery
+                return
+            except (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError):
+                if max_bytes <= MIN_DEAD_LETTER_BYTES:
+                    raise
+                max_bytes = max(MIN_DEAD_LETTER_BYTES, max_bytes // 2)
 
     async def process_batch(self, messages: list[Any]) -> list[Any]:
         """The batched consumer's handler (streams/consumer.py): every fetched record of the
         input and repartition topics, in partition order; returns those handled, to be acked.
+
+        A record is handled once its outputs (durable writes, dead letter, repartitioned
+        event) are acknowledged by the broker. Records whose outputs failed are not acked:
+        the consumer reads them again from the committed offset, and a partition whose
+        durable writes failed is rebuilt from its changelog first (its state is ahead of the
+        changelog), before it handles records again.
 
         Runs under the batch lock, so a rebalance waits for a batch in flight. Records that
         cannot be handled here now (a rebalance has begun, or their partition is not owned)
@@ -303,77 +396,120 @@ class SegmentStreamApp:
         async with self._batch_lock:
             if not self.ready:
                 return []
+            if self._stale:
+                await self._repair()
             out = _BatchOutput()
+            broken = _Failures()
             done = []
             owned = self.partitions
+            held = self._held
+            waiting = False
             input_topic = self.settings.input_topic
             since_yield = 0
             for (topic, part), records in _by_partition(messages).items():
                 state = owned.get(part)
                 if state is None:
                     continue
+                if held and held.waiting((topic, part)):
+                    waiting = True  # failed lately: read again after its back-off
+                    continue
                 if since_yield >= YIELD_EVERY:
-                    # A batch takes ~20-45 us per record (2,000 records: 40-90 ms; up to
-                    # 10,000 in a backlog): let requests in between its partitions (they see
-                    # the records applied so far).
+                    # Let requests in between the partitions of a large batch (they see the
+                    # records applied so far).
                     await asyncio.sleep(0)
                     since_yield = 0
-                if topic == input_topic:
-                    self._ingest_records(part, state, records, out)
-                else:
-                    self._aggregate_records(part, state, records, out)
+                try:
+                    if topic == input_topic:
+                        self._ingest_records(part, state, records, out)
+                    else:
+                        self._aggregate_records(part, state, records, out)
+                except Exception as exc:  # a bug: hold this partition back, not the worker
+                    logger.exception("handling records of %s[%d] failed", topic, part)
+                    broken.broken(topic, part, exc)
+                    continue
                 done += records
                 since_yield += len(records)
+            failures = await self._flush_batch(out)
+            failures.merge(broken)
+            if failures:
+                self._on_failed_batch(failures)
+                done = [r for r in done if (r.topic, r.partition) not in failures.sources]
+            if held:
+                for r in done:
+                    held.succeeded((r.topic, r.partition))
             self.processed += len(done)
-            await self._flush_batch(out)
+            if not done and waiting:
+                # Only records held back came: wait instead of fetching them again at once.
+                await asyncio.sleep(held.next_in())
             return done
 
-    async def _ingest(self, stream: Any) -> AsyncIterator[None]:
-        """Agent path (when the batched consumer is off): the same work per record."""
-        async for events in stream.take_events(BATCH, within=BATCH_WITHIN_S):
-            out = _BatchOutput()
-            for (_, part), records in _by_partition(_ms_record(e.message)
-                                                    for e in events).items():
-                self._ingest_records(part, self.partitions.get(part), records, out)
-            self.processed += len(events)
-            await self._flush_batch(out)
-            yield None
+    def _on_failed_batch(self, failures: _Failures) -> None:
+        """Some outputs of a batch failed: log it, hold its records back for a while (read
+        again after a back-off), and mark the partitions whose durable writes failed for a
+        rebuild."""
+        self.failed_batches += 1
+        for source in failures.sources:
+            self._held.failed(source)
+        logger.warning("writes of a batch failed (%s); its records of %s are read again%s",
+                       failures.describe(), sorted(failures.sources),
+                       f", partitions {sorted(failures.changelog_partitions)} rebuilt first"
+                       if failures.changelog_partitions else "")
+        for p in failures.changelog_partitions:
+            if p in self.partitions or p in self._recovering:
+                self.partitions.pop(p, None)
+                self._recovering.pop(p, None)
+                self._stale.add(p)
+            for table in (self.recommendations, self.emitted):
+                table.forget(p)
 
-    async def _aggregate(self, stream: Any) -> AsyncIterator[None]:
-        async for events in stream.take_events(BATCH, within=BATCH_WITHIN_S):
-            out = _BatchOutput()
-            for (_, part), records in _by_partition(e.message for e in events).items():
-                state = self.partitions.get(part)
-                if state is None:
-                    state = self.partitions[part] = PartitionState(part)
-                self._aggregate_records(part, state, records, out)
-            self.processed += len(events)
-            await self._flush_batch(out)
+    async def _repair(self) -> None:
+        """Rebuild the partitions whose durable writes failed from their changelogs (under the
+        publish lock: no change is published from them meanwhile). On failure (the broker
+        still away) they stay out of service until the next batch tries again."""
+        if self._held.waiting("repair"):
+            return
+        stale = set(self._stale)
+        async with self._publish_lock:
+            try:
+                for table, topic in ((self.recommendations, self._changelog),
+                                     (self.emitted, self._emitted_changelog)):
+                    for p, offset in (await self.fast_recover(table.name, topic, stale)).items():
+                        table.remember(p, offset)
+            except Exception as exc:
+                for p in stale:
+                    self._recovering.pop(p, None)
+                self._held.failed("repair")
+                logger.warning("rebuilding partitions %s failed (%r); retrying", sorted(stale),
+                               exc)
+                return
+            self._install({p: self._recovering.pop(p) if p in self._recovering
+                           else PartitionState(p) for p in stale})
+            self._stale -= stale
+            self._held.succeeded("repair")
+        logger.warning("partitions %s rebuilt from their changelogs", sorted(stale))
+
+    async def _subscribe(self, stream: Any) -> AsyncIterator[None]:
+        """Body of the two agents, which only subscribe the worker to their topics: the batched
+        consumer hands those topics' records to ``process_batch``, never to a stream."""
+        async for _ in stream:  # pragma: no cover - would lose the record if it came
+            raise RuntimeError("a record of the batch handler's topics reached an agent")
             yield None
 
     def _producer(self) -> Any:
         return cast(Any, self.app.producer)._ensure_producer()  # the AIOKafkaProducer
 
-    async def _send_batched(self, topic: str, records: Iterable[tuple[int, bytes, bytes]]
-                            ) -> list[asyncio.Future[Any]]:
-        """Queue ``(partition, key, value)`` records, in this order per partition, in the
-        producer as whole record batches (:meth:`_send_partitions`)."""
-        by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
-        for partition, key, value in records:
-            by_partition.setdefault(partition, []).append((key, value))
-        return await self._send_partitions(topic, by_partition)
-
     async def _send_partitions(
             self, topic: str,
-            by_partition: dict[int, list[tuple[bytes, bytes]]] | dict[int, dict[bytes, bytes]]
+            by_partition: Mapping[int, list[tuple[bytes, bytes]] | dict[bytes, bytes]],
+            futures: list[asyncio.Future[Any]] | None = None,
     ) -> list[asyncio.Future[Any]]:
         """Queue records, per partition ``(key, value)`` pairs (a list, or a dict of values by
         key), in this order per partition, in the producer as whole record batches
-        (``AIOKafkaProducer.send_batch``): ``send`` costs a future and an accumulator lookup
-        per record, a quarter of a worker's time. Faust's flush before each offset commit waits
-        for these batches like for any other send. Returns the batches' delivery futures."""
+        (``AIOKafkaProducer.send_batch``: ``send`` costs a future and an accumulator lookup
+        per record). Returns the batches' delivery futures, appended to ``futures`` when
+        given (so that the caller has those queued before a failure to queue the rest)."""
         producer = self._producer()
-        futures = []
+        futures = [] if futures is None else futures
         for partition, items in by_partition.items():
             if not items:
                 continue
@@ -449,7 +585,7 @@ class SegmentStreamApp:
                     out[key] = orjson.dumps([count, partition])
             out.update(intents)
         try:
-            await asyncio.gather(*await self._send_partitions(self._emitted_changelog, records))
+            await _all_delivered(await self._send_partitions(self._emitted_changelog, records))
         except BaseException:
             for partition, (state, _) in pending.items():
                 for key, count in confirmations[partition].items():
@@ -486,7 +622,7 @@ class SegmentStreamApp:
                     route = routes[c.program_id] = (events.setdefault(partition, []), key)
                 route[0].append((route[1], change_payload(c, now_ms)))
             await asyncio.sleep(0)
-        await asyncio.gather(*await self._send_partitions(topic, events))
+        await _all_delivered(await self._send_partitions(topic, events))
         for _, state, changes in taken:
             for c in changes:
                 state.commit_change(c)
@@ -494,6 +630,15 @@ class SegmentStreamApp:
     # -- rebalance / recovery --------------------------------------------------------------
     def on_rebalance_started(self) -> None:
         self.ready = False
+        self._stale.clear()  # not kept across the rebalance: it rebuilds them if they stay
+        self._held.clear()
+
+    async def _repair_stale(self) -> None:
+        """Timer body: rebuild stale partitions even when no batch comes to do it."""
+        if self._stale and self.ready and not self.app.rebalancing:
+            async with self._batch_lock:
+                if self._stale and self.ready:
+                    await self._repair()
 
     def drop_partitions(self, keep: set[int]) -> None:
         """Forget the derived state of partitions this worker no longer owns."""
@@ -514,15 +659,22 @@ class SegmentStreamApp:
 
     def load_changelog_record(self, table: str, partition: int, key: bytes | None,
                               value: bytes | None) -> None:
-        """Recovery: one changelog record into the (re)built derived state."""
+        """Recovery: one changelog record into the (re)built derived state. A record that is
+        not what this product writes (anyone can write to the topic) is skipped and counted."""
         if value is None or key is None:
             return
-        if table == "recommendations":
-            self._target(partition).load_durable(key, value)
-        else:
-            # [count, partition] once published; [count, partition, previous] while about to be
-            count, _partition, *previous = orjson.loads(value)
-            self._target(partition).load_emitted(key, count, previous[0] if previous else None)
+        try:
+            if table == "recommendations":
+                self._target(partition).load_durable(key, value, partition)
+            else:
+                count, previous = decode_emitted(value, partition)
+                self._target(partition).load_emitted(key, count, previous)
+        except MalformedRecord as exc:
+            self.malformed_changelog_records += 1
+            n = self.malformed_changelog_records
+            if n <= 10 or n % 1000 == 0:
+                logger.warning("skipped a malformed %s changelog record of partition %d (%s; %d "
+                               "so far)", table, partition, exc, self.malformed_changelog_records)
 
     async def fast_recover(self, table: str, topic: str, partitions: set[int]) -> dict[int, int]:
         """Read changelog partitions from the start to their current end in large batches;
@@ -568,6 +720,11 @@ class SegmentStreamApp:
         for p in active:
             if p not in self.partitions and p not in recovered:
                 recovered[p] = PartitionState(p)  # an empty partition
+        self._install(recovered)
+        self.ready = True
+
+    def _install(self, recovered: dict[int, PartitionState]) -> None:
+        """Put rebuilt partitions in service."""
         n = 0
         for state in recovered.values():
             state.finish_rebuild()
@@ -578,9 +735,8 @@ class SegmentStreamApp:
             logger.info("rebuilt %d partitions (%d recommendations)", len(recovered), n)
             # The rebuilt state is long-lived and acyclic (freed by reference counting when a
             # partition is dropped): keep it out of the garbage collector's full passes, which
-            # would otherwise walk every recommendation (~90 ms per million) now and then.
+            # would otherwise walk every recommendation now and then.
             gc.freeze()
-        self.ready = True
 
     # -- queries ---------------------------------------------------------------------------
     def local_query(self, program_id: str, segment_type: str, segment_basis: str,
@@ -612,15 +768,18 @@ class SegmentStreamApp:
 
 
 class _BatchOutput:
-    """What handling a batch produces, to be queued in the producer (``_flush_batch``)."""
+    """What handling a batch produces, to be sent (``_flush_batch``)."""
 
-    __slots__ = ("invalid", "repartition", "writes")
+    __slots__ = ("invalid", "repartition", "sources", "writes")
 
     def __init__(self) -> None:
         # Durable writes per changelog partition: record key -> value (the last one wins).
         self.writes: dict[int, dict[bytes, bytes]] = {}
-        self.invalid: list[tuple[bytes | None, bytes | None, str]] = []  # key, value, reason
-        self.repartition: list[tuple[int, bytes, bytes]] = []  # partition, key, event
+        self.invalid: list[tuple[Any, str]] = []  # record, reason
+        # Repartitioned events per destination partition, and the input partitions they
+        # come from (each one's events in its order).
+        self.repartition: dict[int, list[tuple[bytes, bytes]]] = {}
+        self.sources: dict[int, set[int]] = {}
 
     def writes_for(self, partition: int) -> dict[bytes, bytes]:
         writes = self.writes.get(partition)
@@ -628,22 +787,89 @@ class _BatchOutput:
             writes = self.writes[partition] = {}
         return writes
 
-
-class _MsRecord(NamedTuple):
-    """What the handlers read of a record, timestamp in ms (as aiokafka's records have it)."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
+    def sources_of(self, destination: int) -> set[int]:
+        sources = self.sources.get(destination)
+        if sources is None:
+            sources = self.sources[destination] = set()
+        return sources
 
 
-def _ms_record(message: Any) -> _MsRecord:
-    """A Faust message (timestamp in seconds) as the handlers read records."""
-    return _MsRecord(message.topic, message.partition, message.offset,
-                     round(message.timestamp * 1000), message.key, message.value)
+class _Backoff(Generic[K]):
+    """When each key may be tried again after failures: a delay doubling from ``first_s`` up
+    to ``max_s``, forgotten on success."""
+
+    def __init__(self, first_s: float, max_s: float) -> None:
+        self._first_s = first_s
+        self._max_s = max_s
+        self._delay: dict[K, float] = {}
+        self._until: dict[K, float] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._until)
+
+    def failed(self, key: K) -> None:
+        delay = min(self._max_s, max(self._first_s, 2 * self._delay.get(key, 0.0)))
+        self._delay[key] = delay
+        self._until[key] = time.monotonic() + delay
+
+    def succeeded(self, key: K) -> None:
+        self._delay.pop(key, None)
+        self._until.pop(key, None)
+
+    def waiting(self, key: K) -> bool:
+        until = self._until.get(key)
+        return until is not None and time.monotonic() < until
+
+    def next_in(self) -> float:
+        """Seconds until the first key may be tried again (0 if one may be now)."""
+        return max(0.0, min(self._until.values(), default=0.0) - time.monotonic())
+
+    def clear(self) -> None:
+        self._delay.clear()
+        self._until.clear()
+
+
+class _Failures:
+    """The outputs of a batch that the broker did not acknowledge."""
+
+    __slots__ = ("changelog_partitions", "errors", "sources")
+
+    def __init__(self) -> None:
+        self.sources: set[tuple[str, int]] = set()  # (topic, partition) of their records
+        self.changelog_partitions: set[int] = set()  # with a failed durable write
+        self.errors: list[BaseException] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.sources)
+
+    def add(self, sources: frozenset[tuple[str, int]], changelog_partition: int | None,
+            error: BaseException) -> None:
+        self.sources |= sources
+        if changelog_partition is not None:
+            self.changelog_partitions.add(changelog_partition)
+        self.errors.append(error)
+
+    def broken(self, topic: str, partition: int, error: BaseException) -> None:
+        """Handling the records of ``topic[partition]`` raised: its state may hold part of
+        them without their durable writes, so the partition is rebuilt too."""
+        self.add(frozenset({(topic, partition)}), partition, error)
+
+    def merge(self, other: _Failures) -> None:
+        self.sources |= other.sources
+        self.changelog_partitions |= other.changelog_partitions
+        self.errors += other.errors
+
+    def describe(self) -> str:
+        kinds = sorted({type(e).__name__ for e in self.errors})
+        return f"{len(self.errors)} failed: {', '.join(kinds)}; first: {self.errors[0]!r}"
+
+
+async def _all_delivered(deliveries: list[asyncio.Future[Any]]) -> None:
+    """Wait for every delivery; raise the first failure (after all of them are done, so that
+    no failure goes unretrieved)."""
+    for result in await asyncio.gather(*deliveries, return_exceptions=True):
+        if isinstance(result, BaseException):
+            raise result
 
 
 def _by_partition(messages: Iterable[Any]) -> dict[tuple[str, int], list[Any]]:

@@ -2,7 +2,6 @@
 
 1. raw       a count-only aiokafka ``getmany`` loop over N events (the practical limit)
 2. ingest    one worker, cold start to zero lag over the same N events -> events/s, ratio
-   (2b: the same with Faust's per-record agent path, SEGMENTS_BATCH_CONSUME=false)
 3. freshness at half the ingest rate, produce -> visible in GET /segments?force_refresh=true
 4. api       one program with S segments and R recommendations: GET /segments p50/p99
              (cached and force_refresh) with C concurrent clients, requests/s
@@ -15,7 +14,6 @@ Results go to ``benchmarks/results.json`` and the table in ``BENCHMARKS.md``.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import os
 import platform
@@ -323,19 +321,6 @@ async def bench(cfg: BenchConfig, run: Run) -> dict[str, Any]:
     results["ingest_startup_s"] = ready - started
     results["ingest_after_ready_events_per_s"] = n / max(1e-9, done - ready)
 
-    console.print("2b. the same with Faust's per-record agent path (SEGMENTS_BATCH_CONSUME=false)")
-    agents_run = dataclasses.replace(run, app_id=f"{run.app_id}-agents", input_topic=run.topic,
-                                     extra_env={"SEGMENTS_BATCH_CONSUME": "false"})
-    agents = WorkerProc(agents_run, kafka_local.free_port())
-    agents_started = agents.start()
-    try:
-        await agents.wait_ready()
-        agents_done = await wait_no_lag(agents_run, timeout_s=900)
-    finally:
-        agents.stop()
-    results["ingest_agents_events_per_s"] = n / (agents_done - agents_started)
-    results["ingest_agents_over_raw"] = results["ingest_agents_events_per_s"] / raw
-
     console.print("3. freshness at half the ingest rate")
     lat = await freshness(run, worker, ingest / 2, cfg.probes)
     results["freshness"] = {"rate_events_per_s": ingest / 2, "probes": len(lat),
@@ -405,9 +390,6 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("ingest (1 worker, cold start to zero lag)", f"{r['ingest_events_per_s']:,.0f} events/s",
          ""),
         ("ingest / raw", f"{r['ingest_over_raw']:.3f}", ">= 0.10 (stretch 0.25)"),
-        ("ingest with Faust's agent path instead (same events)",
-         f"{r['ingest_agents_events_per_s']:,.0f} events/s "
-         f"({r['ingest_agents_over_raw']:.3f} of raw)", "for comparison"),
         ("freshness p50 / p99", f"{r['freshness']['p50_ms']:.0f} / "
          f"{r['freshness']['p99_ms']:.0f} ms", "p99 <= 250 ms"),
         ("API cached p50 / p99", f"{r['api']['cached']['p50_ms']:.1f} / "

@@ -21,6 +21,8 @@ from streams.exceptions import InvalidEvent
 
 SegmentBasis = Literal["label", "asset"]
 
+DEFAULT_MAX_FUTURE_MS = 3_600_000
+
 # ts is kept in the durable records, which store integers of at most 64 bits.
 _INT64 = Meta(ge=-(1 << 63), le=(1 << 63) - 1)
 
@@ -102,10 +104,16 @@ def kept(dumped: bytes) -> bytes:
     return memoryview(dumped).tobytes()
 
 
-def parse_event(raw: bytes | None, record_ts_ms: int) -> Event:
-    """Validate one input record value; raise InvalidEvent with a human-readable reason."""
+def parse_event(raw: bytes | None, record_ts_ms: int,
+                max_future_ms: int = DEFAULT_MAX_FUTURE_MS) -> Event:
+    """Validate one input record value; raise InvalidEvent with a human-readable reason.
+
+    A ``ts`` more than ``max_future_ms`` after the record's own timestamp is refused (a ts in
+    the wrong unit would otherwise freeze its recommendation forever); the record's
+    timestamp, not a clock, keeps replays deterministic. A record without a timestamp
+    (negative) is not checked."""
     if raw is None:
-        raise InvalidEvent("empty record value")
+        raise InvalidEvent("null record value")
     try:
         ev: _Input = _decoder.decode(raw)
     except msgspec.ValidationError as exc:
@@ -118,4 +126,8 @@ def parse_event(raw: bytes | None, record_ts_ms: int) -> Event:
         ev.name = ev.basis_id
     if ev.ts is None:
         ev.ts = record_ts_ms
+    elif record_ts_ms >= 0 and ev.ts - record_ts_ms > max_future_ms:
+        raise InvalidEvent(
+            f"ts {ev.ts} is more than {max_future_ms} ms after the record's timestamp "
+            f"{record_ts_ms} (ts must be epoch milliseconds) - at `$.ts`")
     return ev  # name and ts are set now

@@ -12,17 +12,20 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Annotated, Literal, NamedTuple
 
-import orjson
+import msgspec
+from msgspec import Meta
 
 from streams.events import Event, encode_exact
+from streams.exceptions import SegmentStreamError
 from streams.threshold_index import ThresholdIndex
 
 SEGMENT_TYPES: tuple[str, ...] = ("growth", "base", "discovery")
 
-# Rows the query memo of one partition holds at most (least recently used answers go first).
+# Rows and answers the query memo of one partition holds at most (least recently used first).
 MEMO_MAX_ROWS = 20_000
+MEMO_MAX_ANSWERS = 1_000
 
 # (program_id, segment_basis, basis_id, action_type)
 FamilyKey = tuple[str, str, str, str]
@@ -83,6 +86,77 @@ def record_key(family: FamilyKey, user_id: str) -> bytes:
 def encode_record(rec: Record, partition: int, name: str) -> bytes:
     """Durable-table value: the record, the partition it belongs to, and its event's name."""
     return encode_exact([rec.weight, rec.in_history, rec.ts, rec.offset, partition, name])
+
+
+class MalformedRecord(SegmentStreamError):
+    """A changelog record that is not what this product writes."""
+
+
+_INT64 = Meta(ge=-(1 << 63), le=(1 << 63) - 1)
+_COUNT = Meta(ge=0, le=(1 << 63) - 1)
+
+
+class _DurableKey(msgspec.Struct, array_like=True, forbid_unknown_fields=True, gc=False):
+    program_id: Annotated[str, Meta(min_length=1, max_length=128)]
+    segment_basis: Literal["label", "asset"]
+    basis_id: Annotated[str, Meta(min_length=1, max_length=256)]
+    action_type: Annotated[str, Meta(min_length=1, max_length=64)]
+    user_id: Annotated[str, Meta(min_length=1, max_length=256)]
+
+
+class _DurableValue(msgspec.Struct, array_like=True, forbid_unknown_fields=True,
+                    gc=False):
+    weight: Annotated[float, Meta(ge=0, le=1)] | None
+    in_history: bool
+    ts: Annotated[int, _INT64]
+    offset: Annotated[int, _COUNT]
+    partition: Annotated[int, _COUNT]
+    name: Annotated[str, Meta(max_length=512)]
+
+
+class _EmittedValue(msgspec.Struct, array_like=True, forbid_unknown_fields=True,
+                    gc=False):
+    count: Annotated[int, _COUNT]
+    partition: Annotated[int, _COUNT]
+    previous: Annotated[int, _COUNT] | None = None
+
+
+_durable_key = msgspec.json.Decoder(_DurableKey)
+_durable_value = msgspec.json.Decoder(_DurableValue)
+_emitted_value = msgspec.json.Decoder(_EmittedValue)
+
+
+def decode_durable(key: bytes, value: bytes, partition: int
+                   ) -> tuple[FamilyKey, str, Record, str]:
+    """A durable-table record as written (``record_key``, ``encode_record``) of changelog
+    partition ``partition``: (family, user_id, record, name). Raises MalformedRecord."""
+    k, v = _decode_durable(key, value, partition)
+    return ((k.program_id, k.segment_basis, k.basis_id, k.action_type), k.user_id,
+            Record(v.weight, v.in_history, v.ts, v.offset), v.name)
+
+
+def _decode_durable(key: bytes, value: bytes, partition: int
+                    ) -> tuple[_DurableKey, _DurableValue]:
+    try:
+        k = _durable_key.decode(key)
+        v = _durable_value.decode(value)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise MalformedRecord(f"{exc}") from None
+    if v.partition != partition:
+        raise MalformedRecord(f"a record of partition {v.partition}")
+    return k, v
+
+
+def decode_emitted(value: bytes, partition: int) -> tuple[int, int | None]:
+    """An emitted-counts record of changelog partition ``partition``: its count, and for an
+    intent (a change about to be published) the previous count. Raises MalformedRecord."""
+    try:
+        v = _emitted_value.decode(value)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise MalformedRecord(f"{exc}") from None
+    if v.partition != partition:
+        raise MalformedRecord(f"a record of partition {v.partition}")
+    return v.count, v.previous
 
 
 def encode_applied(ev: Event, offset: int, partition: int) -> bytes:
@@ -147,12 +221,19 @@ class Family:
                       self.orders[2 * slot + 1])
 
     def put(self, user_id: str, weight: float | None, in_history: bool, ts: int, offset: int,
-            name: str) -> bool | None:
+            name: str, durable: bool = False) -> bool | None:
         """Last-writer-wins: store the event at (ts, offset) unless the stored one is as
         recent. None: not stored; True: stored and the user's membership or weight changed;
-        False: stored, only its order (and maybe the name) moved."""
+        False: stored, only its order (and maybe the name) moved.
+
+        A withdrawal of a recommendation that is not held is not stored: it withdraws
+        nothing, and storing it would let anyone grow the state without bound. (``durable``:
+        the event comes from the durable table, which holds only withdrawals of recommendations
+        held before: stored.)"""
         slot = self.slots.get(user_id)
         if slot is None:
+            if weight is None and not durable:
+                return None
             self._append(user_id, weight, in_history, ts, offset)
         else:
             if not self._advance(slot, ts, offset):
@@ -282,6 +363,8 @@ class PartitionState:
                                     ev.action_type)
         fam = self.families.get(key)
         if fam is None:
+            if ev.weight is None:
+                return False  # withdraws nothing: no state for it (Family.put)
             fam = self._family(key)
         changed = fam.put(ev.user_id, ev.weight, ev.in_history, ev.ts, offset, ev.name)
         if changed is None:
@@ -295,23 +378,19 @@ class PartitionState:
         """Rebuild path: put one durable record back (any order; last-writer-wins holds)."""
         self._load(family, user_id, rec.weight, rec.in_history, rec.ts, rec.offset, name)
 
-    def load_durable(self, key: bytes, value: bytes) -> None:
+    def load_durable(self, key: bytes, value: bytes, partition: int | None = None) -> None:
         """Rebuild path: one durable-table record as written (``record_key``,
-        ``encode_record``)."""
-        w, in_history, ts, offset, _partition, name = orjson.loads(value)
-        *family, user_id = orjson.loads(key)
-        self._load(tuple(family), user_id, None if w is None else float(w), in_history, ts,
-                   offset, name)
+        ``encode_record``), checked (MalformedRecord) to be of this partition."""
+        k, v = _decode_durable(key, value, self.partition if partition is None else partition)
+        self._load((k.program_id, k.segment_basis, k.basis_id, k.action_type), k.user_id,
+                   v.weight, v.in_history, v.ts, v.offset, v.name)
 
     def _load(self, family: FamilyKey, user_id: str, weight: float | None, in_history: bool,
               ts: int, offset: int, name: str) -> None:
         fam = self._family(family)
-        # Records of ts beyond 64 bits (accepted before ts was validated as such) keep their
-        # order among themselves only approximately: clamped.
-        ts = min(max(ts, _INT64_MIN), _INT64_MAX)
         if self.rebuilding:
             fam.load(user_id, weight, in_history, ts, offset, name)
-        elif fam.put(user_id, weight, in_history, ts, offset, name) is not None:
+        elif fam.put(user_id, weight, in_history, ts, offset, name, durable=True) is not None:
             fam.version[0] += 1
 
     def finish_rebuild(self) -> None:
@@ -370,7 +449,9 @@ class PartitionState:
         modify it), which is what it would recompute."""
         self.finish_rebuild()  # (a no-op unless rebuilding)
         counter = self.versions.get((program_id, segment_basis))
-        version = counter[0] if counter is not None else 0
+        if counter is None:
+            return []  # no such program and basis here: nothing to remember either
+        version = counter[0]
         memo_key = (program_id, segment_type, segment_basis, min_weight)
         hit = self._memo.get(memo_key)
         if hit is not None and hit[0] == version:
@@ -383,9 +464,13 @@ class PartitionState:
                 count, mean = fam.index(segment_type).stats_at_least(min_weight)
                 if count:
                     out.append((segment_type, basis, basis_id, action, fam.name, count, mean))
+        if hit is not None:
+            del self._memo[memo_key]
+            self._memo_rows -= len(hit[1])
         self._memo[memo_key] = (version, out)
-        self._memo_rows += len(out) - (len(hit[1]) if hit is not None else 0)
-        while self._memo_rows > MEMO_MAX_ROWS and len(self._memo) > 1:
+        self._memo_rows += len(out)
+        while (self._memo_rows > MEMO_MAX_ROWS or len(self._memo) > MEMO_MAX_ANSWERS) and len(
+                self._memo) > 1:
             _, (_, dropped) = self._memo.popitem(last=False)
             self._memo_rows -= len(dropped)
         return out

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -13,7 +15,8 @@ class SettingsError(SegmentStreamError):
     """An environment variable holds a value the product cannot use."""
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0,
+         maximum: int | None = None) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -23,10 +26,13 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
         raise SettingsError(f"{name}={raw!r} is not an integer") from None
     if value < minimum:
         raise SettingsError(f"{name}={value} must be >= {minimum}")
+    if maximum is not None and value > maximum:
+        raise SettingsError(f"{name}={value} must be <= {maximum}")
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0,
+           maximum: float = math.inf) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -34,8 +40,10 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0
         value = float(raw)
     except ValueError:
         raise SettingsError(f"{name}={raw!r} is not a number") from None
-    if not value >= minimum:
-        raise SettingsError(f"{name}={value} must be >= {minimum}")
+    if not math.isfinite(value):
+        raise SettingsError(f"{name}={raw!r} must be a finite number")
+    if not minimum <= value <= maximum:
+        raise SettingsError(f"{name}={value} must be between {minimum} and {maximum}")
     return value
 
 
@@ -57,23 +65,35 @@ def _thresholds(raw: str) -> tuple[float, ...]:
     return tuple(sorted(set(values)))
 
 
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = (env.get(name) or "").strip().lower()
-    if not raw:
-        return default
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise SettingsError(f"{name}={raw!r} is not a boolean (true/false)")
-
-
 def _url(env: Mapping[str, str], name: str) -> str:
     raw = (env.get(name) or "").strip()
     scheme, sep, rest = raw.partition("://")
     if raw and (scheme not in ("http", "https") or not sep or not rest.strip("/")):
         raise SettingsError(f"{name}={raw!r} is not an http:// or https:// URL")
     return raw.rstrip("/")
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = (env.get(name) or "").strip().upper() or default
+    if value not in choices:
+        raise SettingsError(f"{name}={value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+# Kafka's rule for topic names; the app id is part of the internal topics' names.
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
+_LONGEST_SUFFIX = len("-emitted-counts-changelog")
+# Hosts that mean "every interface": not an address another worker can reach.
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]", "*"})
+
+
+def _name(env: Mapping[str, str], name: str, default: str, reserve: int = 0) -> str:
+    value = (env.get(name) or "").strip() or default
+    if not _TOPIC_NAME.fullmatch(value) or len(value) + reserve > 249:
+        raise SettingsError(
+            f"{name}={value!r} is not usable in a Kafka topic name (letters, digits, '.', '_', "
+            f"'-'; at most {249 - reserve} characters)")
+    return value
 
 
 @dataclass(frozen=True)
@@ -96,13 +116,23 @@ class Settings:
     # The URL the other workers use to reach this one's HTTP endpoint (SEGMENTS_ADVERTISED_URL);
     # set it when binding 0.0.0.0 (e.g. in a container). Empty: http://{web_host}:{web_port}.
     advertised_url: str = ""
-    # Hand whole fetched batches to the aggregation (streams/consumer.py) instead of Faust's
-    # per-record agent path (SEGMENTS_BATCH_CONSUME; false only to compare the two).
-    batch_consume: bool = True
+    # An event's ts may lie at most this far after its record's Kafka timestamp.
+    max_future_ms: int = 3_600_000
+    # How long a write to Kafka may stay unacknowledged before the batch that made it fails
+    # (and its records are read again).
+    produce_timeout_ms: int = 30_000
+    # How long a worker waits for another worker's part of an answer.
+    peer_timeout_ms: int = 2_000
 
     def __post_init__(self) -> None:
         if not self.advertised_url:
-            object.__setattr__(self, "advertised_url", f"http://{self.web_host}:{self.web_port}")
+            if self.web_host in WILDCARD_HOSTS:
+                raise SettingsError(
+                    f"SEGMENTS_WEB_HOST={self.web_host} listens on every interface, which is "
+                    "no address the other workers can reach this one at: set "
+                    "SEGMENTS_ADVERTISED_URL (e.g. http://worker-1:6066)")
+            host = f"[{self.web_host}]" if ":" in self.web_host else self.web_host
+            object.__setattr__(self, "advertised_url", f"http://{host}:{self.web_port}")
 
     @property
     def repartition_topic(self) -> str:
@@ -124,19 +154,22 @@ class Settings:
         return cls(
             bootstrap_servers=env.get("KAFKA_BOOTSTRAP_SERVERS") or "127.0.0.1:9092",
             redis_url=env.get("REDIS_URL") or None,
-            app_id=env.get("SEGMENTS_APP_ID") or "segment-stream",
-            partitions=_int(env, "SEGMENTS_PARTITIONS", 8, minimum=1),
-            input_topic=env.get("SEGMENTS_INPUT_TOPIC") or "recommendation-weights",
-            dlq_topic=env.get("SEGMENTS_DLQ_TOPIC") or "recommendation-weights.dlq",
-            changes_topic=env.get("SEGMENTS_CHANGES_TOPIC") or "segment-count-changes",
-            web_host=env.get("SEGMENTS_WEB_HOST") or "127.0.0.1",
-            web_port=_int(env, "SEGMENTS_WEB_PORT", 6066, minimum=1),
-            cache_ttl_s=_float(env, "SEGMENTS_CACHE_TTL_S", 5.0),
+            app_id=_name(env, "SEGMENTS_APP_ID", "segment-stream", reserve=_LONGEST_SUFFIX),
+            partitions=_int(env, "SEGMENTS_PARTITIONS", 8, minimum=1, maximum=10_000),
+            input_topic=_name(env, "SEGMENTS_INPUT_TOPIC", "recommendation-weights"),
+            dlq_topic=_name(env, "SEGMENTS_DLQ_TOPIC", "recommendation-weights.dlq"),
+            changes_topic=_name(env, "SEGMENTS_CHANGES_TOPIC", "segment-count-changes"),
+            web_host=(env.get("SEGMENTS_WEB_HOST") or "").strip() or "127.0.0.1",
+            web_port=_int(env, "SEGMENTS_WEB_PORT", 6066, minimum=1, maximum=65535),
+            cache_ttl_s=_float(env, "SEGMENTS_CACHE_TTL_S", 5.0, maximum=86_400.0),
             watch_thresholds=_thresholds(env.get("SEGMENTS_WATCH_THRESHOLDS") or "0.5"),
             change_interval_ms=_int(env, "SEGMENTS_CHANGE_INTERVAL_MS", 1000, minimum=1),
             replication_factor=_int(env, "SEGMENTS_REPLICATION_FACTOR", 1, minimum=1),
             data_dir=env.get("SEGMENTS_DATA_DIR") or "",
-            log_level=(env.get("SEGMENTS_LOG_LEVEL") or "WARNING").upper(),
+            log_level=_choice(env, "SEGMENTS_LOG_LEVEL", "WARNING",
+                              ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
             advertised_url=_url(env, "SEGMENTS_ADVERTISED_URL"),
-            batch_consume=_bool(env, "SEGMENTS_BATCH_CONSUME", True),
+            max_future_ms=_int(env, "SEGMENTS_MAX_FUTURE_MS", 3_600_000),
+            produce_timeout_ms=_int(env, "SEGMENTS_PRODUCE_TIMEOUT_MS", 30_000, minimum=1000),
+            peer_timeout_ms=_int(env, "SEGMENTS_PEER_TIMEOUT_MS", 2_000, minimum=50),
         )

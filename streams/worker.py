@@ -102,7 +102,8 @@ class WebService(mode.Service):
 
     async def on_start(self) -> None:
         s = self.core.settings
-        app = create_web_app(_Backend(self.core), s.redis_url)
+        app = create_web_app(_Backend(self.core), s.redis_url, namespace=s.app_id,
+                             peer_timeout_s=s.peer_timeout_ms / 1000.0)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
         site = web.TCPSite(self.runner, s.web_host, s.web_port, reuse_address=True)

@@ -113,7 +113,7 @@ async def test_copies_are_bounded_in_bytes(server: RedisServer) -> None:
         await _live(cache)
         for k in range(100):
             await cache.set(f"k{k}", bytes(2000), 30)
-        assert cache._near_bytes <= 64 * 1024
+        assert cache._near.size <= 64 * 1024
         assert len(cache._near) < 100
         assert await cache.get("k99") == bytes(2000)
         assert await cache.get("k0") == bytes(2000)  # from Redis: its copy went first

@@ -378,7 +378,7 @@ async def test_redis_outage_under_load(kafka_bootstrap: str, tmp_path: Path) -> 
         clients = [asyncio.create_task(redis_client(workers, want, stats, phase, per_phase, stop,
                                                     seed=i)) for i in range(REDIS_CLIENTS)]
         await asyncio.sleep(5.0)
-        assert client.keys("segment-stream:*"), "the cache is in use before the outage"
+        assert client.keys(f"{cluster.app_id}:*"), "the cache is in use before the outage"
         phase[0] = "down"
         await asyncio.to_thread(server.stop)
         await asyncio.sleep(REDIS_DOWN_S)
@@ -389,7 +389,7 @@ async def test_redis_outage_under_load(kafka_bootstrap: str, tmp_path: Path) -> 
         t_back = time.monotonic()
         resumed = None
         while time.monotonic() - t_back < 15.0:
-            if client.keys("segment-stream:*"):
+            if client.keys(f"{cluster.app_id}:*"):
                 resumed = time.monotonic() - t_back
                 break
             await asyncio.sleep(0.2)
@@ -406,7 +406,7 @@ async def test_redis_outage_under_load(kafka_bootstrap: str, tmp_path: Path) -> 
             f"{statistics.median(lat):.3f}/{lat[int(len(lat) * 0.99)]:.3f}s; "
             f"{rss_summary(sampler)}; wall {time.monotonic() - started:.1f}s")
         assert not stats.violations, "\n".join(stats.violations)
-        assert resumed is not None, "no segment-stream:* key in Redis 15 s after its restart"
+        assert resumed is not None, f"no {cluster.app_id}:* key in Redis 15 s after its restart"
         for p in ("before", "down", "after"):
             assert per_phase[f"{p}:200"] > 0, per_phase
     finally:
@@ -435,12 +435,13 @@ RSS_LIMIT = 600 * MB
 
 def keyless_events(samples: list[dict[str, object]], n: int) -> list[Record]:
     """Valid events of fresh users with no record key; each with its own ts later than every
-    other event, so the order between the two paths cannot matter."""
+    other event, so the order between the two paths cannot matter (and a record timestamp to
+    match: a ts far after it is invalid)."""
     out = []
     for i in range(n):
-        doc = {**samples[i % len(samples)], "user_id": f"keyless-user-{i}",
-               "ts": BASE_TS + 50_000_000 + i}
-        out.append(Record(None, orjson.dumps(doc), BASE_TS + i, True))
+        ts = BASE_TS + 50_000_000 + i
+        doc = {**samples[i % len(samples)], "user_id": f"keyless-user-{i}", "ts": ts}
+        out.append(Record(None, orjson.dumps(doc), ts, True))
     return out
 
 

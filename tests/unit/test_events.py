@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.events import Event, parse_event
+from streams.events import DEFAULT_MAX_FUTURE_MS, Event, parse_event
 from streams.exceptions import InvalidEvent
 
 RECORD_TS = 1_764_450_000_000
@@ -69,7 +69,7 @@ def test_unicode_lengths_count_characters() -> None:
 
 
 @pytest.mark.parametrize("raw, reason", [
-    (None, "empty"),
+    (None, "null record value"),
     (b"", "JSON"),
     (b"not json", "JSON"),
     (b"[1, 2]", "object"),
@@ -116,6 +116,28 @@ def test_invalid_events_are_refused_with_a_reason(raw: bytes | None, reason: str
     assert reason in err.value.reason
 
 
+def test_ts_at_most_the_allowed_time_after_the_record_timestamp() -> None:
+    limit = RECORD_TS + DEFAULT_MAX_FUTURE_MS
+    assert parse_event(with_(ts=limit), RECORD_TS).ts == limit
+    with pytest.raises(InvalidEvent) as err:
+        parse_event(with_(ts=limit + 1), RECORD_TS)
+    assert "$.ts" in err.value.reason and "milliseconds" in err.value.reason
+    assert parse_event(with_(ts=RECORD_TS + 10), RECORD_TS, max_future_ms=10).ts == RECORD_TS + 10
+    with pytest.raises(InvalidEvent):
+        parse_event(with_(ts=RECORD_TS + 11), RECORD_TS, max_future_ms=10)
+
+
+def test_a_microsecond_ts_is_refused() -> None:
+    """It would look newer than every later millisecond event: its recommendation would be
+    frozen forever."""
+    with pytest.raises(InvalidEvent):
+        parse_event(with_(ts=RECORD_TS * 1000), RECORD_TS)
+
+
+def test_a_record_without_timestamp_does_not_bound_ts() -> None:
+    assert parse_event(with_(ts=2**62), -1).ts == 2**62
+
+
 _text = st.text(min_size=1, max_size=40)
 
 
@@ -123,7 +145,7 @@ _text = st.text(min_size=1, max_size=40)
 @given(program_id=_text, user_id=_text, basis=st.sampled_from(["label", "asset"]),
        basis_id=_text, name=st.none() | st.text(max_size=40), action=_text,
        weight=st.none() | st.floats(0, 1) | st.integers(0, 1), in_history=st.booleans(),
-       ts=st.none() | st.integers(-(2**63), 2**63 - 1))
+       ts=st.none() | st.integers(-(2**63), RECORD_TS + DEFAULT_MAX_FUTURE_MS))
 def test_any_valid_event_is_accepted_as_is(program_id: str, user_id: str, basis: str,
                                            basis_id: str, name: str | None, action: str,
                                            weight: float | None, in_history: bool,

@@ -14,9 +14,14 @@ from hypothesis import strategies as st
 from streams.events import Event, parse_event
 from streams.produce import generate
 from streams.segments import (
+    MEMO_MAX_ANSWERS,
     SEGMENT_TYPES,
     Family,
+    MalformedRecord,
     PartitionState,
+    Record,
+    decode_durable,
+    decode_emitted,
     encode_applied,
     encode_record,
     record_key,
@@ -220,3 +225,75 @@ def test_published_changes_wait_to_be_recorded_as_published_once() -> None:
     assert (growth.user_count, growth.previous_user_count) == (2, 1)
     rebuilt = _rebuilt_with(state, [(growth.emitted_key, 2, 1)])
     assert _growth_at_half(rebuilt.take_changes([0.5])) == [(2, 1)]
+
+
+def _ev(user: str, weight: float | None, ts: int = 100, basis_id: str = "l1") -> Event:
+    return Event("p1", user, "label", basis_id, "Label", "view", weight, True, ts)
+
+
+def test_a_withdrawal_of_a_recommendation_never_held_leaves_no_state() -> None:
+    state = PartitionState(0)
+    for i in range(100):
+        assert not state.apply(_ev(f"u{i}", None, basis_id=f"l{i}"), i)
+    assert state.families == {} and state.by_program == {} and state.versions == {}
+    assert state.apply(_ev("u1", 0.5), 200)
+    assert not state.apply(_ev("u2", None), 201)  # the family exists, the user does not
+    assert state.recommendations() == 1
+    assert state.apply(_ev("u1", None, ts=101), 202)  # a held one is withdrawn, and kept
+    assert not state.apply(_ev("u1", 0.9, ts=100), 203)  # so an older event stays older
+    assert state.query("p1", "growth", "label", 0.0) == []
+
+
+def test_the_query_memo_holds_no_answer_for_unknown_programs_and_is_bounded() -> None:
+    state = PartitionState(0)
+    state.apply(_ev("u1", 0.5), 1)
+    for i in range(5000):
+        assert state.query(f"nobody-{i}", "growth", "label", 0.5) == []
+    assert len(state._memo) == 0
+    for i in range(5000):
+        state.query("p1", "growth", "label", i / 5000)
+    assert len(state._memo) <= MEMO_MAX_ANSWERS
+
+
+KEY = record_key(("p1", "label", "l1", "view"), "u1")
+
+
+def test_durable_records_decode_as_encoded() -> None:
+    value = encode_record(Record(0.25, True, 17, 4), 3, "Label one")
+    assert decode_durable(KEY, value, 3) == (("p1", "label", "l1", "view"), "u1",
+                                              Record(0.25, True, 17, 4), "Label one")
+    assert decode_emitted(b"[5,3]", 3) == (5, None)
+    assert decode_emitted(b"[5,3,4]", 3) == (5, 4)
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    (KEY, b"not json"),
+    (KEY, b'[0.25,true,17,4,3]'),  # wrong arity
+    (KEY, b'[0.25,true,17,4,3,"n",1]'),
+    (KEY, b'[1.5,true,17,4,3,"n"]'),  # weight out of range
+    (KEY, b'[-0.1,true,17,4,3,"n"]'),
+    (KEY, b'["0.5",true,17,4,3,"n"]'),
+    (KEY, b'[0.5,1,17,4,3,"n"]'),
+    (KEY, b'[0.5,true,1.5,4,3,"n"]'),
+    (KEY, b'[0.5,true,17,-4,3,"n"]'),
+    (KEY, b'[0.5,true,17,4,2,"n"]'),  # a record of another partition
+    (KEY, b'{"weight":0.5}'),
+    (b'["p1","label","l1","view"]', encode_record(Record(0.5, True, 1, 1), 3, "n")),
+    (b'["p1","labels","l1","view","u1"]', encode_record(Record(0.5, True, 1, 1), 3, "n")),
+    (b'["","label","l1","view","u1"]', encode_record(Record(0.5, True, 1, 1), 3, "n")),
+    (b"[" * 10_000, encode_record(Record(0.5, True, 1, 1), 3, "n")),
+])
+def test_malformed_durable_records_are_refused(key: bytes, value: bytes) -> None:
+    with pytest.raises(MalformedRecord):
+        decode_durable(key, value, 3)
+    state = PartitionState(3, rebuilding=True)
+    with pytest.raises(MalformedRecord):
+        state.load_durable(key, value)
+    assert state.recommendations() == 0
+
+
+@pytest.mark.parametrize("value", [b"", b"[]", b"[1]", b"[-1,3]", b"[1,2]", b"[1,3,2,4]",
+                                   b'["1",3]', b"[1.5,3]", b"null"])
+def test_malformed_emitted_records_are_refused(value: bytes) -> None:
+    with pytest.raises(MalformedRecord):
+        decode_emitted(value, 3)

@@ -1,0 +1,169 @@
+"""Asking the other workers for their part of an answer.
+
+A peer is another process on the network: its answer is validated before it is merged
+(shape, types, ranges, the query it answers, partitions that exist, no row twice), its body
+is read up to a bound, and it is given up after a short timeout. A peer that failed is not
+asked again until a cool-down has passed (a circuit breaker, doubling up to a maximum), so
+that requests fail fast, not each after a timeout, while it is unreachable.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import aiohttp
+import msgspec
+from msgspec import Meta
+
+from api.exceptions import ServiceUnavailable
+from api.params import SegmentsQuery
+
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+RETRY_AFTER_S = 1
+
+_Row = tuple[
+    Literal["growth", "base", "discovery"],
+    Literal["label", "asset"],
+    str,
+    str,
+    str,
+    Annotated[int, Meta(ge=1, le=(1 << 63) - 1)],
+    Annotated[float, Meta(ge=0.0, le=1.0)],
+]
+
+
+class _Answer(msgspec.Struct, forbid_unknown_fields=True):
+    items: list[_Row]
+    partitions: list[Annotated[int, Meta(ge=0)]]
+
+
+_decoder = msgspec.json.Decoder(_Answer)
+
+
+class PeerUnavailable(ServiceUnavailable):
+    """A peer did not give a valid answer in time (or its circuit is open)."""
+
+
+class BadAnswer(ValueError):
+    """A peer's answer breaks the internal protocol."""
+
+
+@dataclass
+class _Circuit:
+    failures: int = 0
+    open_until: float = 0.0
+    probing: bool = False  # a request is testing whether the peer is back
+
+
+def parse_answer(body: bytes, q: SegmentsQuery, total_partitions: int
+                 ) -> tuple[list[Any], list[int]]:
+    """A peer's answer to ``q``: its rows and the partitions it covers. Raises BadAnswer."""
+    try:
+        answer = _decoder.decode(body)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise BadAnswer(str(exc)) from None
+    parts = answer.partitions
+    if len(set(parts)) != len(parts) or any(p >= total_partitions for p in parts):
+        raise BadAnswer(f"partitions {parts[:10]} of {total_partitions}")
+    floor = q.min_weight * (1 - 1e-12)  # a mean of weights >= m, up to its rounding
+    seen: set[tuple[str, str]] = set()
+    for row in answer.items:
+        if row[0] != q.segment_type or row[1] != q.segment_basis:
+            raise BadAnswer(f"a row of another query: {row[:4]}")
+        if not row[6] >= floor or not math.isfinite(row[6]):
+            raise BadAnswer(f"strength {row[6]} below min_weight {q.min_weight}")
+        family = (row[2], row[3])
+        if family in seen:
+            raise BadAnswer(f"segment {family} twice")
+        seen.add(family)
+    return answer.items, parts
+
+
+class PeerClient:
+    """Asks other workers for their local part of an answer (``GET /internal/segments``)."""
+
+    def __init__(self, session: aiohttp.ClientSession, total_partitions: int,
+                 timeout_s: float = 2.0, cooldown_s: float = 0.5,
+                 max_cooldown_s: float = 8.0, max_answer_bytes: int = MAX_ANSWER_BYTES) -> None:
+        self._session = session
+        self._max_answer_bytes = max_answer_bytes
+        self._total_partitions = total_partitions
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=min(timeout_s, 1.0))
+        self._cooldown_s = cooldown_s
+        self._max_cooldown_s = max_cooldown_s
+        self._circuits: dict[str, _Circuit] = {}
+
+    async def ask(self, url: str, q: SegmentsQuery) -> tuple[list[Any], list[int]]:
+        """Rows and partitions of peer ``url`` for ``q``; raises PeerUnavailable."""
+        circuit = self._circuit(url)
+        now = time.monotonic()
+        if now < circuit.open_until or circuit.probing:
+            wait = max(circuit.open_until - now, 0.0)
+            raise PeerUnavailable(f"worker {url} is unreachable (retrying it in {wait:.1f}s)",
+                                  max(RETRY_AFTER_S, math.ceil(wait)))
+        circuit.probing = circuit.failures > 0
+        try:
+            rows, parts = await self._get(url, q)
+        except PeerUnavailable:
+            self._failed(circuit)
+            raise
+        except ServiceUnavailable:  # it answered (not ready): reachable
+            circuit.failures = 0
+            raise
+        finally:
+            circuit.probing = False
+        circuit.failures = 0
+        return rows, parts
+
+    def is_open(self, url: str) -> bool:
+        circuit = self._circuits.get(url)
+        return circuit is not None and time.monotonic() < circuit.open_until
+
+    async def _get(self, url: str, q: SegmentsQuery) -> tuple[list[Any], list[int]]:
+        params = {"program_id": q.program_id, "segment_type": q.segment_type,
+                  "segment_basis": q.segment_basis, "min_weight": repr(q.min_weight)}
+        try:
+            async with self._session.get(f"{url}/internal/segments", params=params,
+                                         timeout=self._timeout) as resp:
+                if resp.status != 200:
+                    # It answered: reachable, just not ready (rebalancing); no circuit change.
+                    raise ServiceUnavailable(f"worker {url} is not ready ({resp.status})",
+                                             RETRY_AFTER_S)
+                body = await _read_bounded(resp, self._max_answer_bytes)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise PeerUnavailable(f"worker {url} did not answer: {exc!r}",
+                                  RETRY_AFTER_S) from None
+        try:
+            return parse_answer(body, q, self._total_partitions)
+        except BadAnswer as exc:
+            raise PeerUnavailable(f"worker {url} gave an invalid answer: {exc}",
+                                  RETRY_AFTER_S) from None
+
+    def _circuit(self, url: str) -> _Circuit:
+        circuit = self._circuits.get(url)
+        if circuit is None:
+            if len(self._circuits) >= 1024:  # URLs of workers long gone
+                self._circuits = {u: c for u, c in self._circuits.items() if c.failures}
+            circuit = self._circuits[url] = _Circuit()
+        return circuit
+
+    def _failed(self, circuit: _Circuit) -> None:
+        circuit.failures += 1
+        cooldown = min(self._max_cooldown_s, self._cooldown_s * 2 ** (circuit.failures - 1))
+        circuit.open_until = time.monotonic() + cooldown
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    if resp.content_length is not None:
+        if resp.content_length > limit:
+            raise aiohttp.ClientPayloadError(f"answer of {resp.content_length} bytes")
+        return await resp.read()
+    body = bytearray()
+    async for chunk in resp.content.iter_chunked(1 << 16):
+        body += chunk
+        if len(body) > limit:
+            raise aiohttp.ClientPayloadError(f"answer of more than {limit} bytes")
+    return bytes(body)

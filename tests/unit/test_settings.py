@@ -1,0 +1,51 @@
+"""Settings (contract section 5): defaults, and values that cannot work refused at start with a
+message naming the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from streams.settings import Settings, SettingsError
+
+
+def test_defaults() -> None:
+    s = Settings.from_env({})
+    assert (s.app_id, s.partitions, s.cache_ttl_s, s.watch_thresholds) == (
+        "segment-stream", 8, 5.0, (0.5,))
+    assert (s.max_future_ms, s.produce_timeout_ms) == (3_600_000, 30_000)
+    assert s.advertised_url == "http://127.0.0.1:6066"
+
+
+@pytest.mark.parametrize(("env", "words"), [
+    ({"SEGMENTS_CACHE_TTL_S": "inf"}, "SEGMENTS_CACHE_TTL_S"),
+    ({"SEGMENTS_CACHE_TTL_S": "nan"}, "SEGMENTS_CACHE_TTL_S"),
+    ({"SEGMENTS_CACHE_TTL_S": "-1"}, "SEGMENTS_CACHE_TTL_S"),
+    ({"SEGMENTS_CACHE_TTL_S": "1e9"}, "SEGMENTS_CACHE_TTL_S"),
+    ({"SEGMENTS_WEB_HOST": "0.0.0.0"}, "SEGMENTS_ADVERTISED_URL"),
+    ({"SEGMENTS_WEB_HOST": "::"}, "SEGMENTS_ADVERTISED_URL"),
+    ({"SEGMENTS_WEB_PORT": "70000"}, "SEGMENTS_WEB_PORT"),
+    ({"SEGMENTS_PARTITIONS": "0"}, "SEGMENTS_PARTITIONS"),
+    ({"SEGMENTS_APP_ID": "my app"}, "SEGMENTS_APP_ID"),
+    ({"SEGMENTS_APP_ID": "a" * 240}, "SEGMENTS_APP_ID"),
+    ({"SEGMENTS_INPUT_TOPIC": "in/put"}, "SEGMENTS_INPUT_TOPIC"),
+    ({"SEGMENTS_WATCH_THRESHOLDS": "0.5,nan"}, "SEGMENTS_WATCH_THRESHOLDS"),
+    ({"SEGMENTS_WATCH_THRESHOLDS": "2"}, "SEGMENTS_WATCH_THRESHOLDS"),
+    ({"SEGMENTS_LOG_LEVEL": "verbose"}, "SEGMENTS_LOG_LEVEL"),
+    ({"SEGMENTS_ADVERTISED_URL": "worker-1:6066"}, "SEGMENTS_ADVERTISED_URL"),
+    ({"SEGMENTS_MAX_FUTURE_MS": "-5"}, "SEGMENTS_MAX_FUTURE_MS"),
+    ({"SEGMENTS_PRODUCE_TIMEOUT_MS": "10"}, "SEGMENTS_PRODUCE_TIMEOUT_MS"),
+])
+def test_values_that_cannot_work_are_refused(env: dict[str, str], words: str) -> None:
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env(env)
+    assert words in str(err.value)
+
+
+def test_every_interface_with_an_advertised_url() -> None:
+    s = Settings.from_env({"SEGMENTS_WEB_HOST": "0.0.0.0",
+                           "SEGMENTS_ADVERTISED_URL": "http://worker-1:6066/"})
+    assert (s.web_host, s.advertised_url) == ("0.0.0.0", "http://worker-1:6066")
+
+
+def test_an_ipv6_host_is_bracketed_in_the_url() -> None:
+    assert Settings.from_env({"SEGMENTS_WEB_HOST": "::1"}).advertised_url == "http://[::1]:6066"
