@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything segment-stream needs on a fresh Debian machine, idempotently:
-# redis-server (Debian package), a virtualenv in .venv with the project and its dev tools,
+# redis-server (Debian package), a virtualenv in .venv with the project and its dev tools (the
+# exact versions of requirements-dev.lock, checked against their hashes),
 # and the Apache Kafka broker's jars (resolved from Maven Central with mvn, cached).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,11 +27,12 @@ if [ ! -x .venv/bin/python ]; then
   say "creating .venv"
   "$PY" -m venv .venv
 fi
-stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+stamp=.venv/.installed-$(cat pyproject.toml requirements-dev.lock | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
-  say "installing the project and its dev tools into .venv"
+  say "installing the project and its dev tools into .venv (requirements-dev.lock)"
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -e '.[dev]'
+  .venv/bin/python -m pip install -q --require-hashes -r requirements-dev.lock
+  .venv/bin/python -m pip install -q --no-deps -e .
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
