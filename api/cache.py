@@ -17,7 +17,7 @@ from typing import Protocol
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from streams.events import kept
+from streams.codec.exact import kept
 
 logger = logging.getLogger(__name__)
 

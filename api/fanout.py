@@ -12,31 +12,31 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import aiohttp
 import msgspec
 from msgspec import Meta
 
-from api.exceptions import ServiceUnavailable
+from api.errors import ServiceUnavailable
 from api.params import SegmentsQuery
+from streams.domain.rows import SegmentRow
 
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
 RETRY_AFTER_S = 1
 
-_Row = tuple[
-    Literal["growth", "base", "discovery"],
-    Literal["label", "asset"],
-    str,
-    str,
-    str,
-    Annotated[int, Meta(ge=1, le=(1 << 63) - 1)],
-    Annotated[float, Meta(ge=0.0, le=1.0)],
-]
+class _PeerRow(SegmentRow, array_like=True, forbid_unknown_fields=True, frozen=True,
+               gc=False):
+    """A row as a peer must send it."""
+
+    segment_type: Literal["growth", "base", "discovery"]
+    segment_basis: Literal["label", "asset"]
+    user_count: Annotated[int, Meta(ge=1, le=(1 << 63) - 1)]
+    strength: Annotated[float, Meta(ge=0.0, le=1.0)]
 
 
 class _Answer(msgspec.Struct, forbid_unknown_fields=True):
-    items: list[_Row]
+    items: list[_PeerRow]
     partitions: list[Annotated[int, Meta(ge=0)]]
 
 
@@ -59,7 +59,7 @@ class _Circuit:
 
 
 def parse_answer(body: bytes, q: SegmentsQuery, total_partitions: int
-                 ) -> tuple[list[Any], list[int]]:
+                 ) -> tuple[list[SegmentRow], list[int]]:
     """A peer's answer to ``q``: its rows and the partitions it covers. Raises BadAnswer."""
     try:
         answer = _decoder.decode(body)
@@ -71,15 +71,16 @@ def parse_answer(body: bytes, q: SegmentsQuery, total_partitions: int
     floor = q.min_weight * (1 - 1e-12)  # a mean of weights >= m, up to its rounding
     seen: set[tuple[str, str]] = set()
     for row in answer.items:
-        if row[0] != q.segment_type or row[1] != q.segment_basis:
-            raise BadAnswer(f"a row of another query: {row[:4]}")
-        if not row[6] >= floor or not math.isfinite(row[6]):
-            raise BadAnswer(f"strength {row[6]} below min_weight {q.min_weight}")
-        family = (row[2], row[3])
+        if row.segment_type != q.segment_type or row.segment_basis != q.segment_basis:
+            raise BadAnswer(f"a row of another query: {row}")
+        if not row.strength >= floor or not math.isfinite(row.strength):
+            raise BadAnswer(f"strength {row.strength} below min_weight {q.min_weight}")
+        family = (row.segment_basis_id, row.action_type)
         if family in seen:
             raise BadAnswer(f"segment {family} twice")
         seen.add(family)
-    return answer.items, parts
+    rows: list[SegmentRow] = list(answer.items)
+    return rows, parts
 
 
 class PeerClient:
@@ -96,7 +97,7 @@ class PeerClient:
         self._max_cooldown_s = max_cooldown_s
         self._circuits: dict[str, _Circuit] = {}
 
-    async def ask(self, url: str, q: SegmentsQuery) -> tuple[list[Any], list[int]]:
+    async def ask(self, url: str, q: SegmentsQuery) -> tuple[list[SegmentRow], list[int]]:
         """Rows and partitions of peer ``url`` for ``q``; raises PeerUnavailable."""
         circuit = self._circuit(url)
         now = time.monotonic()
@@ -122,7 +123,7 @@ class PeerClient:
         circuit = self._circuits.get(url)
         return circuit is not None and time.monotonic() < circuit.open_until
 
-    async def _get(self, url: str, q: SegmentsQuery) -> tuple[list[Any], list[int]]:
+    async def _get(self, url: str, q: SegmentsQuery) -> tuple[list[SegmentRow], list[int]]:
         params = {"program_id": q.program_id, "segment_type": q.segment_type,
                   "segment_basis": q.segment_basis, "min_weight": repr(q.min_weight)}
         try:

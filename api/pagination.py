@@ -1,40 +1,11 @@
-"""Order and page segment lists; safe for any page number."""
+"""Pages of a list, safe for any page number."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
-
-
-class SegmentLike(Protocol):
-    """What `sort_key` reads (a `SegmentCount` or anything with the same attributes)."""
-
-    @property
-    def user_count(self) -> int: ...
-    @property
-    def segment_basis_id(self) -> str: ...
-    @property
-    def action_type(self) -> str: ...
-    @property
-    def name(self) -> str: ...
-    @property
-    def segment_type(self) -> str: ...
-    @property
-    def segment_basis(self) -> str: ...
-
-
-def sort_key(item: SegmentLike) -> tuple[int, str, str, str, str, str]:
-    """`user_count` descending, then `segment_basis_id`, `action_type` ascending (total order)."""
-    return (
-        -item.user_count,
-        item.segment_basis_id,
-        item.action_type,
-        item.name,
-        item.segment_type,
-        item.segment_basis,
-    )
 
 
 def page_count(total: int, size: int) -> int:

@@ -17,7 +17,7 @@ from multidict import MultiMapping
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-from api.exceptions import RequestValidationError
+from api.errors import RequestValidationError
 from api.models import SegmentBasis, SegmentType
 
 PROGRAM_ID_HEADER: Final = "program-id"

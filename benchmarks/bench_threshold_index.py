@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from streams.threshold_index import DEFAULT_LOAD, ThresholdIndex
+from streams.domain.threshold_index import DEFAULT_LOAD, ThresholdIndex
 
 BUDGET_S = 0.15  # per measurement (rough upper bound on time spent per cell and repeat)
 K_OPS = 100_000  # max operations per measurement

@@ -8,8 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
-from streams import kafka_local
 from streams.exceptions import SegmentStreamError
+from streams.tools import kafka_local
 
 
 def _kafka(args: argparse.Namespace) -> int:
@@ -38,8 +38,8 @@ def _kafka(args: argparse.Namespace) -> int:
 
 
 def _produce(args: argparse.Namespace) -> int:
-    from streams.produce import base_ts_ending_now, generate, produce
     from streams.settings import Settings
+    from streams.tools.produce import base_ts_ending_now, generate, produce
 
     settings = Settings.from_env()
     base_ts = args.base_ts if args.base_ts is not None else base_ts_ending_now(args.events)
@@ -54,14 +54,14 @@ def _produce(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from streams.worker import run_worker
+    from streams.runtime.worker import run_worker
 
     run_worker()
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from streams.demo import run_demo
+    from streams.tools.demo import run_demo
 
     code: int = run_demo(port=args.port, web_port=args.web_port, events=args.events,
                          keep_serving=not args.no_serve)
@@ -69,7 +69,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from streams.bench import BenchConfig, run_bench
+    from streams.tools.bench import BenchConfig, run_bench
 
     cfg = BenchConfig(out_dir=Path(args.out), doc=Path(args.doc))
     if args.quick:

@@ -8,6 +8,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from streams.codec.names import Names
 from streams.exceptions import SegmentStreamError
 
 
@@ -135,14 +136,9 @@ class Settings:
             object.__setattr__(self, "advertised_url", f"http://{host}:{self.web_port}")
 
     @property
-    def repartition_topic(self) -> str:
-        return f"{self.app_id}-recommendations-by-segment"
-
-    @property
-    def changelog_topics(self) -> tuple[str, ...]:
-        """The compacted changelog topics of the two durable tables (Faust's naming)."""
-        return tuple(f"{self.app_id}-{table}-changelog"
-                     for table in ("recommendations", "emitted-counts"))
+    def names(self) -> Names:
+        """The names of the product's topics and tables."""
+        return Names(self.app_id, self.input_topic, self.dlq_topic, self.changes_topic)
 
     @property
     def kafka_url(self) -> str:

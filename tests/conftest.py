@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from streams import kafka_local
-from streams.redis_local import RedisServer
+from streams.tools import kafka_local
+from streams.tools.redis_local import RedisServer
 
 
 @pytest.fixture(scope="session")

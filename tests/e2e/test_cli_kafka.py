@@ -24,7 +24,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from streams import kafka_local
+from streams.tools import kafka_local
 
 SEGMENTS = Path(sys.executable).parent / "segments"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.kafka_local import free_port, port_free
+from streams.tools.kafka_local import free_port, port_free
 
 pytestmark = pytest.mark.e2e
 

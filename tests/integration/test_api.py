@@ -18,10 +18,17 @@ import pytest
 import pytest_asyncio
 import redis
 
-from streams.produce import Record, generate
-from streams.redis_local import RedisServer
-from tests.harness import Cluster, Worker, get_json, produce_records, wait_no_lag, wait_ready
-from tests.oracle import THRESHOLDS, TYPES, Oracle, assert_rows_equal
+from streams.tools.produce import Record, generate
+from streams.tools.redis_local import RedisServer
+from tests.support.harness import (
+    Cluster,
+    Worker,
+    get_json,
+    produce_records,
+    wait_no_lag,
+    wait_ready,
+)
+from tests.support.oracle import THRESHOLDS, TYPES, Oracle, assert_rows_equal
 
 pytestmark = pytest.mark.integration
 

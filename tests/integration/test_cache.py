@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from api.cache import RedisCache
-from streams.redis_local import RedisServer
+from streams.tools.redis_local import RedisServer
 
 pytestmark = pytest.mark.integration
 

@@ -29,10 +29,10 @@ import orjson
 import pytest
 import redis
 
-from streams import kafka_local
-from streams.produce import BASE_TS, Record, generate, produce
-from streams.redis_local import RedisServer
-from tests.faults_support import (
+from streams.tools import kafka_local
+from streams.tools.produce import BASE_TS, Record, generate, produce
+from streams.tools.redis_local import RedisServer
+from tests.support.faults import (
     LiveWorkers,
     LoadStats,
     RssSampler,
@@ -43,7 +43,7 @@ from tests.faults_support import (
     rss_summary,
     segment_poller,
 )
-from tests.harness import (
+from tests.support.harness import (
     Cluster,
     Worker,
     final_check,
@@ -54,7 +54,7 @@ from tests.harness import (
     wait_ready_timed,
     walk_pages,
 )
-from tests.oracle import THRESHOLDS, TYPES, Oracle
+from tests.support.oracle import THRESHOLDS, TYPES, Oracle
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from streams.redis_local import RedisServer
+from streams.tools.redis_local import RedisServer
 
 pytestmark = pytest.mark.integration
 

@@ -30,14 +30,16 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from streams import kafka_local
-from streams.events import Event, family_key
-from streams.partitioner import partition_for
-from streams.probes import group_lag, partition_lags
-from streams.produce import Record, generate
-from streams.redis_local import RedisServer
-from tests.faults_support import RssSampler, rss_summary
-from tests.harness import (
+from streams.codec.keys import family_key
+from streams.codec.partitioner import partition_for
+from streams.codec.wire import encode_event
+from streams.domain.events import Event
+from streams.tools import kafka_local
+from streams.tools.probes import group_lag, partition_lags
+from streams.tools.produce import Record, generate
+from streams.tools.redis_local import RedisServer
+from tests.support.faults import RssSampler, rss_summary
+from tests.support.harness import (
     Cluster,
     Worker,
     final_check,
@@ -48,7 +50,7 @@ from tests.harness import (
     wait_no_lag,
     wait_ready,
 )
-from tests.oracle import Oracle
+from tests.support.oracle import Oracle
 
 pytestmark = pytest.mark.integration
 
@@ -70,8 +72,8 @@ def event_doc(program: str, user: str, basis_id: str, weight: float | None, ts: 
 
 def keyed(doc: dict[str, Any], ts_ms: int, valid: bool = True) -> Record:
     """A record as a well-behaved producer writes it: keyed by its segment family."""
-    key = family_key(doc["program_id"], doc["segment_basis"], doc["basis_id"],
-                     doc["action_type"])
+    key = family_key((doc["program_id"], doc["segment_basis"], doc["basis_id"],
+                      doc["action_type"]))
     return Record(key, orjson.dumps(doc), ts_ms, valid)
 
 
@@ -248,10 +250,10 @@ async def test_a_microsecond_ts_is_refused_and_freezes_nothing(hostile: Deployme
 @pytest.mark.asyncio(loop_scope="session")
 async def test_repartition_records_not_ours_are_dead_letters(hostile: Deployment) -> None:
     ev = Event("hostile-rep", "u1", "label", "l9", "Label 9", "view", 0.7, False, NOW_MS)
-    owner = partition_for(family_key(*ev.family), hostile.cluster.partitions)
+    owner = partition_for(family_key(ev.family), hostile.cluster.partitions)
     wrong = (owner + 1) % hostile.cluster.partitions
     await send_raw(hostile.cluster.bootstrap, hostile.cluster.repartition_topic,
-                   [(b"wrong-partition", ev.encode(), [])], partition=wrong)
+                   [(b"wrong-partition", encode_event(ev), [])], partition=wrong)
     await send_raw(hostile.cluster.bootstrap, hostile.cluster.repartition_topic,
                    [(b"not-ours", b"[1,2,3]", [])], partition=owner)
     letter = await hostile.dead_letter_of(lambda r: r.key == b"wrong-partition")

@@ -9,15 +9,16 @@ import time
 from collections.abc import AsyncIterator
 
 import aiohttp
+import msgspec
 import orjson
 import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from api.exceptions import ServiceUnavailable
+from api.errors import ServiceUnavailable
 from api.fanout import PeerClient, PeerUnavailable
 from api.params import SegmentsQuery
-from streams.kafka_local import free_port
+from streams.tools.kafka_local import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -87,7 +88,8 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 @pytest.mark.asyncio(loop_scope="session")
 async def test_a_valid_answer_is_merged(peer: FakePeer, session: aiohttp.ClientSession) -> None:
     rows, parts = await PeerClient(session, 8).ask(peer.url, Q)
-    assert rows == [tuple(GOOD["items"][0])] and parts == [1, 3]
+    assert [msgspec.structs.astuple(r) for r in rows] == [tuple(GOOD["items"][0])]
+    assert parts == [1, 3]
 
 
 @pytest.mark.parametrize("mode", ["malformed", "garbage", "huge"])

@@ -13,9 +13,9 @@ import aiohttp
 import orjson
 import pytest
 
-from streams.probes import partition_lags
-from streams.produce import generate
-from tests.harness import (
+from streams.tools.probes import partition_lags
+from streams.tools.produce import generate
+from tests.support.harness import (
     Cluster,
     get_json,
     produce_records,
@@ -23,7 +23,7 @@ from tests.harness import (
     wait_no_lag,
     wait_ready,
 )
-from tests.oracle import THRESHOLDS, TYPES, Oracle, assert_rows_equal
+from tests.support.oracle import THRESHOLDS, TYPES, Oracle, assert_rows_equal
 
 pytestmark = pytest.mark.integration
 

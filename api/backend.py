@@ -1,0 +1,29 @@
+"""What the HTTP API needs from a worker (streams/runtime/query.py provides it)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from streams.domain.rows import SegmentRow
+
+
+class SegmentsBackend(Protocol):
+    @property
+    def self_url(self) -> str:
+        """The URL this worker advertises to the others."""
+    @property
+    def total_partitions(self) -> int: ...
+    @property
+    def cache_ttl_s(self) -> float: ...
+    def is_ready(self) -> bool:
+        """Partitions assigned and rebuilt, no rebalance under way."""
+    def local_query(self, program_id: str, segment_type: str, segment_basis: str,
+                    min_weight: float) -> tuple[list[SegmentRow], list[int]]:
+        """Listed segments on this worker's partitions, in contract order (a list the caller
+        must not modify), and those partitions."""
+    def partitions(self) -> list[int]:
+        """The partitions this worker serves."""
+    def owners(self) -> dict[str, list[int]]:
+        """Worker URL -> the partitions it serves, from the group assignment."""
+    def recommendations(self) -> int:
+        """Recommendations held on this worker's partitions."""

@@ -1,0 +1,131 @@
+"""The records of the two changelog-backed tables.
+
+``recommendations``: key ``[program_id, segment_basis, basis_id, action_type, user_id]``, value
+``[weight, in_history, ts, offset, partition, name]``: one last-writer-wins record per
+recommendation (the durable state; everything else is derived from it).
+
+``emitted-counts``: key ``[program_id, segment_basis, basis_id, action_type, segment_type,
+threshold]``, value ``[count, partition]`` once a change is published, ``[count, partition,
+previous]`` while it is about to be (domain/ledger.py).
+
+Decoding checks every field (types, ranges, arity, the partition the record belongs to) and
+raises MalformedRecord for anything else.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, TypeVar
+
+import msgspec
+from msgspec import Meta
+
+from streams.codec.exact import encode_exact
+from streams.codec.exceptions import MalformedRecord
+from streams.domain.events import INT64, Event, FamilyKey
+from streams.domain.family import SegmentKey
+
+_COUNT = Meta(ge=0, le=(1 << 63) - 1)
+_Program = Annotated[str, Meta(min_length=1, max_length=128)]
+_Basis = Literal["label", "asset"]
+_BasisId = Annotated[str, Meta(min_length=1, max_length=256)]
+_Action = Annotated[str, Meta(min_length=1, max_length=64)]
+
+
+class RecommendationKey(msgspec.Struct, array_like=True, forbid_unknown_fields=True, gc=False):
+    program_id: _Program
+    segment_basis: _Basis
+    basis_id: _BasisId
+    action_type: _Action
+    user_id: Annotated[str, Meta(min_length=1, max_length=256)]
+
+    @property
+    def family(self) -> FamilyKey:
+        return (self.program_id, self.segment_basis, self.basis_id, self.action_type)
+
+
+class RecommendationValue(msgspec.Struct, array_like=True, forbid_unknown_fields=True,
+                          gc=False):
+    weight: Annotated[float, Meta(ge=0, le=1)] | None
+    in_history: bool
+    ts: Annotated[int, INT64]
+    offset: Annotated[int, _COUNT]
+    partition: Annotated[int, _COUNT]
+    name: Annotated[str, Meta(max_length=512)]
+
+
+class _EmittedKey(msgspec.Struct, array_like=True, forbid_unknown_fields=True, gc=False):
+    program_id: _Program
+    segment_basis: _Basis
+    basis_id: _BasisId
+    action_type: _Action
+    segment_type: Literal["growth", "base", "discovery"]
+    threshold: Annotated[float, Meta(ge=0, le=1)]
+
+
+class _EmittedValue(msgspec.Struct, array_like=True, forbid_unknown_fields=True, gc=False):
+    count: Annotated[int, _COUNT]
+    partition: Annotated[int, _COUNT]
+    previous: Annotated[int, _COUNT] | None = None
+
+
+_recommendation_key = msgspec.json.Decoder(RecommendationKey)
+_recommendation_value = msgspec.json.Decoder(RecommendationValue)
+_emitted_key = msgspec.json.Decoder(_EmittedKey)
+_emitted_value = msgspec.json.Decoder(_EmittedValue)
+
+
+def recommendation_key(family: FamilyKey, user_id: str) -> bytes:
+    """Key of one recommendation (exact size: a batch holds thousands)."""
+    return encode_exact([*family, user_id])
+
+
+def encode_applied(ev: Event, offset: int, partition: int) -> bytes:
+    """Value of the recommendation an event applied at ``offset`` of ``partition`` stored."""
+    return encode_exact([ev.weight, ev.in_history, ev.ts, offset, partition, ev.name])
+
+
+def encode_recommendation(weight: float | None, in_history: bool, ts: int, offset: int,
+                          partition: int, name: str) -> bytes:
+    return encode_exact([weight, in_history, ts, offset, partition, name])
+
+
+def decode_recommendation(key: bytes, value: bytes, partition: int
+                          ) -> tuple[RecommendationKey, RecommendationValue]:
+    """A recommendations record of changelog partition ``partition``."""
+    return _decode(_recommendation_key, _recommendation_value, key, value, partition)
+
+
+def emitted_key(key: SegmentKey) -> bytes:
+    family, segment_type, threshold = key
+    return encode_exact([*family, segment_type, threshold])
+
+
+def encode_emitted(count: int, partition: int, previous: int | None = None) -> bytes:
+    """``[count, partition]``, or for an intent ``[count, partition, previous]``."""
+    return encode_exact([count, partition] if previous is None else [count, partition, previous])
+
+
+def decode_emitted(key: bytes, value: bytes, partition: int
+                   ) -> tuple[SegmentKey, int, int | None]:
+    """An emitted-counts record of changelog partition ``partition``: (segment key, count,
+    previous count of an intent or None)."""
+    k, v = _decode(_emitted_key, _emitted_value, key, value, partition)
+    family = (k.program_id, k.segment_basis, k.basis_id, k.action_type)
+    return (family, k.segment_type, k.threshold), v.count, v.previous
+
+
+_K = TypeVar("_K")
+_V = TypeVar("_V", RecommendationValue, _EmittedValue)
+
+
+def _decode(keys: msgspec.json.Decoder[_K], values: msgspec.json.Decoder[_V], key: bytes,
+            value: bytes, partition: int) -> tuple[_K, _V]:
+    """A record's key and value, checked to belong to changelog partition ``partition``."""
+    try:
+        k = keys.decode(key)
+        v = values.decode(value)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise MalformedRecord(str(exc)) from None
+    if v.partition != partition:
+        raise MalformedRecord(f"a record of partition {v.partition}")
+    return k, v

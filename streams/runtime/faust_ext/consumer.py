@@ -1,0 +1,371 @@
+"""A Faust consumer that hands whole fetched batches of some topics to one handler.
+
+Written against faust-streaming 0.15.3 and aiokafka 0.14.0 (faust_ext/__init__.py lists every
+private name used here; tests/unit/runtime/test_faust_ext.py fails when an upgrade moves one).
+
+Faust delivers every record through the same per-record path: a task per record
+(``wait_first(callback(message), ...)`` in ``Consumer._drain_messages``), the conductor's
+decode into an ``Event``, a channel queue, the agent's stream iterator. This consumer keeps
+everything else of Faust (group membership, the co-partitioned assignment, table recovery,
+offsets, commits, flow control on rebalance) and only replaces the delivery of records of the
+topics a :class:`BatchHandler` names: each fetched batch of them goes to the handler in one
+call, in partition order, as aiokafka fetched them (no ``ConsumerMessage`` per record), and
+the records it returns are acked in bulk with the bookkeeping of a stream's acks. Records of
+any other topic (table changelogs during recovery) take Faust's path unchanged.
+
+At-least-once: a record is acked only after the handler returned it (its outputs are
+acknowledged by the broker by then).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import TopicPartition
+from faust.transport.consumer import CONSUMER_FETCHING
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+from faust.transport.drivers.aiokafka import Consumer as AIOKafkaDriverConsumer
+from faust.types import TP
+from faust.types.tuples import ack_lock
+from mode.utils.futures import notify
+
+# Faust's driver hard-codes fetch_max_wait_ms=1500. Requests on a broker connection are answered
+# in order, so every request queued behind a fetch waiting for data (metadata, offsets, commits,
+# at worker start too) waits that long; a short long-poll costs a few idle fetches a second.
+FETCH_MAX_WAIT_MS = 100
+
+# Takes the fetched records of the handler's topics as aiokafka returned them (its
+# ``ConsumerRecord``s: timestamps in ms), in partition order; returns those it handled.
+BatchHandler = Callable[[list[Any]], Awaitable[list[Any]]]
+
+
+def install(app: Any, topics: Iterable[str], handler: BatchHandler) -> None:
+    """Make ``app``'s consumer (created when its worker starts) a :class:`BatchConsumer` that
+    hands the records of ``topics`` to ``handler``; it returns the records it handled."""
+    app.transport.Consumer = BatchConsumer
+    app.batch_topics = frozenset(topics)
+    app.batch_handler = handler
+
+
+class _ConsumerThread(AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by AIOKafkaConsumer.start()
+        return consumer
+
+
+class BatchConsumer(AIOKafkaDriverConsumer):
+    """See the module docstring and :func:`install`.
+
+    Offsets of the handler's topics are tracked against *seek epochs*: the epoch changes with
+    every seek (Faust's seek to committed offsets after each rebalance, a rewind) and every
+    assignment. A batch whose fetch or handling overlapped a seek is never trusted to say
+    where the partition stands: it is dropped, or acked without moving the read offset, and
+    the partitions are sought back to their committed offsets, from where everything not
+    committed is read again (state updates are idempotent). Missing offsets are taken as
+    gaps (control records of transactional producers) only within one fetched batch, or
+    right after the last record handled in the same epoch, never across a seek: a fetch that
+    races a seek makes unprocessed records look like a gap, and they would be committed
+    (RELIABILITY.md, offsets).
+    """
+
+    _epoch = 0
+
+    def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def _to_message(self, tp: Any, record: Any) -> Any:
+        # Called by Faust's getmany for every fetched record. The handler's records stay
+        # aiokafka's own (no ``ConsumerMessage`` each, ~a tenth of a worker's time): they are
+        # not delivered to streams, and the drain loop acks them in bulk.
+        if tp.topic in self._batch_topics:
+            return record
+        return super()._to_message(tp, record)
+
+    async def getmany(
+            self, timeout: float,  # noqa: ASYNC109 (Faust's signature)
+    ) -> AsyncIterator[tuple[Any, Any]]:
+        """Faust's ``getmany`` (faust/transport/consumer.py) with the same checks (flow
+        stopped: seek back to committed offsets; a new generation or a stopped flow ends the
+        fetch; only active or buffered partitions), but a partition's records come in offset
+        order one partition after another, not round-robin across partitions (whole fetches
+        go to the handler, which groups them per partition anyway), and the high-water mark
+        is tracked once per partition, not per record: the two cost a tenth of the loop."""
+        records, active_partitions = await self._wait_next_records(timeout)
+        if records is None or self.should_stop:
+            return
+        generation_id = self.app.consumer_generation_id
+        if not self.flow_active:
+            self.log.dev("getmany called while flow not active. Seek back to committed offsets.")
+            try:
+                await self.perform_seek()
+            except Exception as ex:
+                self.log.warning(f"exception performing seek when flow not active {ex}")
+            return
+        to_message = self._to_message
+        track_end_offset = self.app.monitor.track_tp_end_offset
+        buffered = self._buffered_partitions
+        app = self.app
+        for tp, tp_records in records.items():
+            if not (active_partitions is None or tp in active_partitions or tp in buffered):
+                continue
+            if not self.flow_active or app.consumer_generation_id != generation_id:
+                return
+            track_end_offset(tp, self.highwater(tp))
+            for record in tp_records:
+                if not self.flow_active or app.consumer_generation_id != generation_id:
+                    return
+                yield tp, to_message(tp, record)
+
+    @property
+    def _batch_topics(self) -> frozenset[str]:
+        topics: frozenset[str] = getattr(self.app, "batch_topics")  # noqa: B009 (set by install)
+        return topics
+
+    def _ack_offsets(self, tp: Any, offsets: list[int]) -> None:
+        """Faust's ``ack`` for handled records of one partition at once, with the same
+        bookkeeping: offsets at or past the committed one, each once."""
+        committed = self._committed_offset[tp]
+        acked_index = self._acked_index[tp]
+        with ack_lock:
+            new = [o for o in offsets
+                   if (committed is None or o >= committed) and o not in acked_index]
+            if new:
+                acked_index.update(new)
+                self._acked[tp].extend(new)
+                self._n_acked += len(new)
+            notify(self._waiting_for_ack)
+
+    async def perform_seek(self) -> None:
+        self._epoch += 1
+        try:
+            await super().perform_seek()
+        finally:
+            self._epoch += 1
+
+    async def seek(self, partition: Any, offset: int) -> None:
+        self._epoch += 1
+        await super().seek(partition, offset)
+
+    async def seek_wait(self, partitions: Any) -> None:
+        self._epoch += 1
+        try:
+            await super().seek_wait(partitions)
+        finally:
+            self._epoch += 1
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        self._epoch += 1
+        await super().on_partitions_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: Any, generation_id: int = 0) -> None:
+        self._epoch += 1
+        await super().on_partitions_assigned(assigned, generation_id)
+
+    async def _reseek(self, tps: set[Any]) -> None:
+        """Seek the assigned partitions of ``tps`` back to their committed offsets (asked of the
+        broker; the beginning where none is committed), as Faust's ``perform_seek`` does for
+        all partitions when it fetched while its flow was stopped."""
+        consumer = self._thread._ensure_consumer()
+
+        async def seek_back(tps: list[TopicPartition]) -> dict[TopicPartition, int | None]:
+            # In the consumer's thread, like every other call on the aiokafka consumer.
+            positions: dict[TopicPartition, int | None] = {}
+            assigned = consumer.assignment()
+            for tp in tps:
+                if tp not in assigned:
+                    continue
+                offset = await consumer.committed(tp)
+                if offset is not None and offset > 0:
+                    consumer.seek(tp, offset)
+                else:
+                    await consumer.seek_to_beginning(tp)
+                    offset = None
+                positions[tp] = offset
+            return positions
+
+        self._epoch += 1
+        try:
+            positions = await self._thread.call_thread(
+                seek_back, [TopicPartition(tp.topic, tp.partition) for tp in tps])
+        except Exception as exc:  # a rebalance is under way: its own seek follows
+            self.log.info("seek back to committed offsets deferred: %r", exc)
+            return
+        finally:
+            self._epoch += 1
+        for atp, offset in positions.items():
+            tp = TP(atp.topic, atp.partition)
+            self._read_offset[tp] = offset
+            if offset is not None:
+                self._committed_offset[tp] = offset
+
+    async def _drain_messages(self, fetcher: Any) -> None:
+        # Faust's loop (faust/transport/consumer.py, Consumer._drain_messages), with the
+        # records of the handler's topics collected per fetch instead of delivered one by one.
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        commit_every = self._commit_every
+        # Per partition of the handler's topics: (epoch, offset after the last record handled).
+        expected: dict[Any, tuple[int, int]] = {}
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                fetch = await self._fetch(expected)
+                if fetch.batch:
+                    await self._handle(fetch, expected)
+                if commit_every is not None and self._n_acked >= commit_every:
+                    self._n_acked = 0
+                    await self.commit()
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                self.log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                self.log.info("Consumer shutting down for user cancel.")
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+        finally:
+            self.diag.unset_flag(CONSUMER_FETCHING)
+
+    async def _fetch(self, expected: dict[Any, tuple[int, int]]) -> _Fetch:
+        """One fetch: the records of the handler's topics collected (with the gaps between
+        them), those of other topics delivered on Faust's path."""
+        self.diag.set_flag(CONSUMER_FETCHING)
+        fetch = _Fetch(self.app.consumer_generation_id, self._epoch)
+        topics = self._batch_topics
+        read_offset = self._read_offset
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        await self.sleep(0)
+        if not self.should_stop:
+            async for tp, message in self.getmany(timeout=1.0):
+                offset = message.offset
+                if tp.topic not in topics:
+                    # Any other topic (changelogs while Faust recovers): Faust's path.
+                    r_offset = read_offset[tp]
+                    if r_offset is not None and offset < r_offset:
+                        continue
+                    if r_offset and offset - r_offset > 1 and acks_enabled_for(tp.topic):
+                        await self._add_gap(tp, r_offset + 1, offset)
+                    await self.wait_first(self.callback(message), self.suspend_flow.wait())
+                    read_offset[tp] = offset
+                    continue
+                last = fetch.last.get(tp)
+                if last is not None:
+                    if offset <= last:
+                        continue
+                    if offset - last > 1 and acks_enabled_for(tp.topic):
+                        fetch.gaps.append((tp, last + 1, offset - 1))
+                else:
+                    r_offset = read_offset[tp]
+                    if r_offset is not None and offset < r_offset:
+                        continue  # read already (Faust drops these too)
+                    seen = expected.get(tp)
+                    if (seen is not None and seen[0] == fetch.epoch and offset > seen[1]
+                            and acks_enabled_for(tp.topic)):
+                        fetch.gaps.append((tp, seen[1], offset - 1))
+                fetch.batch.append(message)
+                fetch.last[tp] = offset
+        self.diag.unset_flag(CONSUMER_FETCHING)
+        return fetch
+
+    async def _handle(self, fetch: _Fetch, expected: dict[Any, tuple[int, int]]) -> None:
+        """Hand a fetch to the handler and ack what it handled; partitions with records left
+        unhandled are sought back to their committed offsets."""
+        if (self._epoch != fetch.epoch or self.app.consumer_generation_id != fetch.generation
+                or not self.flow_active):
+            # Fetched across a seek or a rebalance: where these records stand is not known.
+            # Nothing of them is acked; reading resumes at the committed offsets.
+            expected.clear()
+            if self.flow_active:
+                await self._reseek(set(fetch.last))
+            return
+        handler: BatchHandler = getattr(self.app, "batch_handler")  # noqa: B009 (install)
+        done = await handler(fetch.batch)
+        # Handled records are acked even if a seek came meanwhile (acking what was handled is
+        # always right), but then their offsets say nothing of where the partition stands.
+        same_epoch = self._epoch == fetch.epoch
+        handled = self._handled_offsets(fetch, done)
+        if same_epoch:
+            for tp, start, stop in fetch.gaps:
+                if tp in handled:
+                    await self._add_gap(tp, start, stop)
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        for tp, offsets in handled.items():
+            if acks_enabled_for(tp.topic):
+                self._ack_offsets(tp, offsets)
+        if same_epoch and self._epoch == fetch.epoch:
+            for tp, offsets in handled.items():
+                self._read_offset[tp] = offsets[-1]
+                expected[tp] = (fetch.epoch, offsets[-1] + 1)
+        else:
+            expected.clear()
+        if len(done) < len(fetch.batch):
+            # Records left (their partition is not in service here, or their outputs
+            # failed): read again.
+            expected.clear()
+            if self.flow_active:
+                await self._reseek(set(fetch.last) - set(handled))
+        await asyncio.sleep(0)  # let the web server and timers in between batches
+
+    @staticmethod
+    def _handled_offsets(fetch: _Fetch, done: list[Any]) -> dict[Any, list[int]]:
+        """Offsets of the handled records per partition (Faust's TP), in order."""
+        tps = {(tp.topic, tp.partition): tp for tp in fetch.last}
+        handled: dict[Any, list[int]] = {}
+        for record in done:
+            tp = tps[record.topic, record.partition]
+            offsets = handled.get(tp)
+            if offsets is None:
+                offsets = handled[tp] = []
+            offsets.append(record.offset)
+        return handled
+
+
+@dataclass
+class _Fetch:
+    """The records of the handler's topics from one fetch."""
+
+    generation: int  # the consumer generation when it began
+    epoch: int  # the seek epoch when it began
+    batch: list[Any] = field(default_factory=list)
+    last: dict[Any, int] = field(default_factory=dict)  # per partition: last offset taken
+    gaps: list[tuple[Any, int, int]] = field(default_factory=list)  # missing offsets
+
+
+def offsets_report(app: Any) -> str:
+    """A worker's consumer bookkeeping, one line per assigned partition: the offset Faust last
+    committed, the last offset read, acked offsets not yet committed and gaps, the fetch
+    position and whether the partition is paused."""
+    consumer = app.consumer
+    lines = [f"offsets: generation {app.consumer_generation_id}, "
+             f"flow {'active' if consumer.flow_active else 'stopped'}, "
+             f"rebalancing {app.rebalancing}"]
+    try:
+        subscription = consumer._thread._consumer._subscription.subscription
+        assignment = subscription.assignment if subscription is not None else None
+    except AttributeError:  # not started, or not the aiokafka driver
+        assignment = None
+    for tp in sorted(consumer.assignment()):
+        acked = consumer._acked.get(tp) or []
+        gaps = consumer._gap.get(tp)
+        position = None
+        if assignment is not None:
+            try:
+                position = assignment.state_value(tp).position
+            except Exception:  # no position yet
+                position = None
+        lines.append(
+            f"  {tp.topic}[{tp.partition}]: committed {consumer._committed_offset.get(tp)}, "
+            f"read {consumer._read_offset.get(tp)}, acked {len(acked)}"
+            + (f" ({min(acked)}..{max(acked)})" if acked else "")
+            + (f", gaps {sorted((g.begin, g.end) for g in gaps)[:3]}" if gaps else "")
+            + f", position {position}"
+            + (", paused" if tp in consumer._paused_partitions else ""))
+    return "\n".join(lines)

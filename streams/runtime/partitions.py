@@ -1,0 +1,162 @@
+"""This worker's partitions, the phase it is in, and the fence that keeps partitions from moving
+while work on them is in flight.
+
+Phases (``Phase``): a worker starts ``STARTING`` (no assignment yet); every rebalance puts it in
+``REBALANCING`` (its partitions revoked, the new ones being read from their changelogs); once
+they are all rebuilt it is ``SERVING``: it handles records, publishes changes and answers
+queries; ``STOPPING`` at shutdown. Outside ``SERVING`` it does none of the three.
+
+Per partition, a state is *active* (in service), *recovering* (being rebuilt from its
+changelogs, not queried) or *stale* (its durable writes failed, so its state ran ahead of its
+changelog: out of service until rebuilt, ``Recovery.repair``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import gc
+import logging
+from collections.abc import AsyncIterator
+
+from streams.domain.partition import PartitionState
+
+logger = logging.getLogger(__name__)
+
+
+class Phase(enum.Enum):
+    STARTING = "starting"
+    REBALANCING = "rebalancing"
+    SERVING = "serving"
+    STOPPING = "stopping"
+
+
+class Fence:
+    """Held while a batch is handled / while changes are published; a revocation takes both, so
+    partitions move only once the work in flight on them is done (two locks: the batch and
+    the publication never wait for each other). Order: batch, then publish."""
+
+    def __init__(self) -> None:
+        self.batch = asyncio.Lock()
+        self.publish = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def closed(self) -> AsyncIterator[None]:
+        async with self.batch, self.publish:
+            yield
+
+
+class PartitionRegistry:
+    """The partition states of one worker."""
+
+    def __init__(self, thresholds: tuple[float, ...]) -> None:
+        self.thresholds = thresholds
+        self.phase = Phase.STARTING
+        self.generation = 0  # rebalances begun
+        self.active: dict[int, PartitionState] = {}
+        self.recovering: dict[int, PartitionState] = {}
+        self.stale: set[int] = set()
+        # table -> partition -> the last changelog offset the partition's state holds.
+        self.read_upto: dict[str, dict[int, int]] = {}
+        self.fence = Fence()
+
+    @property
+    def serving(self) -> bool:
+        return self.phase is Phase.SERVING
+
+    def new_state(self, partition: int, rebuilding: bool = False) -> PartitionState:
+        return PartitionState(partition, self.thresholds, rebuilding)
+
+    # -- rebalances ------------------------------------------------------------------------------
+    def begin_rebalance(self) -> None:
+        """Partitions are moving: stop serving. Stale partitions are forgotten as such: the
+        rebalance rebuilds every partition it assigns that is not kept."""
+        if self.phase is not Phase.STOPPING:
+            self.phase = Phase.REBALANCING
+        self.generation += 1
+        self.stale.clear()
+
+    def keep_only(self, assigned: set[int]) -> None:
+        """Forget the states of partitions this worker no longer owns."""
+        for states in (self.active, self.recovering):
+            for p in [p for p in states if p not in assigned]:
+                del states[p]
+        for offsets in self.read_upto.values():
+            for p in [p for p in offsets if p not in assigned]:
+                del offsets[p]
+
+    def persisted_offset(self, table: str, partition: int) -> int | None:
+        """The last offset of ``table``'s changelog partition that its state holds (Faust's
+        recovery reads only what comes after)."""
+        return self.read_upto.get(table, {}).get(partition)
+
+    def remember(self, table: str, partition: int, offset: int) -> None:
+        self.read_upto.setdefault(table, {})[partition] = offset
+
+    def target(self, partition: int) -> PartitionState:
+        """Where a changelog record of ``partition`` goes while recovering: the active state
+        (a kept partition), else a state being rebuilt."""
+        state = self.active.get(partition)
+        if state is None:
+            state = self.recovering.get(partition)
+            if state is None:
+                state = self.recovering[partition] = self.new_state(partition, rebuilding=True)
+        return state
+
+    def finish_recovery(self, assigned: set[int]) -> None:
+        """Every assigned partition is rebuilt: put them in service and serve."""
+        self.keep_only(assigned)
+        recovered = self.recovering
+        self.recovering = {}
+        for p in assigned:
+            if p not in self.active and p not in recovered:
+                recovered[p] = self.new_state(p)  # an empty partition
+        self.install(recovered)
+        if self.phase is not Phase.STOPPING:
+            self.phase = Phase.SERVING
+
+    def install(self, states: dict[int, PartitionState]) -> None:
+        """Put rebuilt partitions in service."""
+        n = 0
+        for state in states.values():
+            state.settle()
+            n += state.recommendations()
+        self.active.update(states)
+        if states:
+            logger.info("rebuilt %d partitions (%d recommendations)", len(states), n)
+            # The rebuilt state is long-lived and acyclic (freed by reference counting when a
+            # partition is dropped): keep it out of the garbage collector's full passes, which
+            # would otherwise walk every recommendation now and then.
+            gc.freeze()
+
+    # -- failed writes -------------------------------------------------------------------------
+    def mark_stale(self, partitions: set[int]) -> set[int]:
+        """Take partitions whose durable writes failed out of service; returns those that were
+        in service (or being rebuilt) here."""
+        taken = set()
+        for p in partitions:
+            for offsets in self.read_upto.values():
+                offsets.pop(p, None)  # the next assignment reads it all
+            if p in self.active or p in self.recovering:
+                self.active.pop(p, None)
+                self.recovering.pop(p, None)
+                self.stale.add(p)
+                taken.add(p)
+        return taken
+
+    def finish_repair(self, partitions: set[int]) -> None:
+        """Stale partitions rebuilt from their changelogs: back in service."""
+        self.install({p: self.recovering.pop(p) if p in self.recovering else self.new_state(p)
+                      for p in partitions})
+        self.stale -= partitions
+
+    def abort_repair(self, partitions: set[int]) -> None:
+        for p in partitions:
+            self.recovering.pop(p, None)
+
+    def stop(self) -> None:
+        self.phase = Phase.STOPPING
+
+    def recommendations(self) -> int:
+        return sum(state.recommendations() for state in list(self.active.values()))

@@ -1,0 +1,206 @@
+"""Recovery: partition states rebuilt from the two changelogs, on assignment and after failed
+writes.
+
+On every rebalance each table (faust_ext/tables.py) hands its newly assigned changelog partitions
+here. Partitions this worker keeps need nothing (their state holds every record: the revocation
+flushed this worker's writes, and nobody else wrote to them meanwhile); the others are read
+from the start with one batched consumer (Faust's own recovery reads a record per task, an
+order of magnitude slower), and what was read is reported to Faust as the persisted offset, so
+its recovery replays only what came after. Whatever is read goes through ``load``, which checks
+every record: anyone can write to a changelog topic.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from streams.codec.durable import decode_emitted, decode_recommendation
+from streams.codec.exceptions import MalformedRecord
+from streams.codec.names import RECOMMENDATIONS, TABLES, Names
+from streams.runtime.batches import Backoff
+from streams.runtime.partitions import PartitionRegistry
+
+logger = logging.getLogger(__name__)
+
+OnRecord = Callable[[int, bytes | None, bytes | None], None]  # partition, key, value
+Highwaters = Callable[[str, set[int]], Awaitable[dict[int, int]]]  # topic, partitions -> ends
+
+
+class Reader(Protocol):
+    async def read(self, topic: str, partitions: set[int], on_record: OnRecord
+                   ) -> dict[int, int]:
+        """Hand every record of the partitions, from their start to their current end, to
+        ``on_record``; return, per partition, the last offset read."""
+
+
+class ChangelogReader:
+    """Reads changelog partitions from their start to their current end in large batches."""
+
+    def __init__(self, consumer: Callable[[], AIOKafkaConsumer]) -> None:
+        self._make_consumer = consumer
+
+    async def read(self, topic: str, partitions: set[int], on_record: OnRecord
+                   ) -> dict[int, int]:
+        """Hand every record to ``on_record``; return, per partition, the last offset read."""
+        consumer = self._make_consumer()
+        await consumer.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            pending = {tp for tp in tps if ends[tp] > 0}
+            while pending:
+                for tp in list(pending):
+                    if await consumer.position(tp) >= ends[tp]:
+                        pending.discard(tp)
+                if not pending:
+                    break
+                batch = await consumer.getmany(*pending, timeout_ms=500, max_records=50_000)
+                for tp, msgs in batch.items():
+                    end = ends[tp]
+                    for m in msgs:
+                        if m.offset < end:
+                            on_record(tp.partition, m.key, m.value)
+            return {tp.partition: ends[tp] - 1 for tp in tps if ends[tp] > 0}
+        finally:
+            await consumer.stop()
+
+
+@dataclass
+class RecoveryStats:
+    malformed_records: int = 0  # changelog records skipped
+
+
+class Recovery:
+    def __init__(self, registry: PartitionRegistry, reader: Reader, names: Names,
+                 highwaters: Highwaters) -> None:
+        self.registry = registry
+        self.reader = reader
+        self.names = names
+        self.highwaters = highwaters
+        self.stats = RecoveryStats()
+        self.retry: Backoff[str] = Backoff()
+
+    # -- what the tables ask -------------------------------------------------------------------
+    def persisted_offset(self, table: str, partition: int) -> int | None:
+        return self.registry.persisted_offset(table, partition)
+
+    def load(self, table: str, partition: int, key: bytes | None, value: bytes | None) -> None:
+        """One changelog record into the (re)built state. A record that is not what this
+        product writes is skipped and counted."""
+        if key is None or value is None:
+            return
+        try:
+            if table == RECOMMENDATIONS:
+                k, v = decode_recommendation(key, value, partition)
+                self.registry.target(partition).store.load(
+                    (k.program_id, k.segment_basis, k.basis_id, k.action_type), k.user_id,
+                    v.weight, v.in_history, v.ts, v.offset, v.name)
+            else:
+                segment, count, previous = decode_emitted(key, value, partition)
+                self.registry.target(partition).ledger.load(segment, count, previous)
+        except MalformedRecord as exc:
+            self.stats.malformed_records += 1
+            n = self.stats.malformed_records
+            if n <= 10 or n % 1000 == 0:
+                logger.warning("skipped a malformed %s changelog record of partition %d (%s; %d "
+                               "so far)", table, partition, exc, n)
+
+    async def on_rebalance(self, table: str, assigned: set[int]) -> None:
+        """``table``'s changelog partitions ``assigned`` to this worker by a new assignment:
+        rebuild those it did not keep, before Faust's recovery replays the rest."""
+        registry = self.registry
+        registry.begin_rebalance()
+        registry.keep_only(assigned)
+        topic = self.names.changelog_topic(table)
+        kept = assigned & set(registry.active)
+        if kept:
+            try:
+                ends = await self.highwaters(topic, kept)
+            except Exception as exc:  # then Faust replays them: slower, as correct
+                logger.warning("changelog ends of kept partitions unknown: %r", exc)
+                ends = {}
+            for p, end in ends.items():
+                if end:
+                    registry.remember(table, p, end - 1)
+        todo = {p for p in assigned - kept if registry.persisted_offset(table, p) is None}
+        if todo:
+            # Empty changelog partitions (a new deployment) need no reader of their own.
+            try:
+                ends = await self.highwaters(topic, todo)
+                todo = {p for p, end in ends.items() if end}
+            except Exception as exc:  # then every partition is read
+                logger.warning("changelog ends unknown: %r", exc)
+        if todo:
+            for p, offset in (await self._read(table, todo)).items():
+                registry.remember(table, p, offset)
+
+    def on_recovered(self, table: str, assigned: set[int]) -> None:
+        """Faust's recovery is over (it calls this for each table, once every table's
+        changelogs are read): serve."""
+        if table == RECOMMENDATIONS:
+            self.registry.finish_recovery(assigned)
+
+    # -- after failed writes -------------------------------------------------------------------
+    async def repair_stale(self) -> None:
+        """Timer body: rebuild stale partitions even when no batch comes to do it."""
+        registry = self.registry
+        if registry.stale and registry.serving:
+            async with registry.fence.batch:
+                if registry.stale and registry.serving:
+                    await self.repair()
+
+    async def repair(self) -> None:
+        """Rebuild the stale partitions from their changelogs (inside the publication fence:
+        nothing is published from them meanwhile; the caller holds the batch fence). If it
+        fails (the broker still away) they stay out of service until the next try."""
+        registry = self.registry
+        if not registry.stale or self.retry.waiting("repair"):
+            return
+        stale = set(registry.stale)
+        async with registry.fence.publish:
+            try:
+                for table in TABLES:
+                    for p, offset in (await self._read(table, stale)).items():
+                        registry.remember(table, p, offset)
+            except Exception as exc:
+                registry.abort_repair(stale)
+                self.retry.failed("repair")
+                logger.warning("rebuilding partitions %s failed (%r); retrying", sorted(stale),
+                               exc)
+                return
+            registry.finish_repair(stale)
+            self.retry.succeeded("repair")
+        logger.warning("partitions %s rebuilt from their changelogs", sorted(stale))
+
+    async def _read(self, table: str, partitions: set[int]) -> dict[int, int]:
+        started = time.monotonic()
+        n = 0
+
+        def on_record(partition: int, key: bytes | None, value: bytes | None) -> None:
+            nonlocal n
+            n += 1
+            self.load(table, partition, key, value)
+
+        read = await self.reader.read(self.names.changelog_topic(table), partitions, on_record)
+        logger.info("read %d %s changelog records of %d partitions in %.2fs", n, table,
+                    len(partitions), time.monotonic() - started)
+        return read
+
+
+def consumer_factory(**config: Any) -> Callable[[], AIOKafkaConsumer]:
+    """Consumers for the changelog reader: no group, large fetches."""
+    def make() -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(enable_auto_commit=False, auto_offset_reset="earliest",
+                                max_partition_fetch_bytes=8 * 1024 * 1024,
+                                fetch_max_bytes=64 * 1024 * 1024, fetch_max_wait_ms=100,
+                                **config)
+    return make
+

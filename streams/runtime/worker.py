@@ -1,0 +1,214 @@
+"""`segments worker`: ``build_worker`` is the one composition root.
+
+Data flow (docs/DESIGN.md): input -> the batch processor (validate; invalid -> dead letters;
+repartition by segment family) -> the partition's state (last-writer-wins durable records in the
+``recommendations`` changelog, derived threshold indexes) -> the change publisher (timer) ->
+count changes; every worker serves GET /segments (api/) from the query service.
+
+Faust provides the consumer group, the co-partitioned assignment, table recovery, offsets and
+commits; faust_ext/ adapts it where its public API does not reach.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from typing import Any, cast
+
+import faust
+import mode
+from aiohttp import web
+from faust.types import TP
+
+from api.app import create_web_app
+from streams.codec.names import RECOMMENDATIONS, TABLES, Names
+from streams.runtime import faust_ext
+from streams.runtime.batches import BatchProcessor
+from streams.runtime.faust_ext.consumer import install, offsets_report
+from streams.runtime.faust_ext.producer import raw_producer
+from streams.runtime.faust_ext.tables import ChangelogTable, NoDelayTableManager
+from streams.runtime.faust_ext.worker import quiet_worker
+from streams.runtime.ingest import IngestHandler
+from streams.runtime.memory import MallocTrimmer, tune_gc, tune_malloc
+from streams.runtime.partitions import PartitionRegistry
+from streams.runtime.publisher import ChangePublisher
+from streams.runtime.query import Cluster, QueryService
+from streams.runtime.rebalance import release
+from streams.runtime.recovery import ChangelogReader, Recovery, consumer_factory
+from streams.runtime.sink import Sink
+from streams.runtime.topics import ensure_topics
+from streams.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Worker:
+    """One worker: the Faust app and the collaborators ``build_worker`` wired into it."""
+
+    settings: Settings
+    faust_app: faust.App
+    registry: PartitionRegistry
+    processor: BatchProcessor
+    publisher: ChangePublisher
+    recovery: Recovery
+    query: QueryService
+    services: tuple[mode.Service, ...]
+
+    def run(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Run until stopped (SIGTERM, Ctrl-C)."""
+        quiet_worker(self.faust_app, *self.services, loop=loop,
+                     loglevel=self.settings.log_level).execute_from_commandline()
+
+    def activity(self) -> tuple[int, bool, int]:
+        """Changes whenever the worker did something (records, a rebuild, a publication)."""
+        return (self.processor.stats.processed, self.registry.serving,
+                self.publisher.publications)
+
+
+def _faust_app(s: Settings) -> faust.App:
+    return faust.App(
+        s.app_id,
+        broker=s.kafka_url,
+        store="memory://",
+        topic_partitions=s.partitions,
+        topic_replication_factor=s.replication_factor,
+        # No standbys: the derived state is rebuilt from the changelog on assignment.
+        table_standby_replicas=0,
+        web_enabled=False,
+        canonical_url=s.advertised_url,
+        datadir=s.data_dir or None,
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
+        broker_rebalance_timeout=20.0,
+        # Offsets are committed every second (and at every rebalance and stop); the fetch loop
+        # also stops to commit after this many acks (a producer flush and a commit, awaited).
+        broker_commit_every=100_000,
+        broker_commit_interval=1.0,
+        producer_linger=0.005,
+        producer_acks=-1,
+        # A write not acknowledged in this time fails, and so does the batch that made it (read
+        # again), instead of waiting up to Faust's default of 20 minutes.
+        producer_request_timeout=s.produce_timeout_ms / 1000.0,
+        producer_max_batch_size=512 * 1024,
+        stream_buffer_maxsize=4096,
+        # Bounds one fetched batch and the memory a backlog's fetches take; larger batches cost
+        # less per record (BENCHMARKS.md, ingest).
+        broker_max_poll_records=10_000,
+        consumer_max_fetch_size=4 * 1024 * 1024,
+        consumer_auto_offset_reset="earliest",
+        table_cleanup_interval=3600.0,
+        logging_config=None,
+        TableManager=NoDelayTableManager,
+    )
+
+
+def build_worker(settings: Settings) -> Worker:
+    """The worker for ``settings``, every collaborator built here and passed in."""
+    names: Names = settings.names
+    app = _faust_app(settings)
+    registry = PartitionRegistry(settings.watch_thresholds)
+
+    async def highwaters(topic: str, partitions: set[int]) -> dict[int, int]:
+        ends = await app.consumer.highwaters(*(TP(topic, p) for p in sorted(partitions)))
+        return {tp.partition: end for tp, end in ends.items()}
+
+    reader = ChangelogReader(consumer_factory(bootstrap_servers=settings.bootstrap_servers))
+    recovery = Recovery(registry, reader, names, highwaters)
+    for table in TABLES:
+        app.tables.add(ChangelogTable(
+            app, name=table, listener=recovery, key_type=bytes, value_type=bytes,
+            partitions=settings.partitions, recovery_buffer_size=10_000))
+    sink = Sink(lambda: raw_producer(app), names, app.conf.producer_max_request_size)
+    processor = BatchProcessor(
+        registry, IngestHandler(names, settings.partitions, settings.max_future_ms), sink,
+        recovery.repair)
+    publisher = ChangePublisher(registry, sink, names, rebalancing=lambda: app.rebalancing)
+
+    # The two agents subscribe the worker to their topics; the batched consumer hands those
+    # topics' records to the processor, never to an agent's stream.
+    for agent, topic in zip(("ingest", "aggregate"), names.batch_topics, strict=True):
+        channel = app.topic(topic, key_type=bytes, value_type=bytes, key_serializer="raw",
+                            value_serializer="raw", partitions=settings.partitions,
+                            internal=topic == names.repartition_topic)
+        app.agent(channel, name=agent)(_unreachable)
+    install(app, names.batch_topics, processor)
+    app.timer(settings.change_interval_ms / 1000.0, name="publish-changes")(publisher.tick)
+    app.timer(1.0, name="repair-partitions")(recovery.repair_stale)
+
+    async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
+        await release(registry, publisher, app.producer.flush)
+
+    async def on_stopping(sender: Any, *args: Any, **kwargs: Any) -> None:
+        await release(registry, publisher, app.producer.flush, stopping=True)
+
+    app.on_partitions_revoked.connect(cast(Any, on_revoked))
+    app.on_before_shutdown.connect(cast(Any, on_stopping))
+
+    recommendations_changelog = names.changelog_topic(RECOMMENDATIONS)
+
+    def owners() -> dict[str, list[int]]:
+        meta = app.assignor.table_metadata(recommendations_changelog)
+        return {str(url): sorted(tps.get(recommendations_changelog, []))
+                for url, tps in meta.items()}
+
+    query = QueryService(
+        registry, Cluster(str(app.conf.canonical_url), settings.partitions,
+                          settings.cache_ttl_s), owners, rebalancing=lambda: app.rebalancing)
+    worker = Worker(settings, app, registry, processor, publisher, recovery, query, ())
+    web_app = create_web_app(query, settings.redis_url, namespace=settings.app_id,
+                             peer_timeout_s=settings.peer_timeout_ms / 1000.0)
+    worker.services = (WebService(web_app, settings, app), MallocTrimmer(worker.activity))
+    return worker
+
+
+async def _unreachable(stream: Any) -> Any:
+    """Body of the subscribing agents: a record reaching one would be lost, so it stops the
+    worker instead."""
+    async for _ in stream:  # pragma: no cover
+        raise RuntimeError("a record of the batch handler's topics reached an agent")
+        yield None
+
+
+class WebService(mode.Service):
+    """Runs the HTTP API alongside the Faust worker."""
+
+    def __init__(self, web_app: web.Application, settings: Settings, faust_app: faust.App,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.web_app = web_app
+        self.settings = settings
+        self.faust_app = faust_app
+        self.runner: web.AppRunner | None = None
+
+    async def on_start(self) -> None:
+        s = self.settings
+        self.runner = web.AppRunner(self.web_app, access_log=None, handle_signals=False)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, s.web_host, s.web_port, reuse_address=True)
+        await site.start()
+        logger.warning("serving GET /segments on http://%s:%d", s.web_host, s.web_port)
+        # `kill -USR1 <pid>`: log where each partition stands (what a stuck lag looks like
+        # from inside; the fault tests' harness asks for it when a lag does not drain).
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGUSR1, lambda: logger.warning("%s", offsets_report(self.faust_app)))
+
+    async def on_stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+def run_worker(settings: Settings | None = None) -> None:
+    tune_malloc()
+    tune_gc()
+    settings = settings or Settings.from_env()
+    logging.basicConfig(level=settings.log_level,
+                        format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
+    for problem in faust_ext.problems():
+        logger.error("faust_ext: %s", problem)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(ensure_topics(settings))
+    build_worker(settings).run(loop)

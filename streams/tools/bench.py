@@ -1,0 +1,475 @@
+"""`segments bench`: side-by-side measurements on one local broker, in one run.
+
+1. raw       a count-only aiokafka ``getmany`` loop over N events (the practical limit)
+2. ingest    one worker, cold start to zero lag over the same N events -> events/s, ratio
+3. freshness at half the ingest rate, produce -> visible in GET /segments?force_refresh=true
+4. api       one program with S segments and R recommendations: GET /segments p50/p99
+             (cached and force_refresh) with C concurrent clients, requests/s
+5. memory    worker RSS per recommendation held at R recommendations
+6. recovery  worker start -> ready with R recommendations in the changelog
+
+Results go to ``benchmarks/results.json`` and the table in ``BENCHMARKS.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from rich.console import Console
+from rich.table import Table
+
+from streams.codec.keys import family_key
+from streams.tools import kafka_local
+from streams.tools.probes import group_lag, wait_http_ready
+from streams.tools.produce import Record, base_ts_ending_now, generate, produce
+from streams.tools.redis_local import RedisServer
+
+console = Console(stderr=True)
+PARTITIONS = 8
+
+
+@dataclass
+class BenchConfig:
+    events: int = 200_000
+    api_recommendations: int = 1_000_000
+    api_segments: int = 10_000
+    clients: int = 16
+    api_requests: int = 1_600
+    probes: int = 100
+    out_dir: Path = Path("benchmarks")
+    doc: Path = Path("BENCHMARKS.md")
+
+
+@dataclass
+class Run:
+    bootstrap: str
+    work: Path
+    redis_url: str | None
+    app_id: str = field(default_factory=lambda: f"bench-{uuid.uuid4().hex[:8]}")
+    input_topic: str = ""  # default: "<app_id>-in"
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def topic(self) -> str:
+        return self.input_topic or f"{self.app_id}-in"
+
+    def env(self, port: int) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, "SEGMENTS_APP_ID": self.app_id,
+            "SEGMENTS_INPUT_TOPIC": self.topic, "SEGMENTS_DLQ_TOPIC": f"{self.app_id}-dlq",
+            "SEGMENTS_CHANGES_TOPIC": f"{self.app_id}-changes",
+            "SEGMENTS_PARTITIONS": str(PARTITIONS), "SEGMENTS_WEB_PORT": str(port),
+            "SEGMENTS_DATA_DIR": str(self.work / "worker"), "SEGMENTS_LOG_LEVEL": "WARNING",
+        })
+        if self.redis_url:
+            env["REDIS_URL"] = self.redis_url
+        env.update(self.extra_env)
+        return env
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def _create_topic(bootstrap: str, topic: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
+    finally:
+        await admin.close()
+
+
+async def raw_consume(bootstrap: str, topic: str, n: int) -> float:
+    """Events/s of a count-only getmany loop over all partitions, from the beginning."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False,
+                                max_partition_fetch_bytes=4 * 1024 * 1024)
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(topic, p) for p in range(PARTITIONS)])
+        count = 0
+        started = time.perf_counter()
+        while count < n:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=20_000)
+            for msgs in batch.values():
+                count += len(msgs)
+        return n / (time.perf_counter() - started)
+    finally:
+        await consumer.stop()
+
+
+def pure_aggregation(records: list[Record]) -> float:
+    """Events/s of the aggregation alone: what the hot path costs without Faust and Kafka."""
+    from streams.codec.durable import encode_applied, recommendation_key
+    from streams.codec.input import parse_event
+    from streams.domain.exceptions import InvalidEvent
+    from streams.domain.store import FamilyStore
+
+    store = FamilyStore()
+    started = time.perf_counter()
+    for offset, r in enumerate(records):
+        try:
+            ev = parse_event(r.value, r.timestamp_ms)
+        except InvalidEvent:
+            continue
+        if store.apply(ev, offset):
+            recommendation_key(ev.family, ev.user_id)
+            encode_applied(ev, offset, 0)
+    return len(records) / (time.perf_counter() - started)
+
+
+class WorkerProc:
+    def __init__(self, run: Run, port: int) -> None:
+        self.run, self.port = run, port
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> float:
+        log = open(self.run.work / f"worker-{self.port}.log", "ab")  # noqa: SIM115
+        started = time.perf_counter()
+        self.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"],
+                                     env=self.run.env(self.port), stdout=log,
+                                     stderr=subprocess.STDOUT)
+        log.close()
+        return started
+
+    async def wait_ready(self, timeout_s: float = 300.0) -> float:
+        return await wait_http_ready(self.url, self.proc, timeout_s)
+
+    def rss(self) -> int:
+        import psutil
+
+        assert self.proc is not None
+        return int(psutil.Process(self.proc.pid).memory_info().rss)
+
+    async def recommendations(self) -> int:
+        """Recommendations the worker holds, as its /healthz says."""
+        async with aiohttp.ClientSession() as session, session.get(self.url + "/healthz") as r:
+            return int((await r.json())["recommendations"])
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+async def wait_no_lag(run: Run, timeout_s: float) -> float:
+    topics = [run.topic, f"{run.app_id}-recommendations-by-segment"]
+    deadline = time.perf_counter() + timeout_s
+    while time.perf_counter() < deadline:
+        if await group_lag(run.bootstrap, run.app_id, topics) == 0:
+            return time.perf_counter()
+        await asyncio.sleep(0.1)
+    raise RuntimeError("the worker did not catch up in time")
+
+
+def api_records(program: str, segments: int, recs: int, seed: int) -> Iterator[Record]:
+    """``recs`` recommendations spread evenly over ``segments`` families of one program."""
+    rng = random.Random(seed)
+    labels = max(1, segments // 2)
+    per_segment = max(1, recs // segments)
+    ts = int(time.time() * 1000)
+    for u in range(per_segment):
+        for s in range(segments):
+            basis_id, action = f"l{s % labels}", ("view", "purchase")[s // labels % 2]
+            doc = {"program_id": program, "user_id": f"u{u}", "segment_basis": "label",
+                   "basis_id": basis_id, "name": f"Label {s % labels}", "action_type": action,
+                   "weight": round(rng.random(), 4), "in_history": rng.random() < 0.4, "ts": ts}
+            yield Record(family_key((program, "label", basis_id, action)), orjson.dumps(doc), ts,
+                         True)
+
+
+async def freshness(run: Run, worker: WorkerProc, rate: float, probes: int) -> list[float]:
+    """Latency from producing a probe event to seeing it in a force_refresh answer, while
+    synthetic load runs at ``rate`` events/s.
+
+    The load comes from a separate process (``segments produce``): produced from this
+    process's event loop, it delayed the probes' own sends (one probe's acknowledgement took
+    451 ms of its 565 ms) and their polls, which measured the bench, not the worker."""
+    from aiokafka import AIOKafkaProducer
+
+    load = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "streams.cli", "produce", "--events", str(10**9),
+        "--seed", "99", "--programs", "3", "--rate", str(rate),
+        # the clock runs 10 ms per event: start it far enough back for 10 minutes of load
+        "--base-ts", str(base_ts_ending_now(int(rate * 600))),
+        "--topic", run.topic, "--bootstrap", run.bootstrap,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    producer = AIOKafkaProducer(bootstrap_servers=run.bootstrap, linger_ms=0, acks=1)
+    await producer.start()
+    latencies: list[float] = []
+    try:
+        async with aiohttp.ClientSession() as session:
+            await asyncio.sleep(2.0)
+            for k in range(probes):
+                program = f"probe-{run.app_id}-{k}"
+                doc = {"program_id": program, "user_id": "u", "segment_basis": "label",
+                       "basis_id": "probe", "action_type": "view", "weight": 1.0,
+                       "in_history": False}
+                key = family_key((program, "label", "probe", "view"))
+                sent = time.perf_counter()
+                await producer.send_and_wait(run.topic, orjson.dumps(doc), key=key)
+                while True:
+                    async with session.get(worker.url + "/segments",
+                                           params={"force_refresh": "true"},
+                                           headers={"program-id": program}) as resp:
+                        body = await resp.json()
+                    if resp.status == 200 and body["total"] == 1:
+                        latencies.append(time.perf_counter() - sent)
+                        break
+                    if time.perf_counter() - sent > 30:
+                        raise RuntimeError("a probe never became visible")
+                    await asyncio.sleep(0.01)  # 100 polls/s: measuring must not starve it
+                await asyncio.sleep(0.05)
+    finally:
+        load.terminate()
+        try:
+            await asyncio.wait_for(load.wait(), 30)
+        except TimeoutError:
+            load.kill()
+            await load.wait()
+        await producer.stop()
+    return latencies
+
+
+async def api_latency(worker: WorkerProc, program: str, refresh: bool, clients: int,
+                      requests: int) -> dict[str, float]:
+    latencies: list[float] = []
+    per_client = max(1, requests // clients)
+    params = {"force_refresh": "true" if refresh else "false", "min_weight": "0.5"}
+
+    async def client(session: aiohttp.ClientSession, i: int, n: int, record: bool) -> None:
+        for j in range(n):
+            page = str(1 + (i * n + j) % 20)
+            t0 = time.perf_counter()
+            async with session.get(worker.url + "/segments", params={**params, "page": page},
+                                   headers={"program-id": program}) as resp:
+                await resp.read()
+                if resp.status != 200:
+                    raise RuntimeError(f"GET /segments answered {resp.status}")
+            if record:
+                latencies.append(time.perf_counter() - t0)
+
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async with session.get(worker.url + "/segments", params=params,
+                               headers={"program-id": program}) as resp:
+            body = await resp.json()
+            if body["total"] == 0:
+                raise RuntimeError("the API program has no segments")
+        # Warm-up, not measured: every client's connection opened, every page asked once.
+        await asyncio.gather(*(client(session, i, max(2, 40 // clients), False)
+                               for i in range(clients)))
+        started = time.perf_counter()
+        await asyncio.gather(*(client(session, i, per_client, True) for i in range(clients)))
+        elapsed = time.perf_counter() - started
+    return {"p50_ms": _pct(latencies, 0.5) * 1000, "p99_ms": _pct(latencies, 0.99) * 1000,
+            "requests_per_s": len(latencies) / elapsed, "requests": len(latencies)}
+
+
+async def bench(cfg: BenchConfig, run: Run) -> dict[str, Any]:
+    results: dict[str, Any] = {"config": {k: str(v) if isinstance(v, Path) else v
+                                          for k, v in cfg.__dict__.items()}}
+    n = cfg.events
+    await _create_topic(run.bootstrap, run.topic)
+    console.print(f"producing {n} seeded events")
+    records = list(generate(n, seed=42, programs=3, users=20_000, labels=2_000, assets=5_000,
+                            base_ts=base_ts_ending_now(n)))
+    results["event_bytes_avg"] = sum(len(r.value) for r in records) / len(records)
+    await produce(run.bootstrap, run.topic, iter(records), total=n)
+
+    console.print("0. pure aggregation (no Kafka): parse, apply, encode")
+    results["pure_aggregation_events_per_s"] = pure_aggregation(records)
+    console.print("1. raw aiokafka getmany")
+    raw = await raw_consume(run.bootstrap, run.topic, n)
+    results["raw_events_per_s"] = raw
+    del records
+
+    console.print("2. ingest: one worker, cold start to zero lag")
+    worker = WorkerProc(run, kafka_local.free_port())
+    started = worker.start()
+    ready = await worker.wait_ready()
+    done = await wait_no_lag(run, timeout_s=900)
+    ingest = n / (done - started)
+    results["ingest_events_per_s"] = ingest
+    results["ingest_over_raw"] = ingest / raw
+    results["ingest_startup_s"] = ready - started
+    results["ingest_after_ready_events_per_s"] = n / max(1e-9, done - ready)
+
+    console.print("3. freshness at half the ingest rate")
+    lat = await freshness(run, worker, ingest / 2, cfg.probes)
+    results["freshness"] = {"rate_events_per_s": ingest / 2, "probes": len(lat),
+                            "p50_ms": _pct(lat, 0.5) * 1000, "p99_ms": _pct(lat, 0.99) * 1000}
+    await wait_no_lag(run, timeout_s=600)
+
+    console.print(f"4./5. api program: {cfg.api_segments} segments, "
+                  f"{cfg.api_recommendations} recommendations")
+    program = f"api-{run.app_id}"
+    rss_before = worker.rss()
+    api_recs = list(api_records(program, cfg.api_segments, cfg.api_recommendations, seed=5))
+    t0 = time.perf_counter()
+    await produce(run.bootstrap, run.topic, iter(api_recs), total=len(api_recs))
+    await wait_no_lag(run, timeout_s=1800)
+    api_ingest = len(api_recs) / (time.perf_counter() - t0)
+    held = len(api_recs)
+    del api_recs
+    await worker.wait_ready()
+
+    console.print("5. memory")
+    rss_busy = worker.rss()  # right after the API program's load
+    # Then idle for a few seconds: what a worker holding these recommendations keeps (it
+    # returns the allocator's free memory within ~2 s of going idle, streams/worker.py) and
+    # the settled worker the API phases measure (the change publisher has published the
+    # load's last changes by then).
+    await asyncio.sleep(5.0)
+    rss = worker.rss()
+    total_recs = await worker.recommendations()  # all data sets: ingest, freshness, API
+    results["memory"] = {"rss_bytes": rss, "recommendations_held": total_recs,
+                         "rss_bytes_per_recommendation": rss / total_recs,
+                         "rss_bytes_right_after_api_load": rss_busy,
+                         "rss_bytes_per_recommendation_right_after_api_load":
+                             rss_busy / total_recs,
+                         "delta_bytes_per_api_recommendation": (rss - rss_before) / held}
+
+    console.print("4. api latency")
+    results["api"] = {
+        "segments": cfg.api_segments, "recommendations": held,
+        "ingest_events_per_s_incl_produce": api_ingest,
+        "cached": await api_latency(worker, program, False, cfg.clients, cfg.api_requests),
+        "force_refresh": await api_latency(worker, program, True, cfg.clients,
+                                           max(cfg.clients, cfg.api_requests // 8)),
+    }
+
+    console.print("6. recovery")
+    worker.stop()
+    started = worker.start()
+    ready = await worker.wait_ready(timeout_s=600)
+    results["recovery"] = {"seconds_to_ready": ready - started,
+                           "recommendations": total_recs}
+    worker.stop()
+    return results
+
+
+TARGETS = {
+    "ingest_over_raw": (">=", 0.10), "freshness_p99_ms": ("<=", 250.0),
+    "api_force_refresh_p99_ms": ("<=", 100.0), "api_cached_p99_ms": ("<=", 10.0),
+    "rss_bytes_per_recommendation": ("<=", 400.0), "recovery_seconds": ("<=", 30.0),
+}
+
+
+def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    rows = [
+        ("pure aggregation (no Kafka, one core)",
+         f"{r['pure_aggregation_events_per_s']:,.0f} events/s", "the code's own cost"),
+        ("raw aiokafka getmany", f"{r['raw_events_per_s']:,.0f} events/s", "the limit"),
+        ("ingest (1 worker, cold start to zero lag)", f"{r['ingest_events_per_s']:,.0f} events/s",
+         ""),
+        ("ingest / raw", f"{r['ingest_over_raw']:.3f}", ">= 0.10 (stretch 0.25)"),
+        ("freshness p50 / p99", f"{r['freshness']['p50_ms']:.0f} / "
+         f"{r['freshness']['p99_ms']:.0f} ms", "p99 <= 250 ms"),
+        ("API cached p50 / p99", f"{r['api']['cached']['p50_ms']:.1f} / "
+         f"{r['api']['cached']['p99_ms']:.1f} ms, {r['api']['cached']['requests_per_s']:,.0f} "
+         "req/s", "p99 <= 10 ms"),
+        ("API force_refresh p50 / p99", f"{r['api']['force_refresh']['p50_ms']:.1f} / "
+         f"{r['api']['force_refresh']['p99_ms']:.1f} ms, "
+         f"{r['api']['force_refresh']['requests_per_s']:,.0f} req/s", "p99 <= 100 ms"),
+        ("RSS per recommendation", f"{r['memory']['rss_bytes_per_recommendation']:.0f} B "
+         f"idle 5 s after the API load, "
+         f"{r['memory']['rss_bytes_per_recommendation_right_after_api_load']:.0f} B right "
+         f"after it (delta {r['memory']['delta_bytes_per_api_recommendation']:.0f} B)",
+         "<= 400 B"),
+        ("recovery to ready", f"{r['recovery']['seconds_to_ready']:.1f} s "
+         f"({r['recovery']['recommendations']:,} recommendations)", "<= 30 s"),
+    ]
+    return rows
+
+
+def write_outputs(cfg: BenchConfig, results: dict[str, Any]) -> None:
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    (cfg.out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    lines = [
+        "| measure | result | target |", "|---|---|---|",
+        *[f"| {a} | {b} | {c} |" for a, b, c in summary_rows(results)],
+    ]
+    head = (f"Run {results['when']} on {results['machine']}; {cfg.events:,} events "
+            f"(~{results['event_bytes_avg']:.0f} bytes each), API program with "
+            f"{results['api']['segments']:,} segments / {results['api']['recommendations']:,} "
+            f"recommendations, {cfg.clients} concurrent clients. Raw numbers: "
+            f"[{cfg.out_dir / 'results.json'}]({cfg.out_dir / 'results.json'}).")
+    text = cfg.doc.read_text() if cfg.doc.exists() else "# Benchmarks\n"
+    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    block = f"{start}\n{head}\n\n" + "\n".join(lines) + f"\n{end}"
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    cfg.doc.write_text(text)
+
+
+def run_bench(cfg: BenchConfig) -> int:
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="segments-bench-") as tmp:
+        work = Path(tmp)
+        broker_dir = work / "kafka"
+        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        own_broker = bootstrap is None
+        redis = None
+        try:
+            if own_broker:
+                console.print("starting a local Kafka broker")
+                state, _ = kafka_local.start(port=kafka_local.free_port(), data_dir=broker_dir)
+                bootstrap = state.bootstrap
+            try:
+                redis = RedisServer(work / "redis").start()
+            except Exception as exc:  # no redis-server: the in-process cache is measured
+                console.print(f"no Redis ({exc}); measuring the in-process cache")
+            assert bootstrap is not None
+            run = Run(bootstrap, work, redis.url if redis else None)
+            results = asyncio.run(bench(cfg, run))
+        finally:
+            if redis is not None:
+                redis.stop()
+            if own_broker:
+                kafka_local.stop(broker_dir)
+    results["when"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    results["machine"] = f"{os.cpu_count()} cores, {platform.python_implementation()} " \
+                         f"{platform.python_version()}, Kafka {kafka_local.KAFKA_VERSION}"
+    results["cache"] = "redis" if redis is not None else "in-process"
+    results["bench_seconds"] = time.perf_counter() - started
+    results["targets"] = {k: f"{op} {v}" for k, (op, v) in TARGETS.items()}
+    write_outputs(cfg, results)
+    table = Table(title="segments bench")
+    for col in ("measure", "result", "target"):
+        table.add_column(col)
+    for row in summary_rows(results):
+        table.add_row(*row)
+    Console().print(table)
+    print(f"results: {cfg.out_dir / 'results.json'}; table: {cfg.doc}; "
+          f"{results['bench_seconds']:.0f} s")
+    return 0

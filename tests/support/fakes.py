@@ -1,0 +1,163 @@
+"""In-memory stand-ins for what the runtime's collaborators talk to (the producer, the changelog
+reader, input records), so that unit tests drive the runtime without a broker. The integration
+tests use the real broker and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from streams.codec.keys import family_key
+from streams.codec.names import Names
+from streams.codec.partitioner import partition_for
+
+NAMES = Names("app", "in", "dlq", "changes")
+PARTITIONS = 4
+
+
+@dataclass(frozen=True)
+class Rec:
+    """An input record as aiokafka hands it over (timestamp in ms)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: int = 1_767_225_600_000
+
+
+def event_doc(user: str, weight: float | None = 0.7, *, program: str = "p",
+              basis_id: str = "l1", in_history: bool = False, ts: int = 1_767_225_600_000,
+              name: str = "Label") -> dict[str, Any]:
+    return {"program_id": program, "user_id": user, "segment_basis": "label",
+            "basis_id": basis_id, "name": name, "action_type": "view", "weight": weight,
+            "in_history": in_history, "ts": ts}
+
+
+def family_of(doc: dict[str, Any]) -> tuple[str, str, str, str]:
+    return (doc["program_id"], doc["segment_basis"], doc["basis_id"], doc["action_type"])
+
+
+def keyed(doc: dict[str, Any], offset: int, partitions: int = PARTITIONS) -> Rec:
+    """An input record keyed by its family, on its family's partition (the fast path)."""
+    key = family_key(family_of(doc))
+    return Rec(NAMES.input_topic, partition_for(key, partitions), offset, key,
+               orjson.dumps(doc))
+
+
+def unkeyed(doc: dict[str, Any], partition: int, offset: int) -> Rec:
+    return Rec(NAMES.input_topic, partition, offset, None, orjson.dumps(doc))
+
+
+class _Batch:
+    def __init__(self, capacity: int) -> None:
+        self.records: list[tuple[bytes | None, bytes | None]] = []
+        self.capacity = capacity
+
+    def append(self, *, key: bytes | None, value: bytes | None, timestamp: int | None) -> Any:
+        if len(self.records) >= self.capacity:
+            return None
+        self.records.append((key, value))
+        return object()
+
+
+@dataclass
+class Sent:
+    topic: str
+    partition: int | None
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+class FakeProducer:
+    """Records what is sent; deliveries succeed at once, fail for the topics in ``failing``, or
+    wait while ``held`` until ``release()``."""
+
+    def __init__(self, partitions: int = PARTITIONS, batch_capacity: int = 1000) -> None:
+        self.partitions = partitions
+        self.batch_capacity = batch_capacity
+        self.sent: list[Sent] = []
+        self.failing: dict[str, BaseException] = {}
+        self.held = False
+        self._pending: list[asyncio.Future[Any]] = []
+
+    def create_batch(self) -> _Batch:
+        return _Batch(self.batch_capacity)
+
+    async def send_batch(self, batch: _Batch, topic: str, *, partition: int
+                         ) -> asyncio.Future[Any]:
+        for key, value in batch.records:
+            self.sent.append(Sent(topic, partition, key, value))
+        return self._delivery(topic)
+
+    async def send(self, topic: str, value: bytes | None = None, key: bytes | None = None,
+                   partition: int | None = None, timestamp_ms: int | None = None,
+                   headers: list[tuple[str, bytes]] | None = None) -> asyncio.Future[Any]:
+        self.sent.append(Sent(topic, partition, key, value, list(headers or [])))
+        return self._delivery(topic)
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return set(range(self.partitions))
+
+    def release(self) -> None:
+        self.held = False
+        for future in self._pending:
+            if not future.done():
+                future.set_result(None)
+        self._pending.clear()
+
+    def to(self, topic: str) -> list[Sent]:
+        return [s for s in self.sent if s.topic == topic]
+
+    def _delivery(self, topic: str) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if topic in self.failing:
+            future.set_exception(self.failing[topic])
+        elif self.held:
+            self._pending.append(future)
+        else:
+            future.set_result(None)
+        return future
+
+
+class FakeReader:
+    """A changelog reader over in-memory changelogs: topic -> partition -> [(key, value)]."""
+
+    def __init__(self) -> None:
+        self.logs: dict[str, dict[int, list[tuple[bytes | None, bytes | None]]]] = {}
+        self.reads: list[tuple[str, set[int]]] = []
+        self.failing: BaseException | None = None
+
+    def write(self, topic: str, partition: int, key: bytes | None, value: bytes | None) -> None:
+        self.logs.setdefault(topic, {}).setdefault(partition, []).append((key, value))
+
+    def write_sent(self, sent: Iterable[Sent]) -> None:
+        """What a FakeProducer sent, as the broker would have it."""
+        for s in sent:
+            assert s.partition is not None
+            self.write(s.topic, s.partition, s.key, s.value)
+
+    def end(self, topic: str, partition: int) -> int:
+        return len(self.logs.get(topic, {}).get(partition, []))
+
+    async def read(self, topic: str, partitions: set[int], on_record: Any) -> dict[int, int]:
+        self.reads.append((topic, set(partitions)))
+        if self.failing is not None:
+            raise self.failing
+        out = {}
+        for p in sorted(partitions):
+            records = self.logs.get(topic, {}).get(p, [])
+            for key, value in records:
+                on_record(p, key, value)
+            if records:
+                out[p] = len(records) - 1
+        return out
+
+    async def highwaters(self, topic: str, partitions: set[int]) -> dict[int, int]:
+        return {p: self.end(topic, p) for p in partitions}

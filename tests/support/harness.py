@@ -1,0 +1,429 @@
+"""Test harness: workers as real OS processes (`segments worker`), lag checks, HTTP helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from streams.tools.kafka_local import free_port
+from streams.tools.probes import group_lag, partition_lags, topic_partitions
+from streams.tools.produce import Record
+
+SEGMENTS = str(Path(sys.executable).parent / "segments")
+
+
+@dataclass
+class Worker:
+    env: dict[str, str]
+    log_path: Path
+    port: int
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Worker:
+        log = open(self.log_path, "ab")  # noqa: SIM115
+        try:
+            self.proc = subprocess.Popen([SEGMENTS, "worker"], env=self.env, stdout=log,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        finally:
+            log.close()
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(30)
+
+    def stop(self, timeout_s: float = 60.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-6000:]
+        except OSError:
+            return ""
+
+
+@dataclass
+class Cluster:
+    """Settings shared by the workers of one test (one app id, so one consumer group)."""
+
+    bootstrap: str
+    run_dir: Path
+    redis_url: str | None = None
+    partitions: int = 8
+    app_id: str = field(default_factory=lambda: f"segtest-{uuid.uuid4().hex[:8]}")
+    extra_env: dict[str, str] = field(default_factory=dict)
+    workers: list[Worker] = field(default_factory=list)
+
+    @property
+    def input_topic(self) -> str:
+        return f"{self.app_id}-in"
+
+    @property
+    def dlq_topic(self) -> str:
+        return f"{self.app_id}-dlq"
+
+    @property
+    def changes_topic(self) -> str:
+        return f"{self.app_id}-changes"
+
+    @property
+    def repartition_topic(self) -> str:
+        return f"{self.app_id}-recommendations-by-segment"
+
+    def env(self, port: int) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "SEGMENTS_APP_ID": self.app_id,
+            "SEGMENTS_PARTITIONS": str(self.partitions),
+            "SEGMENTS_INPUT_TOPIC": self.input_topic,
+            "SEGMENTS_DLQ_TOPIC": self.dlq_topic,
+            "SEGMENTS_CHANGES_TOPIC": self.changes_topic,
+            "SEGMENTS_WEB_PORT": str(port),
+            "SEGMENTS_CHANGE_INTERVAL_MS": "300",
+            "SEGMENTS_WATCH_THRESHOLDS": "0.5",
+            "SEGMENTS_DATA_DIR": str(self.run_dir / f"worker-{port}"),
+            "SEGMENTS_LOG_LEVEL": "INFO",
+        })
+        if self.redis_url:
+            env["REDIS_URL"] = self.redis_url
+        else:
+            env.pop("REDIS_URL", None)
+        env.update(self.extra_env)
+        return env
+
+    def add_worker(self, port: int | None = None) -> Worker:
+        port = port or free_port()
+        w = Worker(self.env(port), self.run_dir / f"worker-{port}.log", port).start()
+        self.workers.append(w)
+        return w
+
+    def stop_all(self) -> None:
+        for w in self.workers:
+            w.stop(30)
+
+
+async def wait_ready(worker: Worker, timeout_s: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if worker.proc is not None and worker.proc.poll() is not None:
+                raise AssertionError(f"worker exited ({worker.proc.returncode}):\n{worker.log()}")
+            try:
+                async with session.get(worker.url + "/healthz") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.3)
+    raise AssertionError(f"worker on {worker.port} not ready in {timeout_s}s:\n{worker.log()}")
+
+
+async def produce_records(bootstrap: str, topic: str, records: list[Record]) -> None:
+    from streams.tools.produce import produce
+
+    await produce(bootstrap, topic, iter(records), total=len(records))
+
+
+async def wait_no_lag(cluster: Cluster, timeout_s: float = 600.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    topics = [cluster.input_topic, cluster.repartition_topic]
+    lag = -1
+    while time.monotonic() < deadline:
+        lag = await group_lag(cluster.bootstrap, cluster.app_id, topics)
+        if lag == 0:
+            # one more commit interval so the last batch's state is surely applied
+            await asyncio.sleep(1.5)
+            if await group_lag(cluster.bootstrap, cluster.app_id, topics) == 0:
+                return
+        await asyncio.sleep(0.5)
+    lags = await partition_lags(cluster.bootstrap, cluster.app_id, topics)
+    behind = "\n".join(f"  {tp.topic}[{tp.partition}]: committed {done}, end {end}"
+                       for tp, (done, end) in sorted(lags.items()) if done != end)
+    for w in cluster.workers:  # each live worker logs its offsets report
+        if w.proc is not None and w.proc.poll() is None:
+            w.proc.send_signal(signal.SIGUSR1)
+    await asyncio.sleep(1.0)
+    logs = "\n".join(w.log() for w in cluster.workers)
+    raise AssertionError(f"consumer group {cluster.app_id} still has lag {lag}:\n{behind}\n"
+                         f"{logs}")
+
+
+async def read_topic(bootstrap: str, topic: str, timeout_s: float = 20.0
+                     ) -> list[Any]:
+    """Every record of ``topic`` from the beginning up to its current end."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False)
+    await consumer.start()
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in await topic_partitions(admin, topic)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        out: list[Any] = []
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            positions = [await consumer.position(tp) for tp in tps]
+            if all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True)):
+                break
+            batch = await consumer.getmany(timeout_ms=500)
+            for msgs in batch.values():
+                out.extend(msgs)
+        return out
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+async def get_json(session: aiohttp.ClientSession, url: str, **kwargs: Any
+                   ) -> tuple[int, Any]:
+    async with session.get(url, **kwargs) as resp:
+        body = await resp.read()
+        try:  # stdlib json: it keeps integers beyond 64 bits exact
+            return resp.status, json.loads(body)
+        except ValueError:
+            return resp.status, body.decode(errors="replace")
+
+
+# -- fault-test helpers: page walking, the exact final check, topic reads, RSS ----------------
+# (used by tests/integration/test_faults.py; generic enough for any integration test)
+
+def items_as_rows(items: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """GET /segments items as the oracle's row tuples."""
+    return [(i["segment_type"], i["segment_basis"], i["segment_basis_id"], i["action_type"],
+             i["name"], i["user_count"], i["strength"]) for i in items]
+
+
+@dataclass
+class PagesAnswer:
+    """The outcome of walking every page of one GET /segments query."""
+
+    status: int  # 200, or the status of the first page that was not 200
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    body: Any = None  # the body of the failing page (when status != 200)
+    retry_after: str | None = None
+    pages: int = 0
+
+
+async def walk_pages(session: aiohttp.ClientSession, url: str, program: str, segment_type: str,
+                     basis: str, m: float, *, refresh: bool = True, size: int = 100,
+                     max_pages: int = 10_000) -> PagesAnswer:
+    """GET /segments page by page until ``total`` rows are read. Stops at the first page that
+    is not a 200 and returns its status, body and Retry-After header. Transport errors
+    (aiohttp.ClientError, TimeoutError) propagate to the caller."""
+    out = PagesAnswer(200)
+    page = 1
+    while page <= max_pages:
+        params = {"segment_type": segment_type, "segment_basis": basis + "s",
+                  "min_weight": repr(m), "page": str(page), "size": str(size),
+                  "force_refresh": "true" if refresh else "false"}
+        async with session.get(url + "/segments", params=params,
+                               headers={"program-id": program}) as resp:
+            raw = await resp.read()
+            out.pages += 1
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body = raw.decode(errors="replace")
+            if resp.status != 200:
+                return PagesAnswer(resp.status, out.rows, body, resp.headers.get("Retry-After"),
+                                   out.pages)
+        out.rows.extend(items_as_rows(body["items"]))
+        if page * size >= body["total"] or not body["items"]:
+            return out
+        page += 1
+    raise AssertionError(f"{url}: more than {max_pages} pages for {program}/{segment_type}")
+
+
+async def read_topic_complete(bootstrap: str, topic: str, timeout_s: float = 120.0
+                              ) -> list[Any]:
+    """Every record of ``topic`` up to the end offsets seen at the start; unlike
+    :func:`read_topic`, fails instead of returning a partial list on timeout."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False, max_partition_fetch_bytes=4 << 20,
+                                fetch_max_bytes=16 << 20)
+    await consumer.start()
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in await topic_partitions(admin, topic)]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        out: list[Any] = []
+        deadline = time.monotonic() + timeout_s
+        while True:
+            positions = {tp: await consumer.position(tp) for tp in tps}
+            if all(positions[tp] >= ends[tp] for tp in tps):
+                return out
+            if time.monotonic() > deadline:
+                missing = sum(max(0, ends[tp] - positions[tp]) for tp in tps)
+                raise AssertionError(f"read only part of {topic}: {missing} records missing")
+            batch = await consumer.getmany(timeout_ms=500, max_records=20_000)
+            for tp, msgs in batch.items():
+                out.extend(m for m in msgs if m.offset < ends[tp])
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+def last_change_events(records: list[Any]) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """The latest change event per (program, type, basis, basis_id, action, min_weight), in
+    partition order (changes of one program share its key, hence its partition)."""
+    last: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for r in sorted(records, key=lambda r: (r.partition, r.offset)):
+        c = json.loads(r.value)
+        last[(c["program_id"], c["segment_type"], c["segment_basis"], c["segment_basis_id"],
+              c["action_type"], c["min_weight"])] = c
+    return last
+
+
+@dataclass
+class FinalCheckReport:
+    seconds: float
+    attempts: int
+    unavailable: int  # 503 answers seen while waiting
+    queries: int  # GET /segments queries (all pages) of the successful attempt
+    change_events: int
+
+
+async def final_check(cluster: Cluster, oracle: Any, workers: list[Worker], *,
+                      thresholds: tuple[float, ...] | None = None,
+                      watched: tuple[float, ...] = (0.5,), check_changes: bool = True,
+                      timeout_s: float = 60.0, settle_s: float = 1.0) -> FinalCheckReport:
+    """After input stopped and the group has no lag: GET /segments (force_refresh, all pages) on
+    EVERY worker in ``workers`` equals ``oracle`` for every program, type, basis and threshold;
+    then the last change event per segment at each watched threshold equals its count (0 or no
+    event at all for unlisted segments). 503s and mismatches are retried until ``timeout_s``
+    (workers may still be rebalancing or publishing their last changes); any other status
+    fails at once."""
+    from tests.support.oracle import THRESHOLDS, TYPES, assert_rows_equal
+
+    thresholds = thresholds or THRESHOLDS
+    started = time.monotonic()
+    deadline = started + timeout_s
+    programs = sorted(oracle.programs())
+    want = {(p, t, b, m): oracle.segments(p, t, b, m) for p in programs for t in TYPES
+            for b in ("label", "asset") for m in sorted({*thresholds, *watched})}
+    attempts = unavailable = 0
+    problem = ""
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        while True:
+            attempts += 1
+            problem = ""
+            queries = 0
+            for w in workers:
+                if w.proc is None or w.proc.poll() is not None:
+                    raise AssertionError(f"worker {w.port} is not running:\n{w.log()}")
+                for (p, t, b, m), rows in want.items():
+                    ans = await walk_pages(session, w.url, p, t, b, m)
+                    queries += 1
+                    if ans.status == 503:
+                        unavailable += 1
+                        assert ans.retry_after, f"503 without Retry-After: {ans.body}"
+                        problem = f"{w.port}: 503 {ans.body}"
+                        break
+                    assert ans.status == 200, f"{w.port} {p}/{t}/{b}/{m}: {ans.status} {ans.body}"
+                    try:
+                        assert_rows_equal(ans.rows, rows, f"worker {w.port} {p}/{t}/{b}/{m}")
+                    except AssertionError as exc:
+                        problem = f"{exc}; {rows_diff(ans.rows, rows)}"
+                        break
+                if problem:
+                    break
+            n_changes = 0
+            if not problem and check_changes:
+                await asyncio.sleep(settle_s)
+                records = await read_topic_complete(cluster.bootstrap, cluster.changes_topic)
+                n_changes = len(records)
+                problem = _changes_problem(last_change_events(records), want, watched)
+            if not problem:
+                return FinalCheckReport(time.monotonic() - started, attempts, unavailable,
+                                        queries, n_changes)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"final check still failing after {timeout_s}s "
+                                     f"({attempts} attempts): {problem}")
+            await asyncio.sleep(1.0)
+
+
+def rows_diff(got: list[Any], want: list[tuple[Any, ...]], limit: int = 8) -> str:
+    """Which segments differ (missing, extra, other count/strength/name), for messages."""
+    g = {(r[2], r[3]): tuple(r) for r in got}
+    w = {(r[2], r[3]): tuple(r) for r in want}
+    missing = sorted(set(w) - set(g))
+    extra = sorted(set(g) - set(w))
+    other = sorted(k for k in set(g) & set(w) if g[k][4:6] != w[k][4:6])
+    return (f"missing {[w[k] for k in missing[:limit]]} ({len(missing)}), "
+            f"extra {[g[k] for k in extra[:limit]]} ({len(extra)}), "
+            f"different {[(g[k], w[k]) for k in other[:limit]]} ({len(other)})")
+
+
+def _changes_problem(last: dict[tuple[Any, ...], dict[str, Any]],
+                     want: dict[tuple[Any, ...], list[tuple[Any, ...]]],
+                     watched: tuple[float, ...]) -> str:
+    current: dict[tuple[Any, ...], int] = {}
+    for (p, t, b, m), rows in want.items():
+        if m in watched:
+            for row in rows:
+                current[(p, t, b, row[2], row[3], m)] = row[5]
+    for key, count in current.items():
+        change = last.get(key)
+        if change is None:
+            return f"no change event for listed segment {key} (count {count})"
+        if change["user_count"] != count:
+            return f"last change of {key} says {change['user_count']}, GET says {count}"
+    for key, change in last.items():
+        if key[5] in watched and change["user_count"] != current.get(key, 0):
+            return f"last change of unlisted segment {key} says {change['user_count']}, not 0"
+    return ""
+
+
+async def wait_ready_timed(worker: Worker, timeout_s: float = 120.0) -> float:
+    """:func:`wait_ready`, returning how many seconds it took."""
+    started = time.monotonic()
+    await wait_ready(worker, timeout_s)
+    return time.monotonic() - started
+
+
+def rss(worker: Worker) -> int:
+    """Resident set size of the worker process in bytes (0 if it is not running)."""
+    import psutil
+
+    if worker.proc is None or worker.proc.poll() is not None:
+        return 0
+    try:
+        return int(psutil.Process(worker.proc.pid).memory_info().rss)
+    except psutil.NoSuchProcess:
+        return 0

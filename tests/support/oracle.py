@@ -1,0 +1,77 @@
+"""An independent model of the contract's semantics (section 2), in plain Python.
+
+It reads the generator's records in production order (which is partition order: records are
+keyed by segment family) and applies the rules literally: latest (ts, position) wins per
+recommendation, null weight removes (and withdraws nothing from a recommendation never
+held: docs/CONTRACT.md), growth/base/discovery membership, counts and means by brute force
+over the members."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from typing import Any
+
+from streams.tools.produce import Record
+
+TYPES = ("growth", "base", "discovery")
+THRESHOLDS = (0.0, 0.25, 0.5, 0.731, 1.0)
+
+
+class Oracle:
+    def __init__(self) -> None:
+        # (program, basis, basis_id, action, user) -> (ts, seq, weight, in_history)
+        self.recs: dict[tuple[str, ...], tuple[int, int, float | None, bool]] = {}
+        # family -> ((ts, seq), name)
+        self.names: dict[tuple[str, ...], tuple[tuple[int, int], str]] = {}
+        self.seq = 0
+
+    def feed(self, records: list[Record]) -> None:
+        for r in records:
+            self.seq += 1
+            if not r.valid:
+                continue
+            doc = json.loads(r.value)
+            ts = doc.get("ts", r.timestamp_ms)
+            fam = (doc["program_id"], doc["segment_basis"], doc["basis_id"], doc["action_type"])
+            key = (*fam, doc["user_id"])
+            old = self.recs.get(key)
+            if old is not None and ts < old[0]:
+                continue
+            if old is None and doc["weight"] is None:
+                continue  # a withdrawal of a recommendation never held withdraws nothing
+            self.recs[key] = (ts, self.seq, doc["weight"], doc["in_history"])
+            name = doc.get("name")
+            name = doc["basis_id"] if name is None else name
+            if fam not in self.names or (ts, self.seq) > self.names[fam][0]:
+                self.names[fam] = ((ts, self.seq), name)
+
+    def programs(self) -> set[str]:
+        return {k[0] for k in self.recs}
+
+    def segments(self, program: str, segment_type: str, basis: str, m: float
+                 ) -> list[tuple[Any, ...]]:
+        members: dict[tuple[str, ...], list[float]] = defaultdict(list)
+        for (p, b, bid, act, _user), (_ts, _seq, w, hist) in self.recs.items():
+            if p != program or b != basis or w is None or w < m:
+                continue
+            if segment_type == "base" and not hist:
+                continue
+            if segment_type == "discovery" and hist:
+                continue
+            members[(p, b, bid, act)].append(w)
+        rows = []
+        for fam, ws in members.items():
+            rows.append((segment_type, fam[1], fam[2], fam[3], self.names[fam][1], len(ws),
+                         math.fsum(ws) / len(ws)))
+        rows.sort(key=lambda r: (-r[5], r[2], r[3], r[4]))
+        return rows
+
+
+def assert_rows_equal(got: list[Any], want: list[tuple[Any, ...]], context: str) -> None:
+    """Same segments, exact counts, strengths within 1e-9 relative."""
+    assert len(got) == len(want), f"{context}: {len(got)} segments, oracle has {len(want)}"
+    for g, w in zip(got, want, strict=True):
+        assert tuple(g[:6]) == tuple(w[:6]), f"{context}: {g} != {w}"
+        assert math.isclose(g[6], w[6], rel_tol=1e-9, abs_tol=0.0), f"{context}: {g} != {w}"

@@ -1,0 +1,158 @@
+"""The change ledger (domain/ledger.py): what is published, when it is published again, and
+what a new owner publishes after a crash; the cases the crash test once found the hard way."""
+
+from __future__ import annotations
+
+from streams.domain.events import Event
+from streams.domain.ledger import CountChange, Publication
+from streams.domain.partition import PartitionState
+
+FAMILY = ("p", "label", "l1", "view")
+WATCHED = (0.5,)
+
+
+def _event(user: str, weight: float | None, ts: int, name: str = "L") -> Event:
+    return Event("p", user, "label", "l1", name, "view", weight, False, ts)
+
+
+def _growth(changes: list[CountChange]) -> list[tuple[int, int]]:
+    return [(c.user_count, c.previous_user_count) for c in changes
+            if c.segment_type == "growth"]
+
+
+def _take(state: PartitionState) -> list[CountChange]:
+    publication = state.take_publication()
+    return [] if publication is None else publication.changes
+
+
+def _rebuilt_with(state: PartitionState,
+                  emitted: list[tuple[object, ...]]) -> PartitionState:
+    """``state``'s recommendations and the given emitted-counts records, as a new owner loads
+    them after a crash."""
+    rebuilt = PartitionState(0, WATCHED, rebuilding=True)
+    for family, user, rec in state.store.records():
+        rebuilt.store.load(family, user, rec.weight, rec.in_history, rec.ts, rec.offset, "L1")
+    for key, count, *previous in emitted:
+        rebuilt.ledger.load(key, count, *previous)  # type: ignore[arg-type]
+    rebuilt.settle()
+    return rebuilt
+
+
+def test_a_change_carries_its_segment() -> None:
+    state = PartitionState(3, WATCHED)
+    state.apply(_event("u1", 0.9, 1), 0)
+    publication = state.take_publication()
+    assert publication is not None and publication.partition == 3
+    (growth,) = [c for c in publication.changes if c.segment_type == "growth"]
+    assert (growth.program_id, growth.segment_basis, growth.segment_basis_id,
+            growth.action_type, growth.min_weight, growth.name) == (
+        "p", "label", "l1", "view", 0.5, "L")
+    assert growth.key == (FAMILY, "growth", 0.5) and growth.strength == 0.9
+    # discovery moved too (in_history false); base did not
+    assert {c.segment_type for c in publication.changes} == {"growth", "discovery"}
+
+
+def test_nothing_to_publish_is_no_publication() -> None:
+    state = PartitionState(0, WATCHED)
+    assert state.take_publication() is None
+    state.apply(_event("u1", 0.2, 1), 0)  # below the watched threshold: no count moved
+    assert state.take_publication() is None
+
+
+def test_an_unconfirmed_publication_is_published_again_even_if_the_count_went_back() -> None:
+    # The crash seen in the fault test: 0 -> 1 published, the worker died before recording it
+    # as published; the count went back to 0 before the next owner published anything.
+    state = PartitionState(0, WATCHED)
+    state.apply(_event("u1", 0.9, 1), 0)
+    (change,) = [c for c in _take(state) if c.segment_type == "growth"]
+    assert (change.user_count, change.previous_user_count) == (1, 0)
+    key = change.key
+    state.apply(_event("u1", 0.1, 2), 1)  # back to 0
+
+    # Intent recorded ([1, partition, 0]), publication unconfirmed: 1 -> 0 goes out.
+    rebuilt = _rebuilt_with(state, [(key, 1, 0)])
+    assert _growth(_take(rebuilt)) == [(0, 1)]
+    # Recorded as published ([1, partition]): the same.
+    rebuilt = _rebuilt_with(state, [(key, 1, 0), (key, 1)])
+    assert _growth(_take(rebuilt)) == [(0, 1)]
+    # Nothing recorded (the intent is written before publishing, so nothing was published).
+    rebuilt = _rebuilt_with(state, [])
+    assert _growth(_take(rebuilt)) == []
+
+
+def test_an_intent_recorded_but_not_published_is_repeated_once() -> None:
+    state = PartitionState(0, WATCHED)
+    state.apply(_event("u1", 0.9, 1), 0)
+    (change,) = [c for c in _take(state) if c.segment_type == "growth"]
+    rebuilt = _rebuilt_with(state, [(change.key, 1, 0)])
+    publication = rebuilt.take_publication()
+    assert publication is not None
+    assert _growth(publication.changes) == [(1, 0)]  # the same change: a duplicate at most
+    rebuilt.ledger.published(publication)
+    rebuilt.store.dirty.add(FAMILY)
+    assert _growth(_take(rebuilt)) == []  # once
+    # Confirmed: nothing to publish.
+    confirmed = _rebuilt_with(state, [(change.key, 1, 0), (change.key, 1)])
+    assert _growth(_take(confirmed)) == []
+
+
+def test_published_changes_are_recorded_as_published_once() -> None:
+    # A tick's published changes are recorded with the next tick's intents (or at a
+    # revocation or a stop), each once.
+    state = PartitionState(0, WATCHED)
+    state.apply(_event("u1", 0.9, 1), 0)
+    publication = state.take_publication()
+    assert publication is not None and publication.confirmations == {}
+    state.ledger.published(publication)
+    assert state.ledger.take_confirmations() == {
+        c.key: c.user_count for c in publication.changes}
+    assert state.ledger.take_confirmations() == {}  # handed out once
+
+
+def test_an_intent_stands_for_the_confirmation_of_its_previous_count() -> None:
+    state = PartitionState(0, WATCHED)
+    state.apply(_event("u1", 0.9, 1), 0)
+    first = state.take_publication()
+    assert first is not None
+    state.ledger.published(first)
+    state.apply(_event("u2", 0.8, 2), 1)
+    second = state.take_publication()
+    assert second is not None
+    (growth,) = [c for c in second.changes if c.segment_type == "growth"]
+    assert (growth.user_count, growth.previous_user_count) == (2, 1)
+    records = second.records()
+    assert records[growth.key] == (2, 1)  # the intent, not the confirmation [1]
+    assert all(v[1] is None for k, v in records.items()
+               if k not in {c.key for c in second.changes})
+    rebuilt = _rebuilt_with(state, [(growth.key, 2, 1)])
+    assert _growth(_take(rebuilt)) == [(2, 1)]
+
+
+def test_a_failed_publication_is_taken_again() -> None:
+    state = PartitionState(0, WATCHED)
+    state.apply(_event("u1", 0.9, 1), 0)
+    first = state.take_publication()
+    assert first is not None
+    state.ledger.published(first)
+    state.apply(_event("u2", 0.8, 2), 1)
+    second = state.take_publication()
+    assert second is not None and second.confirmations
+    # Step 1 failed: the confirmations come back with the changes.
+    state.ledger.failed(second, state.store, recorded=False)
+    again = state.take_publication()
+    assert again is not None
+    assert again.confirmations == second.confirmations
+    assert _growth(again.changes) == _growth(second.changes)
+    # Step 2 failed: the records are written, only the changes come back.
+    state.ledger.failed(again, state.store, recorded=True)
+    third = state.take_publication()
+    assert third is not None and third.confirmations == {}
+    assert _growth(third.changes) == _growth(second.changes)
+
+
+def test_records_of_a_publication() -> None:
+    key = (FAMILY, "growth", 0.5)
+    other = (FAMILY, "base", 0.5)
+    change = CountChange(key, "L", 3, 2, 0.7)
+    publication = Publication(0, [change], {key: 2, other: 5})
+    assert publication.records() == {key: (3, 2), other: (5, None)}

@@ -1,0 +1,123 @@
+"""The batch processor (runtime/batches.py) with a fake producer: a record is handled once its
+outputs are acknowledged; failed outputs hold back only their partitions, and a partition whose
+durable writes failed is rebuilt before it handles records again."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiokafka.errors import KafkaTimeoutError
+
+from streams.codec.names import RECOMMENDATIONS
+from streams.runtime.batches import Backoff, BatchProcessor
+from streams.runtime.ingest import IngestHandler
+from streams.runtime.partitions import PartitionRegistry, Phase
+from streams.runtime.sink import Sink
+from tests.support.fakes import NAMES, PARTITIONS, FakeProducer, Rec, event_doc, keyed
+
+CHANGELOG = NAMES.changelog_topic(RECOMMENDATIONS)
+
+
+class Setup:
+    def __init__(self) -> None:
+        self.producer = FakeProducer()
+        self.registry = PartitionRegistry((0.5,))
+        self.registry.finish_recovery(set(range(PARTITIONS)))
+        self.repairs = 0
+        self.processor = BatchProcessor(
+            self.registry, IngestHandler(NAMES, PARTITIONS, 3_600_000),
+            Sink(lambda: self.producer, NAMES, 1_000_000), self.repair)
+
+    async def repair(self) -> None:
+        self.repairs += 1
+        self.registry.finish_repair(set(self.registry.stale))
+
+
+def records(n: int, start: int = 0) -> list[Rec]:
+    return [keyed(event_doc(f"u{i}", basis_id=f"l{i % 7}"), offset=start + i) for i in range(n)]
+
+
+async def test_handled_records_are_returned_once_their_writes_are_acknowledged() -> None:
+    s = Setup()
+    batch = records(50)
+    done = await s.processor(batch)
+    assert sorted(r.offset for r in done) == list(range(50))
+    assert len(s.producer.to(CHANGELOG)) == 50 and s.processor.stats.processed == 50
+
+
+async def test_nothing_is_handled_unless_serving() -> None:
+    s = Setup()
+    s.registry.begin_rebalance()
+    assert (await s.processor(records(5))) == []
+    assert s.producer.sent == []
+
+
+async def test_failed_durable_writes_hold_back_their_partition_and_rebuild_it() -> None:
+    s = Setup()
+    batch = records(40)
+    s.producer.failing[CHANGELOG] = KafkaTimeoutError()
+    done = await s.processor(batch)
+    assert done == []  # every partition's writes failed
+    assert s.registry.stale == {r.partition for r in batch}
+    assert not s.registry.active.keys() & s.registry.stale
+    assert s.processor.stats.failed_batches == 1
+
+    del s.producer.failing[CHANGELOG]
+    await asyncio.sleep(0.25)  # the back-off
+    done = await s.processor(batch)
+    assert s.repairs == 1 and not s.registry.stale
+    assert sorted(r.offset for r in done) == list(range(40))
+
+
+async def test_a_failed_dead_letter_holds_back_only_its_partition() -> None:
+    s = Setup()
+    good = records(30)
+    poison = Rec(NAMES.input_topic, good[0].partition, 1000, b"k", b"not json")
+    s.producer.failing[NAMES.dlq_topic] = KafkaTimeoutError()
+    done = await s.processor([*good, poison])
+    held = good[0].partition
+    assert {r.partition for r in done} == {r.partition for r in good} - {held}
+    assert not s.registry.stale  # the durable writes went through
+    # Until its back-off passes, the held partition's records are not even handled.
+    assert (await s.processor([poison])) == []
+
+
+async def test_a_handler_error_holds_back_that_partition_not_the_batch() -> None:
+    s = Setup()
+    batch = records(30)
+    broken = batch[0].partition
+    handle = s.processor.handler.handle
+
+    def failing(topic, partition, state, group, out):  # type: ignore[no-untyped-def]
+        if partition == broken:
+            raise RuntimeError("a bug")
+        handle(topic, partition, state, group, out)
+
+    s.processor.handler.handle = failing  # type: ignore[method-assign]
+    done = await s.processor(batch)
+    assert {r.partition for r in done} == {r.partition for r in batch} - {broken}
+    assert s.registry.stale == {broken}
+
+
+async def test_a_rebalance_forgets_the_back_offs() -> None:
+    s = Setup()
+    poison = Rec(NAMES.input_topic, 0, 0, None, b"x")
+    s.producer.failing[NAMES.dlq_topic] = KafkaTimeoutError()
+    assert (await s.processor([poison])) == []
+    del s.producer.failing[NAMES.dlq_topic]
+    s.registry.begin_rebalance()
+    s.registry.finish_recovery(set(range(PARTITIONS)))
+    assert s.registry.phase is Phase.SERVING
+    assert (await s.processor([poison])) == [poison]
+
+
+def test_backoff_doubles_and_is_forgotten_on_success() -> None:
+    now = [0.0]
+    backoff: Backoff[str] = Backoff(0.1, 1.0, clock=lambda: now[0])
+    for expected in (0.1, 0.2, 0.4, 0.8, 1.0, 1.0):
+        backoff.failed("k")
+        assert backoff.waiting("k") and abs(backoff.next_in() - expected) < 1e-9
+        now[0] += expected
+        assert not backoff.waiting("k")
+    backoff.succeeded("k")
+    assert not backoff and backoff.next_in() == 0.0

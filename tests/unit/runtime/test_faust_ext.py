@@ -1,0 +1,60 @@
+"""faust_ext/ was written against exact versions of faust-streaming, mode-streaming and aiokafka
+and reaches into their private API: this fails loudly when an upgrade changes either, so that
+the upgrade is a deliberate step (read the changed code, adapt faust_ext/, then move the pins)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from streams.runtime import faust_ext
+
+RUNTIME = Path(faust_ext.__file__).resolve().parents[1]
+PRIVATE_OWNERS = ("faust", "mode", "aiokafka")
+
+
+def test_the_installed_libraries_are_the_ones_faust_ext_was_written_for() -> None:
+    assert faust_ext.problems() == []
+
+
+def test_a_moved_name_is_reported() -> None:
+    saved = faust_ext.PRIVATE_API
+    try:
+        faust_ext.PRIVATE_API = (*saved, ("faust.transport.consumer", "Consumer", "_gone"))
+        assert faust_ext.problems() == ["faust.transport.consumer.Consumer._gone is gone"]
+    finally:
+        faust_ext.PRIVATE_API = saved
+
+
+def _private_uses(path: Path) -> set[str]:
+    """Names starting with one underscore used as attributes in ``path`` (``x._name``), or
+    imported from Faust, mode or aiokafka."""
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not (
+                node.attr.startswith("__")):
+            names.add(node.attr)
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[
+                0] in PRIVATE_OWNERS:
+            names.update(a.name for a in node.names if a.name.startswith("_"))
+    return names
+
+
+def test_no_private_name_is_used_outside_faust_ext() -> None:
+    """The runtime's own private attributes are fine; Faust's and aiokafka's are used only in
+    faust_ext/ (every name it uses is listed in PRIVATE_API)."""
+    listed = {name for _, _, name in faust_ext.PRIVATE_API}
+    for path in RUNTIME.rglob("*.py"):
+        if "faust_ext" in path.parts:
+            continue
+        assert not (_private_uses(path) & listed), f"{path} uses {_private_uses(path) & listed}"
+
+
+def test_every_private_name_faust_ext_uses_is_listed() -> None:
+    listed = {name for _, _, name in faust_ext.PRIVATE_API}
+    own = {"_epoch", "_reseek", "_ack_offsets", "_fetch", "_handle", "_handled_offsets",
+           "_batch_topics", "_listener", "_Fetch"}
+    for path in (RUNTIME / "faust_ext").glob("*.py"):
+        unlisted = _private_uses(path) - listed - own
+        assert not unlisted, f"{path.name} uses private names not in PRIVATE_API: {unlisted}"

@@ -1,0 +1,127 @@
+"""Recovery (runtime/recovery.py) and the partition phases (runtime/partitions.py) with an
+in-memory changelog: what a rebalance rebuilds and what it keeps, malformed records skipped,
+stale partitions repaired, and when the worker serves."""
+
+from __future__ import annotations
+
+import asyncio
+
+from streams.codec.durable import emitted_key, encode_emitted, encode_recommendation
+from streams.codec.durable import recommendation_key as rkey
+from streams.codec.names import EMITTED_COUNTS, RECOMMENDATIONS
+from streams.domain.events import Event
+from streams.runtime.partitions import PartitionRegistry, Phase
+from streams.runtime.recovery import Recovery
+from tests.support.fakes import NAMES, FakeReader
+
+FAMILY = ("p", "label", "l1", "view")
+RECS = NAMES.changelog_topic(RECOMMENDATIONS)
+EMITTED = NAMES.changelog_topic(EMITTED_COUNTS)
+
+
+def setup() -> tuple[PartitionRegistry, FakeReader, Recovery]:
+    registry = PartitionRegistry((0.5,))
+    reader = FakeReader()
+    return registry, reader, Recovery(registry, reader, NAMES, reader.highwaters)
+
+
+def write_recommendation(reader: FakeReader, partition: int, user: str, weight: float) -> None:
+    reader.write(RECS, partition, rkey(FAMILY, user),
+                 encode_recommendation(weight, True, 1, 1, partition, "Label"))
+
+
+async def rebalance(recovery: Recovery, assigned: set[int]) -> None:
+    for table in (RECOMMENDATIONS, EMITTED_COUNTS):
+        await recovery.on_rebalance(table, assigned)
+    for table in (RECOMMENDATIONS, EMITTED_COUNTS):
+        recovery.on_recovered(table, assigned)
+
+
+def counts(registry: PartitionRegistry, partition: int) -> list[int]:
+    return [r.user_count for r in registry.active[partition].query("p", "growth", "label", 0)]
+
+
+async def test_an_assignment_rebuilds_its_partitions_then_serves() -> None:
+    registry, reader, recovery = setup()
+    write_recommendation(reader, 0, "u1", 0.7)
+    write_recommendation(reader, 0, "u2", 0.2)
+    for segment_type in ("growth", "base"):  # u1 is in both at 0.5 (in_history)
+        reader.write(EMITTED, 0, emitted_key((FAMILY, segment_type, 0.5)), encode_emitted(1, 0))
+    assert registry.phase is Phase.STARTING
+    await recovery.on_rebalance(RECOMMENDATIONS, {0, 1})
+    assert registry.phase is Phase.REBALANCING and not registry.serving
+    await recovery.on_rebalance(EMITTED_COUNTS, {0, 1})
+    recovery.on_recovered(EMITTED_COUNTS, {0, 1})
+    assert not registry.serving  # the recommendations table's completion is the signal
+    recovery.on_recovered(RECOMMENDATIONS, {0, 1})
+    assert registry.serving and set(registry.active) == {0, 1}
+    assert counts(registry, 0) == [2] and counts(registry, 1) == []
+    # empty partitions are not read at all; what was read is Faust's persisted offset
+    assert reader.reads == [(RECS, {0}), (EMITTED, {0})]
+    assert recovery.persisted_offset(RECOMMENDATIONS, 0) == 1
+    assert recovery.persisted_offset(EMITTED_COUNTS, 0) == 1
+    # the last published count equals the rebuilt one: nothing to publish
+    assert registry.active[0].take_publication() is None
+
+
+async def test_kept_partitions_are_not_read_again() -> None:
+    registry, reader, recovery = setup()
+    write_recommendation(reader, 0, "u1", 0.7)
+    write_recommendation(reader, 1, "u2", 0.7)
+    await rebalance(recovery, {0, 1})
+    reader.reads.clear()
+    kept = registry.active[0]
+    await rebalance(recovery, {0})
+    assert registry.active[0] is kept and set(registry.active) == {0}
+    assert reader.reads == []
+    assert recovery.persisted_offset(RECOMMENDATIONS, 1) is None  # forgotten with it
+    await rebalance(recovery, {0, 1})  # back again: rebuilt, since it was not kept
+    assert reader.reads == [(RECS, {1})] and counts(registry, 1) == [1]
+
+
+async def test_malformed_records_are_skipped_and_counted() -> None:
+    registry, reader, recovery = setup()
+    write_recommendation(reader, 0, "u1", 0.7)
+    reader.write(RECS, 0, b"garbage", b"[0.5]")
+    reader.write(RECS, 0, rkey(FAMILY, "u3"), encode_recommendation(0.5, True, 1, 1, 5, "x"))
+    reader.write(EMITTED, 0, b'["g"]', b"[1]")
+    reader.write(RECS, 0, None, None)  # a tombstone: nothing to load, nothing wrong
+    await rebalance(recovery, {0})
+    assert recovery.stats.malformed_records == 3
+    assert counts(registry, 0) == [1]
+
+
+async def test_a_stale_partition_is_rebuilt_from_its_changelog() -> None:
+    registry, reader, recovery = setup()
+    write_recommendation(reader, 0, "u1", 0.7)
+    await rebalance(recovery, {0, 1})
+    registry.active[0].apply(Event("p", "u9", "label", "l1", "L", "view", 0.9, True, 5), 5)
+    assert counts(registry, 0) == [2]  # ahead of its changelog: its write failed
+    assert registry.mark_stale({0}) == {0}
+    assert 0 not in registry.active and registry.stale == {0}
+    assert recovery.persisted_offset(RECOMMENDATIONS, 0) is None
+    reader.failing = ConnectionError("broker away")
+    await recovery.repair()
+    assert registry.stale == {0} and 0 not in registry.active and 0 not in registry.recovering
+    await recovery.repair()  # within the back-off: not tried
+    assert len([r for r in reader.reads if r[1] == {0}]) == 2
+    reader.failing = None
+    await asyncio.sleep(0.15)
+    await recovery.repair()
+    assert not registry.stale and counts(registry, 0) == [1]  # what the changelog holds
+
+
+async def test_a_rebalance_forgets_stale_partitions_and_rebuilds_those_it_assigns() -> None:
+    registry, reader, recovery = setup()
+    write_recommendation(reader, 0, "u1", 0.7)
+    await rebalance(recovery, {0, 1})
+    registry.mark_stale({0})
+    await rebalance(recovery, {0, 1})
+    assert not registry.stale and counts(registry, 0) == [1]
+
+
+async def test_a_stopping_worker_does_not_serve_again() -> None:
+    registry, _, recovery = setup()
+    registry.stop()
+    await rebalance(recovery, {0})
+    assert registry.phase is Phase.STOPPING and not registry.serving
