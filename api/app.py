@@ -3,37 +3,64 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from importlib import resources
 
 import aiohttp
 import orjson
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from api import views
 from api.backend import SegmentsBackend
 from api.cache import make_cache
 from api.errors import error_middleware
 from api.fanout import PeerClient
+from api.metrics import ApiMetrics
 from api.openapi import build_openapi
+from api.params import SegmentsQuery
+from api.stream import StreamHub
+from streams.domain.rows import SegmentRow
+
+STATIC = resources.files("api").joinpath("static")
 
 
 def create_web_app(backend: SegmentsBackend, redis_url: str | None, *,
-                   namespace: str = "segment-stream", peer_timeout_s: float = 2.0
+                   namespace: str = "segment-stream", peer_timeout_s: float = 2.0,
+                   registry: CollectorRegistry | None = None,
+                   stream_interval_s: float = 1.0, stream_max_clients: int = 1000
                    ) -> web.Application:
-    """``namespace``: the deployment's app id (the prefix of its cache keys)."""
-    app = web.Application(middlewares=[error_middleware])
+    """``namespace``: the deployment's app id (the prefix of its cache keys); ``registry``:
+    the worker's metrics, which the API adds its own to and serves at /metrics."""
+    registry = registry if registry is not None else CollectorRegistry()
+    api_metrics = ApiMetrics(registry)
+    app = web.Application(middlewares=[api_metrics.middleware(), error_middleware])
     app[views.BACKEND] = backend
     app[views.OPENAPI] = orjson.dumps(build_openapi())
+    app[views.API_METRICS] = api_metrics
+    app[views.REGISTRY] = registry
 
-    async def resources(app: web.Application) -> AsyncIterator[None]:
+    async def compute(q: SegmentsQuery) -> tuple[list[SegmentRow], int, int]:
+        answer = await views.compute(app, q)
+        return answer.rows, answer.as_of_ms, answer.lag
+
+    app[views.STREAMS] = StreamHub(compute, stream_interval_s, stream_max_clients,
+                                   api_metrics.stream_clients.set)
+
+    async def resources_(app: web.Application) -> AsyncIterator[None]:
         app[views.CACHE] = make_cache(redis_url, namespace)
         async with aiohttp.ClientSession() as session:
             app[views.PEERS] = PeerClient(session, backend.total_partitions, peer_timeout_s)
             yield
+            await app[views.STREAMS].stop()
         await app[views.CACHE].close()
 
-    app.cleanup_ctx.append(resources)
+    app.cleanup_ctx.append(resources_)
     app.router.add_get("/segments", views.get_segments)
+    app.router.add_get("/segments/stream", views.stream_segments)
     app.router.add_get("/internal/segments", views.internal_segments)
     app.router.add_get("/healthz", views.healthz)
     app.router.add_get("/openapi.json", views.openapi_json)
+    app.router.add_get("/metrics", views.metrics)
+    app.router.add_get("/", views.page)
+    app.router.add_static("/static/", str(STATIC), append_version=True)
     return app

@@ -27,3 +27,5 @@ class SegmentsBackend(Protocol):
         """Worker URL -> the partitions it serves, from the group assignment."""
     def recommendations(self) -> int:
         """Recommendations held on this worker's partitions."""
+    def lag(self) -> int:
+        """Records of this worker's partitions not yet handled (as of their last fetch)."""

@@ -38,6 +38,17 @@ class _PeerRow(SegmentRow, array_like=True, forbid_unknown_fields=True, frozen=T
 class _Answer(msgspec.Struct, forbid_unknown_fields=True):
     items: list[_PeerRow]
     partitions: list[Annotated[int, Meta(ge=0)]]
+    lag: Annotated[int, Meta(ge=0, le=(1 << 63) - 1)] = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAnswer:
+    """A peer's part of an answer: its rows, the partitions they cover, and the records of
+    those partitions it had not handled yet."""
+
+    rows: list[SegmentRow]
+    partitions: list[int]
+    lag: int
 
 
 _decoder = msgspec.json.Decoder(_Answer)
@@ -58,9 +69,8 @@ class _Circuit:
     probing: bool = False  # a request is testing whether the peer is back
 
 
-def parse_answer(body: bytes, q: SegmentsQuery, total_partitions: int
-                 ) -> tuple[list[SegmentRow], list[int]]:
-    """A peer's answer to ``q``: its rows and the partitions it covers. Raises BadAnswer."""
+def parse_answer(body: bytes, q: SegmentsQuery, total_partitions: int) -> PeerAnswer:
+    """A peer's answer to ``q``. Raises BadAnswer."""
     try:
         answer = _decoder.decode(body)
     except (msgspec.DecodeError, RecursionError) as exc:
@@ -79,8 +89,7 @@ def parse_answer(body: bytes, q: SegmentsQuery, total_partitions: int
         if family in seen:
             raise BadAnswer(f"segment {family} twice")
         seen.add(family)
-    rows: list[SegmentRow] = list(answer.items)
-    return rows, parts
+    return PeerAnswer(list(answer.items), parts, answer.lag)
 
 
 class PeerClient:
@@ -97,7 +106,7 @@ class PeerClient:
         self._max_cooldown_s = max_cooldown_s
         self._circuits: dict[str, _Circuit] = {}
 
-    async def ask(self, url: str, q: SegmentsQuery) -> tuple[list[SegmentRow], list[int]]:
+    async def ask(self, url: str, q: SegmentsQuery) -> PeerAnswer:
         """Rows and partitions of peer ``url`` for ``q``; raises PeerUnavailable."""
         circuit = self._circuit(url)
         now = time.monotonic()
@@ -107,7 +116,7 @@ class PeerClient:
                                   max(RETRY_AFTER_S, math.ceil(wait)))
         circuit.probing = circuit.failures > 0
         try:
-            rows, parts = await self._get(url, q)
+            answer = await self._get(url, q)
         except PeerUnavailable:
             self._failed(circuit)
             raise
@@ -117,13 +126,13 @@ class PeerClient:
         finally:
             circuit.probing = False
         circuit.failures = 0
-        return rows, parts
+        return answer
 
     def is_open(self, url: str) -> bool:
         circuit = self._circuits.get(url)
         return circuit is not None and time.monotonic() < circuit.open_until
 
-    async def _get(self, url: str, q: SegmentsQuery) -> tuple[list[SegmentRow], list[int]]:
+    async def _get(self, url: str, q: SegmentsQuery) -> PeerAnswer:
         params = {"program_id": q.program_id, "segment_type": q.segment_type,
                   "segment_basis": q.segment_basis, "min_weight": repr(q.min_weight)}
         try:

@@ -8,7 +8,7 @@ from pydantic import BaseModel
 
 import streams
 from api.models import ErrorMessage, Health, HTTPValidationError, PageSegmentCount
-from api.params import PROGRAM_ID_HEADER, RequestParams
+from api.params import PROGRAM_ID_HEADER, RequestParams, StreamParams
 
 _REF = "#/components/schemas/{model}"
 
@@ -30,16 +30,62 @@ def build_openapi() -> dict[str, Any]:
     unavailable["headers"] = _retry_after()
     not_ready = json_body("Not ready", Health)
     not_ready["headers"] = _retry_after()
+    ok = json_body("Successful Response", PageSegmentCount)
+    ok["headers"] = _freshness_headers()
     segments = {
         "summary": "Get Segments",
         "description": "Get list of user counts for single asset-based or label-based segments.",
         "operationId": "get_segments_segments_get",
-        "parameters": _parameters(),
+        "parameters": _parameters(RequestParams),
         "responses": {
-            "200": json_body("Successful Response", PageSegmentCount),
+            "200": ok,
             "422": json_body("Validation Error", HTTPValidationError),
             "503": unavailable,
         },
+    }
+    stream_parameters = _parameters(StreamParams)
+    for param in stream_parameters:
+        if param["name"] == PROGRAM_ID_HEADER:
+            param["required"] = False
+            param["description"] = "The program (tenant); or query parameter `program_id`"
+    stream_parameters.append({
+        "name": "program_id", "in": "query", "required": False,
+        "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+        "description": "The program, for clients that cannot set headers (EventSource)"})
+    stream = {
+        "summary": "Stream Segments",
+        "description": (
+            "Server-sent events of the query's top `size` segments: first a `snapshot` (the "
+            "body `GET /segments` answers for page 1 of that size, plus `as_of` and `lag`), "
+            "then an `update` whenever that answer changes (at most once per "
+            "`SEGMENTS_STREAM_INTERVAL_MS`): `{as_of, lag, total, upserts: [SegmentCount], "
+            "removed: [[segment_basis_id, action_type]]}`. Applying every update in order to "
+            "the snapshot gives the list `GET /segments` answers at that `as_of`. A comment "
+            "line keeps an idle stream open; a client that does not keep up is disconnected."),
+        "operationId": "stream_segments_segments_stream_get",
+        "parameters": stream_parameters,
+        "responses": {
+            "200": {"description": "The stream",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+            "422": json_body("Validation Error", HTTPValidationError),
+            "503": json_body("Too many streams, or rebalancing: retry after `Retry-After` "
+                             "seconds", ErrorMessage) | {"headers": _retry_after()},
+        },
+    }
+    metrics = {
+        "summary": "Metrics",
+        "description": "Prometheus text exposition of this worker's metrics.",
+        "operationId": "metrics_metrics_get",
+        "responses": {"200": {"description": "The metrics",
+                              "content": {"text/plain": {"schema": {"type": "string"}}}}},
+    }
+    page = {
+        "summary": "Live page",
+        "description": "The live dashboard; its view lives in the URL (`program_id`, "
+                       "`segment_type`, `segment_basis`, `min_weight`, `size`).",
+        "operationId": "page_get",
+        "responses": {"200": {"description": "The page",
+                              "content": {"text/html": {"schema": {"type": "string"}}}}},
     }
     healthz = {
         "summary": "Health",
@@ -53,16 +99,18 @@ def build_openapi() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "segment-stream", "version": streams.__version__},
-        "paths": {"/segments": {"get": segments}, "/healthz": {"get": healthz}},
+        "paths": {"/segments": {"get": segments}, "/segments/stream": {"get": stream},
+                  "/healthz": {"get": healthz}, "/metrics": {"get": metrics},
+                  "/": {"get": page}},
         "components": {"schemas": dict(sorted(schemas.items()))},
     }
 
 
-def _parameters() -> list[dict[str, Any]]:
+def _parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
     """Query parameters in declaration order, then the `program-id` header."""
-    props = RequestParams.model_json_schema(by_alias=True, ref_template=_REF)["properties"]
+    props = model.model_json_schema(by_alias=True, ref_template=_REF)["properties"]
     params: list[dict[str, Any]] = []
-    for name, field in RequestParams.model_fields.items():
+    for name, field in model.model_fields.items():
         key = field.alias or name
         param: dict[str, Any] = {
             "name": key,
@@ -74,6 +122,21 @@ def _parameters() -> list[dict[str, Any]]:
             param["description"] = field.description
         params.append(param)
     return params
+
+
+def _freshness_headers() -> dict[str, Any]:
+    return {
+        "Segments-As-Of": {
+            "description": "Epoch milliseconds when the answer was computed (a cached answer "
+                           "keeps the time it was computed)",
+            "schema": {"type": "integer", "minimum": 0},
+        },
+        "Segments-Lag": {
+            "description": "Records not yet reflected in the answer when it was computed "
+                           "(consumer lag of the partitions that fed it); 0: caught up",
+            "schema": {"type": "integer", "minimum": 0},
+        },
+    }
 
 
 def _retry_after() -> dict[str, Any]:

@@ -7,10 +7,11 @@ one), so a 422 body looks exactly like FastAPI + pydantic v2 would render it.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 import pydantic
 from multidict import MultiMapping
@@ -118,19 +119,7 @@ def parse_segments_request(
     query: Mapping[str, str] | MultiMapping[str], headers: Mapping[str, str]
 ) -> SegmentsQuery:
     """Validate a request; raise `RequestValidationError` listing every problem."""
-    data: dict[str, str] = {}
-    for name in QUERY_PARAMS:
-        value = _last(query, name)
-        if value is not None:
-            data[name] = value
-    header = _header(headers, PROGRAM_ID_HEADER)
-    if header is not None:
-        data[PROGRAM_ID_HEADER] = header
-    try:
-        params = RequestParams.model_validate(data)
-    except pydantic.ValidationError as exc:
-        errors = exc.errors(include_url=False)
-        raise RequestValidationError([_fastapi_error(err) for err in errors]) from None
+    params = _validate(RequestParams, QUERY_PARAMS, query, headers)
     return SegmentsQuery(
         program_id=params.program_id,
         segment_type=params.segment_type,
@@ -140,6 +129,68 @@ def parse_segments_request(
         page=params.page,
         size=params.size,
     )
+
+
+def _as_in_segments(name: str) -> Any:
+    """The field of `GET /segments` called ``name`` (its default, constraints, alias)."""
+    return copy.deepcopy(RequestParams.model_fields[name])
+
+
+class StreamParams(BaseModel):
+    """The parameters of `GET /segments/stream`: those of `GET /segments` but `page` and
+    `force_refresh`, and `size` up to 1000 (how many top segments to follow)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", validate_by_name=False)
+
+    segment_type: SegmentType = _as_in_segments("segment_type")
+    segment_basis: SegmentBasisParam = _as_in_segments("segment_basis")
+    min_weight: float = _as_in_segments("min_weight")
+    size: int = Field(default=50, ge=1, le=1000, description="How many top segments to follow")
+    program_id: Annotated[str, BeforeValidator(_header_text)] = _as_in_segments("program_id")
+
+
+STREAM_QUERY_PARAMS: Final = tuple(
+    name for name, field in StreamParams.model_fields.items() if field.alias is None
+)
+
+
+def parse_stream_request(
+    query: Mapping[str, str] | MultiMapping[str], headers: Mapping[str, str]
+) -> SegmentsQuery:
+    """Validate a stream request (the program in the header, or else in query parameter
+    ``program_id``: browsers' EventSource cannot set headers); raise
+    `RequestValidationError`."""
+    if _header(headers, PROGRAM_ID_HEADER) is None and _last(query, "program_id") is not None:
+        headers = {PROGRAM_ID_HEADER: _last(query, "program_id") or ""}
+    params = _validate(StreamParams, STREAM_QUERY_PARAMS, query, headers)
+    return SegmentsQuery(
+        program_id=params.program_id,
+        segment_type=params.segment_type,
+        segment_basis=_BASIS[params.segment_basis],
+        min_weight=params.min_weight + 0.0,
+        size=params.size,
+    )
+
+
+_Model = TypeVar("_Model", RequestParams, StreamParams)
+
+
+def _validate(model: type[_Model], names: tuple[str, ...],
+              query: Mapping[str, str] | MultiMapping[str],
+              headers: Mapping[str, str]) -> _Model:
+    data: dict[str, str] = {}
+    for name in names:
+        value = _last(query, name)
+        if value is not None:
+            data[name] = value
+    header = _header(headers, PROGRAM_ID_HEADER)
+    if header is not None:
+        data[PROGRAM_ID_HEADER] = header
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        raise RequestValidationError([_fastapi_error(err) for err in errors]) from None
 
 
 def parse_internal_request(query: Mapping[str, str] | MultiMapping[str]) -> SegmentsQuery:

@@ -1,22 +1,27 @@
 #!/usr/bin/env bash
 # Installs everything segment-stream needs on a fresh Debian machine, idempotently:
-# redis-server (Debian package), a virtualenv in .venv with the project and its dev tools (the
-# exact versions of requirements-dev.lock, checked against their hashes),
+# redis-server and chromium (Debian packages), a virtualenv in .venv with the project and its
+# dev tools (the exact versions of requirements-dev.lock, checked against their hashes),
 # and the Apache Kafka broker's jars (resolved from Maven Central with mvn, cached).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
-if ! command -v redis-server >/dev/null 2>&1; then
-  say "installing redis-server (Debian package)"
+# Debian packages: redis-server (the tests' and the demo's Redis) and chromium (the live page's
+# test drives it).
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+if ((${#missing[@]})); then
+  say "installing ${missing[*]} (Debian packages)"
   SUDO=""
   if [ "$(id -u)" != 0 ]; then
-    command -v sudo >/dev/null 2>&1 || { echo "redis-server is missing and I am not root: apt-get install redis-server" >&2; exit 1; }
+    command -v sudo >/dev/null 2>&1 || { echo "${missing[*]} missing and I am not root: apt-get install ${missing[*]}" >&2; exit 1; }
     SUDO=sudo
   fi
   $SUDO apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 command -v java >/dev/null 2>&1 || { echo "Java 17+ is required (apt-get install openjdk-17-jre-headless)" >&2; exit 1; }

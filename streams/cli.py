@@ -74,9 +74,9 @@ def _bench(args: argparse.Namespace) -> int:
     cfg = BenchConfig(out_dir=Path(args.out), doc=Path(args.doc))
     if args.quick:
         cfg.events, cfg.api_recommendations, cfg.api_segments = 3_000, 20_000, 200
-        cfg.api_requests, cfg.probes = 160, 10
+        cfg.api_requests, cfg.probes, cfg.stream_clients = 160, 10, 20
     for name in ("events", "api_recommendations", "api_segments", "clients", "api_requests",
-                 "probes"):
+                 "probes", "stream_clients"):
         value = getattr(args, name)
         if value is not None:
             setattr(cfg, name, value)
@@ -130,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--clients", type=int, help="concurrent API clients (16)")
     bench.add_argument("--api-requests", type=int, help="cached API requests in all (1600)")
     bench.add_argument("--probes", type=int, help="freshness probes (100)")
+    bench.add_argument("--stream-clients", type=int,
+                       help="live streams open while ingesting, against none (200)")
     bench.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     bench.add_argument("--out", default="benchmarks", help="folder for results.json")
     bench.add_argument("--doc", default="BENCHMARKS.md", help="markdown file with the table")

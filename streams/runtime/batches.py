@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from streams.runtime.ingest import BatchOutput, IngestHandler, InputRecord
+from streams.runtime.metrics import RuntimeMetrics
 from streams.runtime.partitions import PartitionRegistry
 from streams.runtime.sink import Failures, Sink, Source
 
@@ -86,11 +87,13 @@ def by_partition(records: Iterable[InputRecord]) -> dict[Source, list[InputRecor
 
 class BatchProcessor:
     def __init__(self, registry: PartitionRegistry, handler: IngestHandler, sink: Sink,
-                 repair: Callable[[], Awaitable[None]]) -> None:
+                 repair: Callable[[], Awaitable[None]],
+                 metrics: RuntimeMetrics | None = None) -> None:
         self.registry = registry
         self.handler = handler
         self.sink = sink
         self.repair = repair
+        self.metrics = metrics or RuntimeMetrics()
         self.stats = BatchStats()
         # (topic, partition) of records whose outputs failed: when they may be handled again
         # (forgotten at a rebalance).
@@ -143,6 +146,10 @@ class BatchProcessor:
             failures = await self.sink.send_output(out)
             failures.merge(broken)
             self.stats.invalid += len(out.dead)
+            for source, outcome in out.outcomes.items():
+                if source not in failures.sources:
+                    self.metrics.handled(outcome.applied, outcome.ignored, outcome.invalid,
+                                         outcome.applied_timestamps)
             if failures:
                 self._failed(failures)
                 done = [r for r in done if (r.topic, r.partition) not in failures.sources]
@@ -157,6 +164,7 @@ class BatchProcessor:
 
     def _failed(self, failures: Failures) -> None:
         self.stats.failed_batches += 1
+        self.metrics.failed_batches.inc()
         for source in failures.sources:
             self.held.failed(source)
         stale = self.registry.mark_stale(failures.changelog_partitions)

@@ -44,6 +44,16 @@ class InputRecord(Protocol):
 
 
 @dataclass(slots=True)
+class Outcome:
+    """What became of one partition's records in a batch."""
+
+    applied: int = 0
+    ignored: int = 0  # not newer than the stored state
+    invalid: int = 0
+    applied_timestamps: list[int] = field(default_factory=list)  # of the input records, ms
+
+
+@dataclass(slots=True)
 class BatchOutput:
     """What handling a batch produces."""
 
@@ -54,6 +64,7 @@ class BatchOutput:
     # and the input partitions they come from.
     repartition: dict[int, list[tuple[bytes, bytes]]] = field(default_factory=dict)
     sources: dict[int, set[int]] = field(default_factory=dict)
+    outcomes: dict[tuple[str, int], Outcome] = field(default_factory=dict)
 
     def writes_for(self, partition: int) -> dict[bytes, bytes]:
         writes = self.writes.get(partition)
@@ -86,7 +97,7 @@ class IngestHandler:
         if topic == self.input_topic:
             self.ingest(partition, state, records, out)
         else:
-            self.aggregate(partition, state, records, out)
+            self.aggregate(topic, partition, state, records, out)
 
     def ingest(self, partition: int, state: PartitionState, records: Iterable[InputRecord],
                out: BatchOutput) -> None:
@@ -99,11 +110,15 @@ class IngestHandler:
         writes = out.writes_for(partition)
         apply = state.store.apply
         max_future_ms = self.max_future_ms
+        outcome = out.outcomes[(self.input_topic, partition)] = Outcome()
+        applied_ts = outcome.applied_timestamps
+        invalid = ignored = 0
         for r in records:
             try:
                 ev = parse_event(r.value, r.timestamp, max_future_ms)
             except InvalidEvent as exc:
                 dead.append((r, exc.reason))
+                invalid += 1
                 continue
             family = ev.family
             fkey, fpart = route(family)
@@ -112,20 +127,26 @@ class IngestHandler:
                 if apply(ev, offset, family):
                     writes[recommendation_key(family, ev.user_id)] = encode_applied(
                         ev, offset, partition)
+                    applied_ts.append(r.timestamp)
+                else:
+                    ignored += 1
             else:
                 group = repartition.get(fpart)
                 if group is None:
                     group = repartition[fpart] = []
-                group.append((fkey, encode_event(ev)))
+                group.append((fkey, encode_event(ev, r.timestamp)))
                 destinations.add(fpart)
+        outcome.applied = len(applied_ts)
+        outcome.ignored = ignored
+        outcome.invalid = invalid
         for destination in destinations:
             sources = out.sources.get(destination)
             if sources is None:
                 sources = out.sources[destination] = set()
             sources.add(partition)
 
-    def aggregate(self, partition: int, state: PartitionState, records: Iterable[InputRecord],
-                  out: BatchOutput) -> None:
+    def aggregate(self, topic: str, partition: int, state: PartitionState,
+                  records: Iterable[InputRecord], out: BatchOutput) -> None:
         """Repartitioned events: apply each to the partition's state. The topic is writable by
         anyone: a record that is not a compact event, or that belongs to another partition, is
         a dead letter."""
@@ -133,19 +154,30 @@ class IngestHandler:
         writes = out.writes_for(partition)
         apply = state.store.apply
         route = self.route
+        outcome = out.outcomes[(topic, partition)] = Outcome()
+        applied_ts = outcome.applied_timestamps
+        invalid = ignored = 0
         for r in records:
             try:
-                ev = decode_event(r.value or b"")
+                ev, record_ts = decode_event(r.value or b"")
             except InvalidEvent as exc:  # not written by an ingest
                 dead.append((r, f"bad repartition record: {exc.reason}"))
+                invalid += 1
                 continue
             family = ev.family
             owner = route(family)[1]
             if owner != partition:
                 dead.append((r, f"repartition record of partition {owner} found on "
                                 f"partition {partition}"))
+                invalid += 1
                 continue
             offset = r.offset
             if apply(ev, offset, family):
                 writes[recommendation_key(family, ev.user_id)] = encode_applied(ev, offset,
                                                                                 partition)
+                applied_ts.append(r.timestamp if record_ts is None else record_ts)
+            else:
+                ignored += 1
+        outcome.applied = len(applied_ts)
+        outcome.ignored = ignored
+        outcome.invalid = invalid

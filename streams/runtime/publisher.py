@@ -23,6 +23,7 @@ from streams.codec.partitioner import partition_for
 from streams.domain.family import SegmentKey
 from streams.domain.ledger import Publication
 from streams.domain.partition import PartitionState
+from streams.runtime.metrics import RuntimeMetrics
 from streams.runtime.partitions import PartitionRegistry
 from streams.runtime.sink import Sink, all_delivered
 
@@ -34,8 +35,10 @@ KEY_MEMO_MAX = 200_000  # segment keys whose record key is remembered
 class ChangePublisher:
     def __init__(self, registry: PartitionRegistry, sink: Sink, names: Names,
                  rebalancing: Callable[[], bool] = lambda: False,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 metrics: RuntimeMetrics | None = None) -> None:
         self.registry = registry
+        self.metrics = metrics or RuntimeMetrics()
         self.sink = sink
         self.names = names
         self.rebalancing = rebalancing
@@ -77,7 +80,9 @@ class ChangePublisher:
             for state, publication in taken:
                 state.ledger.published(publication)
             self.publications += 1
-            self.changes += sum(len(p.changes) for _, p in taken)
+            published = sum(len(p.changes) for _, p in taken)
+            self.changes += published
+            self.metrics.change_events.inc(published)
 
     async def confirm(self) -> None:
         """Record the published changes of every active partition as published (at a

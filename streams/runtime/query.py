@@ -31,11 +31,13 @@ class Cluster:
 class QueryService:
     def __init__(self, registry: PartitionRegistry, cluster: Cluster,
                  owners: Callable[[], dict[str, list[int]]],
-                 rebalancing: Callable[[], bool] = lambda: False) -> None:
+                 rebalancing: Callable[[], bool] = lambda: False,
+                 lag: Callable[[], int] = lambda: 0) -> None:
         self.registry = registry
         self.cluster = cluster
         self._owners = owners
         self._rebalancing = rebalancing
+        self._lag = lag
         self._merged: OrderedDict[_Key, tuple[list[list[SegmentRow]], list[SegmentRow]]] = (
             OrderedDict())
 
@@ -83,3 +85,6 @@ class QueryService:
 
     def recommendations(self) -> int:
         return self.registry.recommendations()
+
+    def lag(self) -> int:
+        return self._lag()

@@ -24,6 +24,7 @@ from streams.codec.durable import decode_emitted, decode_recommendation
 from streams.codec.exceptions import MalformedRecord
 from streams.codec.names import RECOMMENDATIONS, TABLES, Names
 from streams.runtime.batches import Backoff
+from streams.runtime.metrics import RuntimeMetrics
 from streams.runtime.partitions import PartitionRegistry
 
 logger = logging.getLogger(__name__)
@@ -80,11 +81,12 @@ class RecoveryStats:
 
 class Recovery:
     def __init__(self, registry: PartitionRegistry, reader: Reader, names: Names,
-                 highwaters: Highwaters) -> None:
+                 highwaters: Highwaters, metrics: RuntimeMetrics | None = None) -> None:
         self.registry = registry
         self.reader = reader
         self.names = names
         self.highwaters = highwaters
+        self.metrics = metrics or RuntimeMetrics()
         self.stats = RecoveryStats()
         self.retry: Backoff[str] = Backoff()
 
@@ -108,6 +110,7 @@ class Recovery:
                 self.registry.target(partition).ledger.load(segment, count, previous)
         except MalformedRecord as exc:
             self.stats.malformed_records += 1
+            self.metrics.malformed_records.inc()
             n = self.stats.malformed_records
             if n <= 10 or n % 1000 == 0:
                 logger.warning("skipped a malformed %s changelog record of partition %d (%s; %d "
@@ -118,6 +121,8 @@ class Recovery:
         rebuild those it did not keep, before Faust's recovery replays the rest."""
         registry = self.registry
         registry.begin_rebalance()
+        if table == RECOMMENDATIONS:  # once per rebalance
+            self.metrics.rebalances.inc()
         registry.keep_only(assigned)
         topic = self.names.changelog_topic(table)
         kept = assigned & set(registry.active)

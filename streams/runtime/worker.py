@@ -26,12 +26,13 @@ from api.app import create_web_app
 from streams.codec.names import RECOMMENDATIONS, TABLES, Names
 from streams.runtime import faust_ext
 from streams.runtime.batches import BatchProcessor
-from streams.runtime.faust_ext.consumer import install, offsets_report
+from streams.runtime.faust_ext.consumer import consumer_lag, install, offsets_report
 from streams.runtime.faust_ext.producer import raw_producer
 from streams.runtime.faust_ext.tables import ChangelogTable, NoDelayTableManager
 from streams.runtime.faust_ext.worker import quiet_worker
 from streams.runtime.ingest import IngestHandler
 from streams.runtime.memory import MallocTrimmer, tune_gc, tune_malloc
+from streams.runtime.metrics import Holdings, RuntimeMetrics
 from streams.runtime.partitions import PartitionRegistry
 from streams.runtime.publisher import ChangePublisher
 from streams.runtime.query import Cluster, QueryService
@@ -111,12 +112,17 @@ def build_worker(settings: Settings) -> Worker:
     app = _faust_app(settings)
     registry = PartitionRegistry(settings.watch_thresholds)
 
+    def lag() -> dict[tuple[str, int], int]:
+        return consumer_lag(app) if registry.serving else {}
+
+    metrics = RuntimeMetrics(lambda: holdings(registry, lag()))
+
     async def highwaters(topic: str, partitions: set[int]) -> dict[int, int]:
         ends = await app.consumer.highwaters(*(TP(topic, p) for p in sorted(partitions)))
         return {tp.partition: end for tp, end in ends.items()}
 
     reader = ChangelogReader(consumer_factory(bootstrap_servers=settings.bootstrap_servers))
-    recovery = Recovery(registry, reader, names, highwaters)
+    recovery = Recovery(registry, reader, names, highwaters, metrics)
     for table in TABLES:
         app.tables.add(ChangelogTable(
             app, name=table, listener=recovery, key_type=bytes, value_type=bytes,
@@ -124,8 +130,9 @@ def build_worker(settings: Settings) -> Worker:
     sink = Sink(lambda: raw_producer(app), names, app.conf.producer_max_request_size)
     processor = BatchProcessor(
         registry, IngestHandler(names, settings.partitions, settings.max_future_ms), sink,
-        recovery.repair)
-    publisher = ChangePublisher(registry, sink, names, rebalancing=lambda: app.rebalancing)
+        recovery.repair, metrics)
+    publisher = ChangePublisher(registry, sink, names, rebalancing=lambda: app.rebalancing,
+                                metrics=metrics)
 
     # The two agents subscribe the worker to their topics; the batched consumer hands those
     # topics' records to the processor, never to an agent's stream.
@@ -156,12 +163,28 @@ def build_worker(settings: Settings) -> Worker:
 
     query = QueryService(
         registry, Cluster(str(app.conf.canonical_url), settings.partitions,
-                          settings.cache_ttl_s), owners, rebalancing=lambda: app.rebalancing)
+                          settings.cache_ttl_s), owners, rebalancing=lambda: app.rebalancing,
+        lag=lambda: sum(lag().values()))
     worker = Worker(settings, app, registry, processor, publisher, recovery, query, ())
     web_app = create_web_app(query, settings.redis_url, namespace=settings.app_id,
-                             peer_timeout_s=settings.peer_timeout_ms / 1000.0)
+                             peer_timeout_s=settings.peer_timeout_ms / 1000.0,
+                             registry=metrics.registry,
+                             stream_interval_s=settings.stream_interval_ms / 1000.0,
+                             stream_max_clients=settings.stream_max_clients)
     worker.services = (WebService(web_app, settings, app), MallocTrimmer(worker.activity))
     return worker
+
+
+def holdings(registry: PartitionRegistry, lag: dict[tuple[str, int], int]) -> Holdings:
+    """What the worker holds, for the metrics' gauges."""
+    states = list(registry.active.values())
+    programs: set[str] = set()
+    for state in states:
+        programs.update(state.store.by_program)
+    return Holdings(recommendations=sum(s.recommendations() for s in states),
+                    segments=sum(len(s.store.families) for s in states),
+                    programs=len(programs), active_partitions=len(states),
+                    standby_partitions=0, lag=lag)
 
 
 async def _unreachable(stream: Any) -> Any:

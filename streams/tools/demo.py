@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -58,6 +59,27 @@ def _print(body: Any, program: str) -> None:
     console.print(f"{body['total']} segments in all")
 
 
+TRICKLE_RATE = 20  # events a second while the demo serves
+
+
+async def _trickle(bootstrap: str, topic: str, stop: threading.Event) -> None:
+    """A slow stream of new events until ``stop``, so that the live page moves."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=50)
+    await producer.start()
+    try:
+        seed = int(time.time())
+        while not stop.is_set():
+            for record in generate(TRICKLE_RATE, seed=seed, base_ts=int(time.time() * 1000)):
+                await producer.send(topic, record.value, key=record.key,
+                                    timestamp_ms=record.timestamp_ms)
+            seed += 1
+            await asyncio.sleep(1.0)
+    finally:
+        await producer.stop()
+
+
 def run_demo(port: int = 9092, web_port: int = 6066, events: int = 20_000,
              keep_serving: bool = True) -> int:
     settings = Settings.from_env()
@@ -92,13 +114,22 @@ def run_demo(port: int = 9092, web_port: int = 6066, events: int = 20_000,
         body = asyncio.run(_wait_processed(url, "program-0", 120))
         if body:
             _print(body, "program-0")
-        console.print(f"\nGET /segments is served at {url}/segments, e.g.\n"
+        console.print(f"\n[bold]Live page[/]: {url}/?program_id=program-0&min_weight=0.5\n"
+                      f"GET /segments is served at {url}/segments, e.g.\n"
                       f"  curl -H 'program-id: program-0' '{url}/segments?min_weight=0.7'\n"
-                      f"  OpenAPI: {url}/openapi.json")
+                      f"  stream: curl -N '{url}/segments/stream?program_id=program-0&size=5'\n"
+                      f"  metrics: {url}/metrics   OpenAPI: {url}/openapi.json")
         if keep_serving and worker is not None:
-            console.print("serving until Ctrl-C ...")
+            stop = threading.Event()
+            trickle = threading.Thread(
+                target=asyncio.run, args=(_trickle(bootstrap, settings.input_topic, stop),),
+                daemon=True)
+            trickle.start()
+            console.print(f"serving until Ctrl-C; {TRICKLE_RATE} new events a second keep the "
+                          "page moving ...")
             with contextlib.suppress(KeyboardInterrupt):
                 worker.wait()
+            stop.set()
         return 0
     finally:
         if worker is not None and worker.poll() is None:

@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support.monitoring import dashboard_metrics
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 
@@ -60,9 +62,12 @@ def _port(spec: Any) -> dict[str, Any]:
     return out
 
 
-def _read_yaml() -> dict[str, Any]:
-    """The file as PyYAML reads it (merge keys resolved), normalised like Compose does."""
+def _read_yaml(profiles: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The file as PyYAML reads it (merge keys resolved), normalised like Compose does (the
+    services of other profiles left out)."""
     parsed: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
+    parsed["services"] = {name: svc for name, svc in parsed["services"].items()
+                          if not svc.get("profiles") or set(svc["profiles"]) & set(profiles)}
     for svc in parsed["services"].values():
         if isinstance(svc.get("build"), str):
             svc["build"] = {"context": str(ROOT / svc["build"]), "dockerfile": "Dockerfile"}
@@ -75,14 +80,26 @@ def _read_yaml() -> dict[str, Any]:
     return parsed
 
 
-@pytest.fixture(scope="module")
-def config() -> dict[str, Any]:
+def _config(*profiles: str) -> dict[str, Any]:
     if _why_not is not None:
-        return _read_yaml()
-    proc = _compose("config", "--format", "json")
+        return _read_yaml(profiles)
+    flags = [arg for profile in profiles for arg in ("--profile", profile)]
+    proc = subprocess.run(["docker", "compose", "-f", str(COMPOSE_FILE), *flags, "config",
+                           "--format", "json"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     parsed: dict[str, Any] = json.loads(proc.stdout)
     return parsed
+
+
+@pytest.fixture(scope="module")
+def config() -> dict[str, Any]:
+    return _config()
+
+
+@pytest.fixture(scope="module")
+def monitoring() -> dict[str, Any]:
+    return _config("monitoring")
 
 
 @needs_compose
@@ -97,7 +114,8 @@ def test_every_image_is_pinned_to_a_release(config: dict[str, Any]) -> None:
         if "build" in svc:
             continue
         image = svc["image"]
-        assert re.fullmatch(r"[\w./-]+:\d+\.\d+\.\d+(-[\w.]+)?(@sha256:[0-9a-f]{64})?", image), (
+        assert re.fullmatch(r"[\w./-]+:v?\d+\.\d+\.\d+(-[\w.]+)?(@sha256:[0-9a-f]{64})?",
+                            image), (
             f"{name}: {image} is not pinned to an exact release")
 
 
@@ -154,3 +172,42 @@ def test_published_ports_bind_loopback_only(config: dict[str, Any]) -> None:
             assert port.get("host_ip") == "127.0.0.1", (name, port)
             published.setdefault(name, []).append(str(port["published"]))
     assert published == {"worker-1": ["6066"], "worker-2": ["6067"]}
+
+
+# -- the monitoring profile ----------------------------------------------------------------------
+MONITORING = ROOT / "monitoring"
+
+
+def test_the_monitoring_profile(monitoring: dict[str, Any]) -> None:
+    services = monitoring["services"]
+    assert {"prometheus", "grafana"} <= set(services)
+    for name in ("prometheus", "grafana"):
+        svc = services[name]
+        assert re.fullmatch(r"[\w./-]+:v?\d+\.\d+\.\d+", svc["image"]), svc["image"]
+        assert all(p.get("host_ip") == "127.0.0.1" for p in svc["ports"])
+        for volume in svc["volumes"]:
+            source = volume["source"] if isinstance(volume, dict) else volume.split(":")[0]
+            if source.startswith((".", "/")):
+                assert (ROOT / source).resolve().exists(), source
+    scrape = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
+    targets = scrape["scrape_configs"][0]["static_configs"][0]["targets"]
+    workers = {n for n, svc in services.items() if "build" in svc}
+    assert {t.split(":")[0] for t in targets} == workers
+    for provisioning in (MONITORING / "grafana" / "provisioning").rglob("*.yml"):
+        assert yaml.safe_load(provisioning.read_text())["apiVersion"] == 1
+
+
+def test_the_dashboard_names_metrics_a_worker_exposes() -> None:
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from api.metrics import ApiMetrics
+    from streams.runtime.metrics import Holdings, RuntimeMetrics
+
+    runtime = RuntimeMetrics(lambda: Holdings(lag={("in", 0): 0}))
+    ApiMetrics(runtime.registry).durations.labels("/segments", "200").observe(0.01)
+    exposed = {f.name for f in text_string_to_metric_families(
+        generate_latest(runtime.registry).decode())}
+    used = dashboard_metrics()
+    assert used, "the dashboard queries no metric"
+    assert used <= exposed, f"the dashboard names metrics no worker exposes: {used - exposed}"

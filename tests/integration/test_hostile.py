@@ -253,7 +253,7 @@ async def test_repartition_records_not_ours_are_dead_letters(hostile: Deployment
     owner = partition_for(family_key(ev.family), hostile.cluster.partitions)
     wrong = (owner + 1) % hostile.cluster.partitions
     await send_raw(hostile.cluster.bootstrap, hostile.cluster.repartition_topic,
-                   [(b"wrong-partition", encode_event(ev), [])], partition=wrong)
+                   [(b"wrong-partition", encode_event(ev, NOW_MS), [])], partition=wrong)
     await send_raw(hostile.cluster.bootstrap, hostile.cluster.repartition_topic,
                    [(b"not-ours", b"[1,2,3]", [])], partition=owner)
     letter = await hostile.dead_letter_of(lambda r: r.key == b"wrong-partition")

@@ -87,9 +87,9 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 @pytest.mark.asyncio(loop_scope="session")
 async def test_a_valid_answer_is_merged(peer: FakePeer, session: aiohttp.ClientSession) -> None:
-    rows, parts = await PeerClient(session, 8).ask(peer.url, Q)
-    assert [msgspec.structs.astuple(r) for r in rows] == [tuple(GOOD["items"][0])]
-    assert parts == [1, 3]
+    answer = await PeerClient(session, 8).ask(peer.url, Q)
+    assert [msgspec.structs.astuple(r) for r in answer.rows] == [tuple(GOOD["items"][0])]
+    assert answer.partitions == [1, 3]
 
 
 @pytest.mark.parametrize("mode", ["malformed", "garbage", "huge"])
@@ -136,8 +136,8 @@ async def test_a_hanging_peer_is_given_up_once_then_fast(peer: FakePeer,
     assert max(fast) < first
     peer.mode = "ok"  # it comes back: after the cool-down one request finds out
     await asyncio.sleep(1.1)
-    rows, _ = await client.ask(peer.url, Q)
-    assert rows and not client.is_open(peer.url)
+    answer = await client.ask(peer.url, Q)
+    assert answer.rows and not client.is_open(peer.url)
 
 
 @pytest.mark.asyncio(loop_scope="session")

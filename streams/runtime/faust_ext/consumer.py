@@ -73,6 +73,8 @@ class BatchConsumer(AIOKafkaDriverConsumer):
     """
 
     _epoch = 0
+    # Per partition of the handler's topics: the offset after the last record it handled.
+    _handled_next: dict[Any, int] | None = None
 
     def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -159,6 +161,9 @@ class BatchConsumer(AIOKafkaDriverConsumer):
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         self._epoch += 1
+        if self._handled_next:
+            for tp in revoked:
+                self._handled_next.pop(tp, None)
         await super().on_partitions_revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: Any, generation_id: int = 0) -> None:
@@ -297,9 +302,12 @@ class BatchConsumer(AIOKafkaDriverConsumer):
                 if tp in handled:
                     await self._add_gap(tp, start, stop)
         acks_enabled_for = self.app.topics.acks_enabled_for
+        if self._handled_next is None:
+            self._handled_next = {}
         for tp, offsets in handled.items():
             if acks_enabled_for(tp.topic):
                 self._ack_offsets(tp, offsets)
+            self._handled_next[tp] = offsets[-1] + 1
         if same_epoch and self._epoch == fetch.epoch:
             for tp, offsets in handled.items():
                 self._read_offset[tp] = offsets[-1]
@@ -337,6 +345,29 @@ class _Fetch:
     batch: list[Any] = field(default_factory=list)
     last: dict[Any, int] = field(default_factory=dict)  # per partition: last offset taken
     gaps: list[tuple[Any, int, int]] = field(default_factory=list)  # missing offsets
+
+
+def consumer_lag(app: Any) -> dict[tuple[str, int], int]:
+    """Per assigned partition of the batch handler's topics: the records up to its end (as of
+    the last fetch) not yet handled."""
+    consumer = app.consumer
+    if not isinstance(consumer, BatchConsumer):
+        return {}
+    topics = consumer._batch_topics
+    handled = consumer._handled_next or {}
+    committed = consumer._committed_offset
+    out = {}
+    for tp in consumer.assignment():
+        if tp.topic not in topics:
+            continue
+        end = consumer.highwater(tp)
+        if end is None:
+            continue  # not fetched yet
+        start = handled.get(tp)
+        if start is None:
+            start = committed.get(tp) or 0
+        out[(tp.topic, tp.partition)] = max(0, end - start)
+    return out
 
 
 def offsets_report(app: Any) -> str:

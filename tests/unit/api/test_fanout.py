@@ -22,10 +22,13 @@ def body(items: Iterable[object] = (ROW,), partitions: Iterable[object] = (0, 2)
 
 
 def test_a_valid_answer() -> None:
-    rows, parts = parse_answer(body(), Q, 8)
-    assert [msgspec.structs.astuple(r) for r in rows] == [tuple(ROW)] and parts == [0, 2]
-    assert all(isinstance(r, SegmentRow) for r in rows)
-    assert parse_answer(body((), ()), Q, 8) == ([], [])
+    answer = parse_answer(body(), Q, 8)
+    assert [msgspec.structs.astuple(r) for r in answer.rows] == [tuple(ROW)]
+    assert answer.partitions == [0, 2] and answer.lag == 0
+    assert all(isinstance(r, SegmentRow) for r in answer.rows)
+    empty = parse_answer(body((), ()), Q, 8)
+    assert (empty.rows, empty.partitions) == ([], [])
+    assert parse_answer(b'{"items": [], "partitions": [1], "lag": 12}', Q, 8).lag == 12
 
 
 @pytest.mark.parametrize("raw", [
@@ -41,6 +44,8 @@ def test_a_valid_answer() -> None:
     body([ROW[:6]]), body([[*ROW, "extra"]]),
     body([ROW, ROW]),  # one segment twice
     b'{"items": [], "partitions": [], "extra": 1}',
+    b'{"items": [], "partitions": [], "lag": -1}',
+    b'{"items": [], "partitions": [], "lag": "0"}',
     b'{"items": ' + b"[" * 50_000 + b"]" * 50_000 + b', "partitions": []}',
     b'{"items": [["base", "asset", "a1", "view", "A", 3, NaN]], "partitions": []}',
 ])

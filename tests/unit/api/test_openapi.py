@@ -37,7 +37,7 @@ def refs(node: Any) -> Iterator[str]:
 def test_top_level() -> None:
     assert DOC["openapi"] == "3.1.0"
     assert DOC["info"] == {"title": "segment-stream", "version": streams.__version__}
-    assert set(DOC["paths"]) == {"/segments", "/healthz"}
+    assert set(DOC["paths"]) == {"/segments", "/segments/stream", "/healthz", "/metrics", "/"}
     orjson.dumps(DOC)
     assert build_openapi() == DOC  # deterministic
 
@@ -164,6 +164,11 @@ def test_responses() -> None:
         "/HTTPValidationError"
     )
     assert "Retry-After" in get["responses"]["503"]["headers"]
+    assert {"Segments-As-Of", "Segments-Lag"} <= set(get["responses"]["200"]["headers"])
+    stream = DOC["paths"]["/segments/stream"]["get"]
+    assert "text/event-stream" in stream["responses"]["200"]["content"]
+    assert {p["name"] for p in stream["parameters"]} == {
+        "segment_type", "segment_basis", "min_weight", "size", "program-id", "program_id"}
     health = DOC["paths"]["/healthz"]["get"]["responses"]
     assert set(health) == {"200", "503"}
     assert "Retry-After" in health["503"]["headers"]

@@ -169,8 +169,15 @@ def test_any_valid_event_is_accepted_as_is(program_id: str, user_id: str, basis:
         assert ev.weight is None
     else:
         assert ev.weight == weight and not math.isnan(ev.weight)
-    # The repartition form carries the same event.
-    assert fields(decode_event(encode_event(ev))) == fields(ev)
+    # The repartition form carries the same event, and the input record's timestamp.
+    decoded, record_ts = decode_event(encode_event(ev, RECORD_TS))
+    assert {k: v for k, v in fields(decoded).items() if k != "record_ts"} == fields(ev)
+    assert record_ts == RECORD_TS
+
+
+def test_repartition_records_of_before_the_timestamp_still_decode() -> None:
+    ev, record_ts = decode_event(b'["p","u","label","b","n","a",0.5,true,17]')
+    assert (ev.ts, record_ts) == (17, None)
 
 
 def test_repartition_records_are_checked_too() -> None:

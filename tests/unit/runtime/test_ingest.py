@@ -38,7 +38,7 @@ def test_a_record_elsewhere_goes_to_its_familys_partition() -> None:
     state, out = PartitionState(here, (0.5,)), BatchOutput()
     handler().handle(NAMES.input_topic, here, state, [unkeyed(doc, here, 3)], out)
     ((key, value),) = out.repartition[owner]
-    assert key == fkey and decode_event(value).user_id == "u1"
+    assert key == fkey and decode_event(value)[0].user_id == "u1"
     assert out.sources == {owner: {here}}
     assert out.writes == {here: {}} and state.recommendations() == 0
 
@@ -68,7 +68,7 @@ def test_repartition_records_not_ours_are_dead_letters() -> None:
     ev = parse_event(rec.value, rec.timestamp)
     wrong = (rec.partition + 1) % PARTITIONS
     state, out = PartitionState(wrong, (0.5,)), BatchOutput()
-    records = [Rec(NAMES.repartition_topic, wrong, 0, rec.key, encode_event(ev)),
+    records = [Rec(NAMES.repartition_topic, wrong, 0, rec.key, encode_event(ev, 5)),
                Rec(NAMES.repartition_topic, wrong, 1, None, b"[1,2,3]"),
                Rec(NAMES.repartition_topic, wrong, 2, None, None)]
     handler().handle(NAMES.repartition_topic, wrong, state, records, out)
@@ -84,7 +84,7 @@ def test_a_repartitioned_event_is_applied_on_its_partition() -> None:
     rec = keyed(doc, 0)
     ev = parse_event(rec.value, rec.timestamp)
     state, out = PartitionState(rec.partition, (0.5,)), BatchOutput()
-    record = Rec(NAMES.repartition_topic, rec.partition, 9, rec.key, encode_event(ev))
+    record = Rec(NAMES.repartition_topic, rec.partition, 9, rec.key, encode_event(ev, 5))
     handler().handle(record.topic, rec.partition, state, [record, record], out)  # a replay too
     assert out.writes == {rec.partition: {recommendation_key(family_of(doc), "u1"):
                                           encode_applied(ev, 9, rec.partition)}}
