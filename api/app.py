@@ -10,7 +10,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from api import views
+from api import answers, views
 from api.backend import SegmentsBackend
 from api.cache import make_cache
 from api.errors import error_middleware
@@ -19,7 +19,6 @@ from api.metrics import ApiMetrics
 from api.openapi import build_openapi
 from api.params import SegmentsQuery
 from api.stream import StreamHub
-from streams.domain.rows import SegmentRow
 
 STATIC = resources.files("api").joinpath("static")
 
@@ -34,14 +33,13 @@ def create_web_app(backend: SegmentsBackend, redis_url: str | None, *,
     registry = registry if registry is not None else CollectorRegistry()
     api_metrics = ApiMetrics(registry)
     app = web.Application(middlewares=[api_metrics.middleware(), error_middleware])
-    app[views.BACKEND] = backend
+    app[answers.BACKEND] = backend
     app[views.OPENAPI] = orjson.dumps(build_openapi())
     app[views.API_METRICS] = api_metrics
     app[views.REGISTRY] = registry
 
-    async def compute(q: SegmentsQuery) -> tuple[list[SegmentRow], int, int]:
-        answer = await views.compute(app, q)
-        return answer.rows, answer.as_of_ms, answer.lag
+    async def compute(q: SegmentsQuery) -> answers.Answer:
+        return await answers.compute(app, q)
 
     app[views.STREAMS] = StreamHub(compute, stream_interval_s, stream_max_clients,
                                    api_metrics.stream_clients.set)
@@ -49,7 +47,7 @@ def create_web_app(backend: SegmentsBackend, redis_url: str | None, *,
     async def resources_(app: web.Application) -> AsyncIterator[None]:
         app[views.CACHE] = make_cache(redis_url, namespace)
         async with aiohttp.ClientSession() as session:
-            app[views.PEERS] = PeerClient(session, backend.total_partitions, peer_timeout_s)
+            app[answers.PEERS] = PeerClient(session, backend.total_partitions, peer_timeout_s)
             yield
             await app[views.STREAMS].stop()
         await app[views.CACHE].close()

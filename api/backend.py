@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from streams.domain.rows import SegmentRow
+from streams.domain.rows import Held, SegmentRow
 
 
 class SegmentsBackend(Protocol):
@@ -27,5 +27,17 @@ class SegmentsBackend(Protocol):
         """Worker URL -> the partitions it serves, from the group assignment."""
     def recommendations(self) -> int:
         """Recommendations held on this worker's partitions."""
-    def lag(self) -> int:
-        """Records of this worker's partitions not yet handled (as of their last fetch)."""
+    def lag(self, partitions: list[int] | None = None) -> int:
+        """Records of this worker's partitions (of ``partitions``) not yet handled, as of their
+        last fetch."""
+    async def held_query(self, program_id: str, segment_type: str, segment_basis: str,
+                         min_weight: float, partitions: list[int]) -> Held:
+        """Whatever this worker holds of ``partitions`` (its own, standby copies), flagged
+        stale when any part is not from it serving as their owner."""
+    async def input_ends(self, fresh: bool = False) -> int | None:
+        """The input and repartition topics' end offsets summed (None: unknown), as read lately
+        or, ``fresh``, now: how many records came after an answer, later on."""
+    def standbys(self) -> list[int]:
+        """The partitions whose standby copy this worker keeps ready."""
+    def standby_holders(self) -> dict[int, list[str]]:
+        """Partition -> the workers keeping a standby copy of it."""

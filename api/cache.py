@@ -24,7 +24,10 @@ logger = logging.getLogger(__name__)
 
 class AnswerCache(Protocol):
     async def get(self, key: str) -> bytes | None: ...
-    async def set(self, key: str, value: bytes, ttl_s: float) -> None: ...
+    async def set(self, key: str, value: bytes, ttl_s: float, keep_s: float = 0.0) -> None:
+        """Cache ``value`` for ``ttl_s``; and keep it as the key's last answer for ``keep_s``
+        (what `get_last` returns once the answer has expired)."""
+    async def get_last(self, key: str) -> bytes | None: ...
     async def close(self) -> None: ...
 
 
@@ -90,17 +93,24 @@ class InProcessCache:
 
     def __init__(self, max_bytes: int = 32 * 1024 * 1024, max_entries: int = 10_000) -> None:
         self._entries = _Entries(max_bytes, max_entries)
+        self._last = _Entries(max_bytes, max_entries)
 
     async def get(self, key: str) -> bytes | None:
         return self._entries.get(key)
 
-    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
-        if ttl_s <= 0:
-            return
-        self._entries.put(key, value, time.monotonic() + ttl_s)
+    async def set(self, key: str, value: bytes, ttl_s: float, keep_s: float = 0.0) -> None:
+        now = time.monotonic()
+        if ttl_s > 0:
+            self._entries.put(key, value, now + ttl_s)
+        if keep_s > 0:
+            self._last.put(key, value, now + keep_s)
+
+    async def get_last(self, key: str) -> bytes | None:
+        return self._last.get(key)
 
     async def close(self) -> None:
         self._entries.clear()
+        self._last.clear()
 
 
 class RedisCache:
@@ -130,6 +140,7 @@ class RedisCache:
         self._down_until = 0.0
         self._down = False
         self._prefix = prefix
+        self._last_prefix = prefix + "last:"  # (answer keys are JSON arrays: no clash)
         self._channel = prefix + "written"
         self._origin = uuid.uuid4().hex.encode()  # this cache's writes, on the channel
         self._near = _Entries(near_bytes, near_entries)
@@ -197,24 +208,40 @@ class RedisCache:
         self._recovered()
         return value if isinstance(value, bytes) else None
 
-    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
+    async def set(self, key: str, value: bytes, ttl_s: float, keep_s: float = 0.0) -> None:
         self._start_listener()
-        if ttl_s <= 0 or not self._available():
+        if not self._available() or (ttl_s <= 0 and keep_s <= 0):
             self._near.drop(key)
             return
         expires = time.monotonic() + ttl_s
         try:
             async with self._client.pipeline(transaction=False) as pipe:  # one round trip
-                pipe.set(self._prefix + key, value, px=max(1, int(ttl_s * 1000)))
-                pipe.publish(self._channel, self._origin + b" " + key.encode())
+                if ttl_s > 0:
+                    pipe.set(self._prefix + key, value, px=max(1, int(ttl_s * 1000)))
+                    pipe.publish(self._channel, self._origin + b" " + key.encode())
+                if keep_s > 0:
+                    pipe.set(self._last_prefix + key, value, px=max(1, int(keep_s * 1000)))
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             self._near.drop(key)
             self._failed(exc)
             return
         self._recovered()
-        if self._near_live:
+        if self._near_live and ttl_s > 0:
             self._near.put(key, value, expires)
+        elif ttl_s <= 0:
+            self._near.drop(key)
+
+    async def get_last(self, key: str) -> bytes | None:
+        if not self._available():
+            return None
+        try:
+            value = await self._client.get(self._last_prefix + key)
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+            return None
+        self._recovered()
+        return value if isinstance(value, bytes) else None
 
     async def close(self) -> None:
         if self._listener is not None:

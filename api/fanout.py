@@ -19,7 +19,7 @@ import msgspec
 from msgspec import Meta
 
 from api.errors import ServiceUnavailable
-from api.params import SegmentsQuery
+from api.params import InternalScope, SegmentsQuery
 from streams.domain.rows import SegmentRow
 
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
@@ -39,16 +39,18 @@ class _Answer(msgspec.Struct, forbid_unknown_fields=True):
     items: list[_PeerRow]
     partitions: list[Annotated[int, Meta(ge=0)]]
     lag: Annotated[int, Meta(ge=0, le=(1 << 63) - 1)] = 0
+    stale: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class PeerAnswer:
-    """A peer's part of an answer: its rows, the partitions they cover, and the records of
-    those partitions it had not handled yet."""
+    """A peer's part of an answer: its rows, the partitions they cover, the records of those
+    partitions not reflected yet, and whether any part is not from a serving owner."""
 
     rows: list[SegmentRow]
     partitions: list[int]
     lag: int
+    stale: bool = False
 
 
 _decoder = msgspec.json.Decoder(_Answer)
@@ -69,8 +71,9 @@ class _Circuit:
     probing: bool = False  # a request is testing whether the peer is back
 
 
-def parse_answer(body: bytes, q: SegmentsQuery, total_partitions: int) -> PeerAnswer:
-    """A peer's answer to ``q``. Raises BadAnswer."""
+def parse_answer(body: bytes, q: SegmentsQuery, total_partitions: int,
+                 asked: frozenset[int] | None = None) -> PeerAnswer:
+    """A peer's answer to ``q`` (for the partitions ``asked``, when given). Raises BadAnswer."""
     try:
         answer = _decoder.decode(body)
     except (msgspec.DecodeError, RecursionError) as exc:
@@ -78,6 +81,8 @@ def parse_answer(body: bytes, q: SegmentsQuery, total_partitions: int) -> PeerAn
     parts = answer.partitions
     if len(set(parts)) != len(parts) or any(p >= total_partitions for p in parts):
         raise BadAnswer(f"partitions {parts[:10]} of {total_partitions}")
+    if asked is not None and not set(parts) <= asked:
+        raise BadAnswer(f"partitions {sorted(set(parts) - asked)[:10]} not asked for")
     floor = q.min_weight * (1 - 1e-12)  # a mean of weights >= m, up to its rounding
     seen: set[tuple[str, str]] = set()
     for row in answer.items:
@@ -89,7 +94,7 @@ def parse_answer(body: bytes, q: SegmentsQuery, total_partitions: int) -> PeerAn
         if family in seen:
             raise BadAnswer(f"segment {family} twice")
         seen.add(family)
-    return PeerAnswer(list(answer.items), parts, answer.lag)
+    return PeerAnswer(list(answer.items), parts, answer.lag, answer.stale)
 
 
 class PeerClient:
@@ -106,8 +111,10 @@ class PeerClient:
         self._max_cooldown_s = max_cooldown_s
         self._circuits: dict[str, _Circuit] = {}
 
-    async def ask(self, url: str, q: SegmentsQuery) -> PeerAnswer:
-        """Rows and partitions of peer ``url`` for ``q``; raises PeerUnavailable."""
+    async def ask(self, url: str, q: SegmentsQuery,
+                  scope: InternalScope | None = None) -> PeerAnswer:
+        """Peer ``url``'s part of ``q`` (of ``scope``: by default the partitions it owns, from
+        a serving owner); raises PeerUnavailable."""
         circuit = self._circuit(url)
         now = time.monotonic()
         if now < circuit.open_until or circuit.probing:
@@ -116,7 +123,7 @@ class PeerClient:
                                   max(RETRY_AFTER_S, math.ceil(wait)))
         circuit.probing = circuit.failures > 0
         try:
-            answer = await self._get(url, q)
+            answer = await self._get(url, q, scope)
         except PeerUnavailable:
             self._failed(circuit)
             raise
@@ -132,9 +139,17 @@ class PeerClient:
         circuit = self._circuits.get(url)
         return circuit is not None and time.monotonic() < circuit.open_until
 
-    async def _get(self, url: str, q: SegmentsQuery) -> PeerAnswer:
+    async def _get(self, url: str, q: SegmentsQuery,
+                   scope: InternalScope | None) -> PeerAnswer:
         params = {"program_id": q.program_id, "segment_type": q.segment_type,
                   "segment_basis": q.segment_basis, "min_weight": repr(q.min_weight)}
+        asked = None
+        if scope is not None:
+            if scope.partitions is not None:
+                params["partitions"] = ",".join(map(str, sorted(scope.partitions)))
+                asked = scope.partitions
+            if scope.any:
+                params["any"] = "true"
         try:
             async with self._session.get(f"{url}/internal/segments", params=params,
                                          timeout=self._timeout) as resp:
@@ -147,7 +162,7 @@ class PeerClient:
             raise PeerUnavailable(f"worker {url} did not answer: {exc!r}",
                                   RETRY_AFTER_S) from None
         try:
-            return parse_answer(body, q, self._total_partitions)
+            return parse_answer(body, q, self._total_partitions, asked)
         except BadAnswer as exc:
             raise PeerUnavailable(f"worker {url} gave an invalid answer: {exc}",
                                   RETRY_AFTER_S) from None

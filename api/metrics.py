@@ -1,6 +1,6 @@
 """The HTTP API's metrics (contract section 9), added to the worker's registry: request
-durations by route and status, cache hits and misses, open streams. Routes are the app's own
-(a bounded set; anything else is counted as ``other``)."""
+durations by route and status, cache hits and misses, stale answers, open streams. Routes are
+the app's own (a bounded set; anything else is counted as ``other``)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,12 @@ class ApiMetrics:
                         "cache, by result", ["result"], registry=registry)
         self.cache_hits = cache.labels("hit")
         self.cache_misses = cache.labels("miss")
+        stale = Counter("segments_stale_answers", "GET /segments answers flagged "
+                        "Segments-Stale, by where the parts not from serving owners came from "
+                        "(copies: standbys or moving partitions; last_answer: the query's last "
+                        "answer)", ["source"], registry=registry)
+        self.stale_answers = stale.labels("copies")
+        self.last_answers = stale.labels("last_answer")
         self.stream_clients = Gauge("segments_stream_clients",
                                     "Open GET /segments/stream connections", registry=registry)
 

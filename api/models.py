@@ -65,3 +65,7 @@ class Health(BaseModel):
         description="The partitions whose segments this worker holds and serves.")
     recommendations: int = Field(
         description="Recommendations held on those partitions (withdrawn ones included).")
+    standbys: list[int] = Field(
+        default_factory=list,
+        description="The partitions of other workers whose standby copy this worker keeps "
+                    "ready (complete, following their owners).")

@@ -34,7 +34,9 @@ def build_openapi() -> dict[str, Any]:
     ok["headers"] = _freshness_headers()
     segments = {
         "summary": "Get Segments",
-        "description": "Get list of user counts for single asset-based or label-based segments.",
+        "description": ("Get list of user counts for single asset-based or label-based segments. "
+                        "Every answer says how fresh it is (`Segments-As-Of`, `Segments-Lag`) "
+                        "and whether it is stale (`Segments-Stale`)."),
         "operationId": "get_segments_segments_get",
         "parameters": _parameters(RequestParams),
         "responses": {
@@ -59,7 +61,8 @@ def build_openapi() -> dict[str, Any]:
             "body `GET /segments` answers for page 1 of that size, plus `as_of` and `lag`), "
             "then an `update` whenever that answer changes (at most once per "
             "`SEGMENTS_STREAM_INTERVAL_MS`): `{as_of, lag, total, upserts: [SegmentCount], "
-            "removed: [[segment_basis_id, action_type]]}`. Applying every update in order to "
+            "removed: [[segment_basis_id, action_type]]}`, both with `stale: true` when part "
+            "of the answer is not from the partitions' owners. Applying every update in order to "
             "the snapshot gives the list `GET /segments` answers at that `as_of`. A comment "
             "line keeps an idle stream open; a client that does not keep up is disconnected."),
         "operationId": "stream_segments_segments_stream_get",
@@ -135,6 +138,12 @@ def _freshness_headers() -> dict[str, Any]:
             "description": "Records not yet reflected in the answer when it was computed "
                            "(consumer lag of the partitions that fed it); 0: caught up",
             "schema": {"type": "integer", "minimum": 0},
+        },
+        "Segments-Stale": {
+            "description": "Present (`true`) only when part of the answer is not from the "
+                           "current owner of a partition: a standby copy, a partition moving, "
+                           "or the query's last answer (`consistency=any`)",
+            "schema": {"type": "string", "enum": ["true"]},
         },
     }
 

@@ -23,6 +23,7 @@ from api.models import SegmentBasis, SegmentType
 
 PROGRAM_ID_HEADER: Final = "program-id"
 SegmentBasisParam = Literal["labels", "assets", "label", "asset"]
+Consistency = Literal["any", "strict"]
 
 _BASIS: Final[dict[str, SegmentBasis]] = {
     "labels": "label",
@@ -92,6 +93,14 @@ class RequestParams(BaseModel):
     )
     page: int = Field(default=1, ge=1, description="Page number")
     size: int = Field(default=50, ge=1, le=100, description="Page size")
+    consistency: Consistency = Field(
+        default="any",
+        description=(
+            "`any`: an answer whenever every partition's data can be found (its owner, a "
+            "standby copy, or the last answer), flagged `Segments-Stale: true` when not all "
+            "from owners; `strict`: owners only, else 503 with Retry-After"
+        ),
+    )
     program_id: Annotated[str, BeforeValidator(_header_text)] = Field(
         alias=PROGRAM_ID_HEADER, min_length=1, max_length=128, description="The program (tenant)"
     )
@@ -113,6 +122,7 @@ class SegmentsQuery:
     force_refresh: bool = False
     page: int = 1
     size: int = 50
+    consistency: Consistency = "any"
 
 
 def parse_segments_request(
@@ -128,6 +138,7 @@ def parse_segments_request(
         force_refresh=params.force_refresh,
         page=params.page,
         size=params.size,
+        consistency=params.consistency,
     )
 
 
@@ -146,6 +157,7 @@ class StreamParams(BaseModel):
     segment_basis: SegmentBasisParam = _as_in_segments("segment_basis")
     min_weight: float = _as_in_segments("min_weight")
     size: int = Field(default=50, ge=1, le=1000, description="How many top segments to follow")
+    consistency: Consistency = _as_in_segments("consistency")
     program_id: Annotated[str, BeforeValidator(_header_text)] = _as_in_segments("program_id")
 
 
@@ -169,6 +181,7 @@ def parse_stream_request(
         segment_basis=_BASIS[params.segment_basis],
         min_weight=params.min_weight + 0.0,
         size=params.size,
+        consistency=params.consistency,
     )
 
 
@@ -205,6 +218,45 @@ def parse_internal_request(query: Mapping[str, str] | MultiMapping[str]) -> Segm
             if err["loc"] == ["header", PROGRAM_ID_HEADER]:
                 err["loc"] = ["query", "program_id"]
         raise
+
+
+@dataclass(frozen=True, slots=True)
+class InternalScope:
+    """What a worker-to-worker query asks for besides the query: ``partitions`` restricts the
+    answer to them (None: every partition the worker owns); ``any``: answer from whatever the
+    worker holds of them (its own partitions even in a rebalance, standby copies), flagged
+    stale when not from a serving owner."""
+
+    partitions: frozenset[int] | None = None
+    any: bool = False
+
+
+def parse_internal_scope(query: Mapping[str, str] | MultiMapping[str],
+                         total_partitions: int) -> InternalScope:
+    """The partitions and mode of a worker-to-worker query; raise `RequestValidationError`."""
+    errors = []
+
+    def partition_list(name: str) -> frozenset[int] | None:
+        raw = _last(query, name)
+        if raw is None:
+            return None
+        try:
+            values = frozenset(int(x) for x in raw.split(",") if x)
+        except ValueError:
+            values = frozenset({-1})
+        if any(not 0 <= v < total_partitions for v in values):
+            errors.append({"type": "value_error", "loc": ["query", name], "input": raw[:200],
+                           "msg": f"Value error, partitions are 0..{total_partitions - 1}"})
+        return values
+
+    partitions = partition_list("partitions")
+    mode = (_last(query, "any") or "false").lower()
+    if mode not in ("true", "false"):
+        errors.append({"type": "bool_parsing", "loc": ["query", "any"], "input": mode[:200],
+                       "msg": "Input should be a valid boolean"})
+    if errors:
+        raise RequestValidationError(errors)
+    return InternalScope(partitions, mode == "true")
 
 
 def _last(query: Mapping[str, str] | MultiMapping[str], name: str) -> str | None:

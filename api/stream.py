@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from api.answers import Answer
 from api.errors import ServiceUnavailable
 from api.params import SegmentsQuery
 from streams.domain.rows import SegmentRow
@@ -33,7 +34,7 @@ HEARTBEAT = b": keep-alive\n\n"
 QUEUE_MAX = 16  # events waiting for a client; one more and it is disconnected
 FRESHNESS_EVERY_S = 5.0  # an unchanged answer is still sent this often (its as_of and lag)
 
-_Key = tuple[str, str, str, float, int]
+_Key = tuple[str, str, str, float, int, str]
 
 
 def item(row: SegmentRow, min_weight: float) -> dict[str, Any]:
@@ -85,38 +86,47 @@ class _Group:
         self.total = 0
         self.as_of_ms = 0
         self.lag = 0
+        self.stale = False
         self.sent_at = 0.0
 
-    def reset(self, rows: list[SegmentRow], as_of_ms: int, lag: int) -> None:
+    def reset(self, answer: Answer) -> None:
+        rows = answer.rows
         self.order = rows[:self.q.size]
         self.top = {(r.segment_basis_id, r.action_type): r for r in self.order}
-        self.total, self.as_of_ms, self.lag = len(rows), as_of_ms, lag
+        self.total, self.as_of_ms, self.lag = len(rows), answer.as_of_ms, answer.lag
+        self.stale = answer.stale
         self.seq += 1
         self.sent_at = time.monotonic()
 
     def snapshot(self) -> bytes:
         m = self.q.min_weight
-        return event("snapshot", f"{self.epoch}-{self.seq}", {
-            "items": [item(r, m) for r in self.order], "total": self.total, "page": 1,
-            "size": self.q.size, "as_of": self.as_of_ms, "lag": self.lag})
+        data = {"items": [item(r, m) for r in self.order], "total": self.total, "page": 1,
+                "size": self.q.size, "as_of": self.as_of_ms, "lag": self.lag}
+        if self.stale:
+            data["stale"] = True
+        return event("snapshot", f"{self.epoch}-{self.seq}", data)
 
-    def update(self, rows: list[SegmentRow], as_of_ms: int, lag: int) -> bytes | None:
+    def update(self, answer: Answer) -> bytes | None:
         """The update from the last answer to this one (None: nothing to say yet)."""
+        rows = answer.rows
         new_order = rows[:self.q.size]
         new_top = {(r.segment_basis_id, r.action_type): r for r in new_order}
         upserts = [r for key, r in new_top.items() if self.top.get(key) != r]
         removed = [list(key) for key in self.top if key not in new_top]
-        changed = bool(upserts or removed or len(rows) != self.total)
+        changed = bool(upserts or removed or len(rows) != self.total
+                       or answer.stale != self.stale)
         if not changed and time.monotonic() - self.sent_at < FRESHNESS_EVERY_S:
             return None
-        self.reset(rows, as_of_ms, lag)
+        self.reset(answer)
         m = self.q.min_weight
-        return event("update", f"{self.epoch}-{self.seq}", {
-            "as_of": as_of_ms, "lag": lag, "total": len(rows),
-            "upserts": [item(r, m) for r in upserts], "removed": removed})
+        data = {"as_of": answer.as_of_ms, "lag": answer.lag, "total": len(rows),
+                "upserts": [item(r, m) for r in upserts], "removed": removed}
+        if answer.stale:
+            data["stale"] = True
+        return event("update", f"{self.epoch}-{self.seq}", data)
 
 
-Compute = Callable[[SegmentsQuery], Awaitable[tuple[list[SegmentRow], int, int]]]
+Compute = Callable[[SegmentsQuery], Awaitable[Answer]]
 
 
 class StreamHub:
@@ -141,14 +151,15 @@ class StreamHub:
         if self._clients >= self._max_clients:
             raise ServiceUnavailable(f"this worker serves {self._max_clients} streams already",
                                      5)
-        key = (q.program_id, q.segment_type, q.segment_basis, q.min_weight, q.size)
+        key = (q.program_id, q.segment_type, q.segment_basis, q.min_weight, q.size,
+               q.consistency)
         group = self._groups.get(key)
         if group is None:
-            rows, as_of_ms, lag = await self._compute(q)
+            answer = await self._compute(q)
             group = self._groups.get(key)  # another client may have made it meanwhile
             if group is None:
                 group = self._groups[key] = _Group(q, self._epoch)
-                group.reset(rows, as_of_ms, lag)
+                group.reset(answer)
         client = Client(abort, key)
         group.clients.add(client)
         self._count(+1)
@@ -189,13 +200,13 @@ class StreamHub:
                 if not group.clients:
                     continue
                 try:
-                    rows, as_of_ms, lag = await self._compute(group.q)
+                    answer = await self._compute(group.q)
                 except ServiceUnavailable:
                     continue  # rebalancing: the clients keep the last answer
                 except Exception:
                     logger.exception("computing a stream's answer failed")
                     continue
-                data = group.update(rows, as_of_ms, lag)
+                data = group.update(answer)
                 if data is not None:
                     for client in list(group.clients):
                         client.offer(data)

@@ -1,10 +1,12 @@
-"""The HTTP handlers: GET /segments, the internal per-worker query its fan-out uses, /healthz
-and /openapi.json.
+"""The HTTP handlers: GET /segments, its live stream, the internal per-worker query their
+fan-out uses, /metrics, /healthz, the live page and /openapi.json.
 
-Any worker answers for any program: it asks every worker that owns partitions (the group
-assignment says which), merges, sorts and paginates. An answer is given only when the owners
-together cover every partition of the same assignment; otherwise (rebalancing) it is a 503
-with Retry-After, never a partial count.
+Any worker answers for any program (api/answers.py says from where). Every answer says how
+fresh it is (``Segments-As-Of``, ``Segments-Lag``) and whether any part of it is not from a
+serving owner (``Segments-Stale: true``). Fresh answers are cached for ``cache_ttl_s`` and kept
+for ``LAST_ANSWER_KEEP_S`` as the query's last answer: with ``consistency=any``, when some
+partition is found nowhere, that last answer is served (stale, its lag grown by every record
+that came since).
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import time
 from dataclasses import dataclass
 from importlib import resources
 
@@ -21,28 +22,27 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from api.backend import SegmentsBackend
+from api.answers import BACKEND, RETRY_AFTER_S, Answer, compute
 from api.cache import AnswerCache
 from api.errors import JSON, ServiceUnavailable, json_response
-from api.fanout import PeerClient
 from api.metrics import ApiMetrics
 from api.pagination import paginate
 from api.params import (
     SegmentsQuery,
     parse_internal_request,
+    parse_internal_scope,
     parse_segments_request,
     parse_stream_request,
 )
 from api.stream import HEARTBEAT, StreamHub, item
-from streams.domain.rows import SegmentRow, contract_order
+from streams.domain.rows import SegmentRow
 
-RETRY_AFTER_S = 1
 AS_OF_HEADER = "Segments-As-Of"
 LAG_HEADER = "Segments-Lag"
+STALE_HEADER = "Segments-Stale"
+LAST_ANSWER_KEEP_S = 600.0
 
-BACKEND = web.AppKey("backend", SegmentsBackend)
 CACHE = web.AppKey("cache", AnswerCache)
-PEERS = web.AppKey("peers", PeerClient)
 OPENAPI = web.AppKey("openapi", bytes)
 API_METRICS = web.AppKey("api_metrics", ApiMetrics)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
@@ -54,50 +54,10 @@ _encode = msgspec.json.Encoder().encode  # rows are structs, which orjson does n
 PAGE = resources.files("api").joinpath("static/index.html").read_bytes()
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """All listed segments of a query, sorted, as of ``as_of_ms``, when ``lag`` records of
-    the partitions that fed it were not yet handled."""
-
-    rows: list[SegmentRow]
-    as_of_ms: int
-    lag: int
-
-
-async def compute(app: web.Application, q: SegmentsQuery) -> Answer:
-    """The query's answer from every partition's owner."""
-    backend = app[BACKEND]
-    as_of_ms = int(time.time() * 1000)
-    if not backend.is_ready():
-        raise ServiceUnavailable("worker is rebalancing or recovering", RETRY_AFTER_S)
-    owners = backend.owners()
-    expected = set(range(backend.total_partitions))
-    peers = [url for url, parts in owners.items() if parts and url != backend.self_url]
-    local, covered = backend.local_query(q.program_id, q.segment_type, q.segment_basis,
-                                         q.min_weight)
-    rows = local  # already in contract order; not ours to modify
-    lag = backend.lag()
-    seen = set(covered)
-    if peers:
-        rows = list(local)
-        ask = app[PEERS].ask
-        answers = await asyncio.gather(*(ask(url, q) for url in peers))
-        for peer in answers:
-            if seen & set(peer.partitions):
-                raise ServiceUnavailable("partition owners overlap (rebalancing)", RETRY_AFTER_S)
-            rows.extend(peer.rows)
-            seen.update(peer.partitions)
-            lag += peer.lag
-    if seen != expected:
-        raise ServiceUnavailable(
-            f"{len(expected - seen)} of {len(expected)} partitions have no ready owner",
-            RETRY_AFTER_S)
-    return Answer(contract_order(rows) if peers else rows, as_of_ms, lag)
-
-
 def cache_key(q: SegmentsQuery) -> str:
     """One cache entry per answer (query, threshold, page and size): a hit is served as the
-    stored bytes, with no parsing or re-rendering."""
+    stored bytes, with no parsing or re-rendering. (Both consistencies share it: only answers
+    from owners are cached.)"""
     return orjson.dumps([q.program_id, q.segment_type, q.segment_basis, q.min_weight,
                          str(q.page), q.size]).decode()
 
@@ -114,48 +74,101 @@ def render(rows: list[SegmentRow], q: SegmentsQuery) -> bytes:
 
 async def get_segments(request: web.Request) -> web.Response:
     q = parse_segments_request(request.query, request.headers)
-    cache = request.app[CACHE]
-    counters = request.app[API_METRICS]
+    app = request.app
+    cache = app[CACHE]
+    counters = app[API_METRICS]
+    backend = app[BACKEND]
     key = cache_key(q)
     if not q.force_refresh:
         cached = await cache.get(key)
-        if cached is not None:
+        entry = None if cached is None else unpack(cached)
+        if entry is not None:
             counters.cache_hits.inc()
-            as_of_ms, lag, body = unpack(cached)
-            return _answer_response(body, as_of_ms, lag)
+            return _answer_response(entry.body, entry.as_of_ms, entry.lag, stale=False)
         counters.cache_misses.inc()
-    answer = await compute(request.app, q)
+    ends = await backend.input_ends()  # (read before the answer: later records not in it)
+    try:
+        answer = await compute(app, q)
+    except ServiceUnavailable:
+        if q.consistency == "strict":
+            raise
+        last = await cache.get_last(key)
+        entry = None if last is None else unpack(last)
+        if entry is None:
+            raise
+        # Every record that reached the input since the answer is one it does not reflect.
+        now = await backend.input_ends(fresh=True)
+        since = now - entry.ends if now is not None and entry.ends >= 0 else 0
+        counters.last_answers.inc()
+        return _answer_response(entry.body, entry.as_of_ms, entry.lag + max(0, since),
+                                stale=True)
     body = render(answer.rows, q)
-    await cache.set(key, pack(answer, body), request.app[BACKEND].cache_ttl_s)
-    return _answer_response(body, answer.as_of_ms, answer.lag)
+    if answer.stale:
+        counters.stale_answers.inc()
+    else:
+        await cache.set(key, pack(answer, body, ends), backend.cache_ttl_s, LAST_ANSWER_KEEP_S)
+    return _answer_response(body, answer.as_of_ms, answer.lag, answer.stale)
 
 
-def pack(answer: Answer, body: bytes) -> bytes:
+@dataclass(frozen=True, slots=True)
+class Cached:
+    as_of_ms: int
+    lag: int
+    ends: int  # the input topics' end offsets summed before the answer (-1: unknown)
+    body: bytes
+
+
+def pack(answer: Answer, body: bytes, ends: int | None) -> bytes:
     """A cached answer: its freshness, then its body."""
-    return b"%d %d\n" % (answer.as_of_ms, answer.lag) + body
+    return b"%d %d %d\n" % (answer.as_of_ms, answer.lag, -1 if ends is None else ends) + body
 
 
-def unpack(cached: bytes) -> tuple[int, int, bytes]:
+def unpack(cached: bytes) -> Cached | None:
+    """None for an entry this version did not write (an older one's: ``as_of lag``)."""
     head, _, body = cached.partition(b"\n")
-    as_of_ms, _, lag = head.partition(b" ")
-    return int(as_of_ms), int(lag), body
+    fields = head.split(b" ")
+    if len(fields) != 3:
+        return None
+    try:
+        as_of_ms, lag, ends = map(int, fields)
+    except ValueError:
+        return None
+    return Cached(as_of_ms, lag, ends, body)
 
 
-def _answer_response(body: bytes, as_of_ms: int, lag: int) -> web.Response:
-    return web.Response(body=body, content_type=JSON, headers={
-        AS_OF_HEADER: str(as_of_ms), LAG_HEADER: str(lag)})
+def _answer_response(body: bytes, as_of_ms: int, lag: int, stale: bool) -> web.Response:
+    headers = {AS_OF_HEADER: str(as_of_ms), LAG_HEADER: str(lag)}
+    if stale:
+        headers[STALE_HEADER] = "true"
+    return web.Response(body=body, content_type=JSON, headers=headers)
 
 
 async def internal_segments(request: web.Request) -> web.Response:
-    """A worker's own part of an answer, for the fan-out of another worker."""
+    """A worker's own part of an answer, for the fan-out of another worker: by default every
+    partition it serves (503 unless it serves); with ``any=true``, whatever it holds of
+    ``partitions``, flagged stale when not from it serving as their owner."""
     q = parse_internal_request(request.query)
     backend = request.app[BACKEND]
-    if not backend.is_ready():
+    scope = parse_internal_scope(request.query, backend.total_partitions)
+    if not scope.any:
+        if not backend.is_ready():
+            raise ServiceUnavailable("worker is rebalancing or recovering", RETRY_AFTER_S)
+        if scope.partitions is None:
+            items, partitions = backend.local_query(q.program_id, q.segment_type,
+                                                    q.segment_basis, q.min_weight)
+            return web.Response(body=_encode({"items": items, "partitions": partitions,
+                                              "lag": backend.lag()}), content_type=JSON)
+        wanted = sorted(scope.partitions & set(backend.partitions()))
+    else:
+        wanted = sorted(range(backend.total_partitions) if scope.partitions is None
+                        else scope.partitions)
+    held = await backend.held_query(q.program_id, q.segment_type, q.segment_basis,
+                                    q.min_weight, wanted)
+    if held.stale and not scope.any:  # (it stopped serving meanwhile)
         raise ServiceUnavailable("worker is rebalancing or recovering", RETRY_AFTER_S)
-    items, partitions = backend.local_query(q.program_id, q.segment_type, q.segment_basis,
-                                            q.min_weight)
-    return web.Response(body=_encode({"items": items, "partitions": partitions,
-                                      "lag": backend.lag()}), content_type=JSON)
+    return web.Response(body=_encode({"items": held.rows, "partitions": held.partitions,
+                                      "lag": held.lag, "stale": held.stale}),
+                        content_type=JSON)
 
 
 async def stream_segments(request: web.Request) -> web.StreamResponse:
@@ -203,7 +216,7 @@ async def healthz(request: web.Request) -> web.Response:
     backend = request.app[BACKEND]
     ready = backend.is_ready()
     body = {"ready": ready, "partitions": backend.partitions(),
-            "recommendations": backend.recommendations()}
+            "recommendations": backend.recommendations(), "standbys": backend.standbys()}
     return json_response(body, status=200 if ready else 503,
                          headers=None if ready else {"Retry-After": str(RETRY_AFTER_S)})
 

@@ -37,7 +37,9 @@ if [ ! -f "$stamp" ]; then
   say "installing the project and its dev tools into .venv (requirements-dev.lock)"
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
   .venv/bin/python -m pip install -q --require-hashes -r requirements-dev.lock
-  .venv/bin/python -m pip install -q --no-deps -e .
+  # setuptools says, for any editable install of a project laid out like this one, to mind
+  # folders named like its packages: information for the project's developers, not a newcomer.
+  PYTHONWARNINGS=ignore .venv/bin/python -m pip install -q --no-deps -e .
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

@@ -124,6 +124,8 @@ class Settings:
     produce_timeout_ms: int = 30_000
     # How long a worker waits for another worker's part of an answer.
     peer_timeout_ms: int = 2_000
+    # How many other workers keep a warm copy of each partition.
+    standby_replicas: int = 1
     # Live streams: at most one update per interval; at most this many per worker.
     stream_interval_ms: int = 1_000
     stream_max_clients: int = 1_000
@@ -171,6 +173,7 @@ class Settings:
             max_future_ms=_int(env, "SEGMENTS_MAX_FUTURE_MS", 3_600_000),
             produce_timeout_ms=_int(env, "SEGMENTS_PRODUCE_TIMEOUT_MS", 30_000, minimum=1000),
             peer_timeout_ms=_int(env, "SEGMENTS_PEER_TIMEOUT_MS", 2_000, minimum=50),
+            standby_replicas=_int(env, "SEGMENTS_STANDBY_REPLICAS", 1, maximum=16),
             stream_interval_ms=_int(env, "SEGMENTS_STREAM_INTERVAL_MS", 1_000, minimum=50),
             stream_max_clients=_int(env, "SEGMENTS_STREAM_MAX_CLIENTS", 1_000, minimum=0),
         )

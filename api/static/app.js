@@ -8,7 +8,7 @@ const RETRY_MS = [500, 1000, 2000, 5000];
 
 const $ = (id) => document.getElementById(id);
 const view = { program_id: "", segment_type: "growth", segment_basis: "labels", min_weight: "0.5", size: "50" };
-const state = { rows: [], total: 0, asOf: 0, lag: 0, connected: false, history: new Map(), changed: new Set() };
+const state = { rows: [], total: 0, asOf: 0, lag: 0, stale: false, connected: false, history: new Map(), changed: new Set() };
 let apiKey = sessionStorage.getItem("segments-api-key") || "";
 let controller = null;
 let lastEventId = "";
@@ -66,6 +66,7 @@ function applySnapshot(data) {
   state.total = data.total;
   state.asOf = data.as_of;
   state.lag = data.lag;
+  state.stale = data.stale === true;
   state.changed = new Set();
   remember(state.rows, state.asOf);
 }
@@ -82,6 +83,7 @@ function applyUpdate(data) {
   state.total = data.total;
   state.asOf = data.as_of;
   state.lag = data.lag;
+  state.stale = data.stale === true;
   remember(state.rows, state.asOf);
 }
 
@@ -169,9 +171,11 @@ function showFreshness() {
     $("freshness-text").textContent = state.asOf ? `reconnecting · last answer ${age()} ago` : "connecting…";
     return;
   }
-  el.dataset.state = state.lag > 0 ? "behind" : "live";
+  el.dataset.state = state.lag > 0 || state.stale ? "behind" : "live";
   const behind = state.lag > 0 ? `${state.lag.toLocaleString("en-US")} records behind` : "caught up";
-  $("freshness-text").textContent = `live · as of ${age()} ago · ${behind}`;
+  // Stale: part of the answer is from standby copies while an owner is down or moving.
+  const source = state.stale ? " · from standby copies" : "";
+  $("freshness-text").textContent = `live · as of ${age()} ago · ${behind}${source}`;
 }
 
 function age() {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import msgspec
 
 
@@ -29,3 +31,15 @@ def contract_order(rows: list[SegmentRow]) -> list[SegmentRow]:
     """Sort ``rows`` in place in the contract's order; returns them."""
     rows.sort(key=sort_key)
     return rows
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """What a worker holds of some partitions for a query: rows (sorted only within each
+    partition), the partitions covered, their lag, and whether any part is not from a serving
+    owner."""
+
+    rows: list[SegmentRow]
+    partitions: list[int]
+    lag: int
+    stale: bool

@@ -21,6 +21,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from streams.domain.partition import PartitionState
+from streams.runtime.stalls import StallGuard
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +51,9 @@ class Fence:
 class PartitionRegistry:
     """The partition states of one worker."""
 
-    def __init__(self, thresholds: tuple[float, ...]) -> None:
+    def __init__(self, thresholds: tuple[float, ...], stalls: StallGuard | None = None) -> None:
         self.thresholds = thresholds
+        self.stalls = stalls
         self.phase = Phase.STARTING
         self.generation = 0  # rebalances begun
         self.active: dict[int, PartitionState] = {}
@@ -63,7 +65,8 @@ class PartitionRegistry:
 
     @property
     def serving(self) -> bool:
-        return self.phase is Phase.SERVING
+        """Handles records, publishes and answers (not right after a pause: runtime/stalls.py)."""
+        return self.phase is Phase.SERVING and not (self.stalls and self.stalls.holding())
 
     def new_state(self, partition: int, rebuilding: bool = False) -> PartitionState:
         return PartitionState(partition, self.thresholds, rebuilding)
@@ -85,6 +88,16 @@ class PartitionRegistry:
         for offsets in self.read_upto.values():
             for p in [p for p in offsets if p not in assigned]:
                 del offsets[p]
+
+    def forget(self) -> None:
+        """Drop every state: they may be behind their changelogs (the group moved them)."""
+        if self.active or self.recovering:
+            logger.warning("forgetting the states of partitions %s: the group may have moved "
+                           "them meanwhile", sorted({*self.active, *self.recovering}))
+        self.active.clear()
+        self.recovering.clear()
+        self.stale.clear()
+        self.read_upto.clear()
 
     def persisted_offset(self, table: str, partition: int) -> int | None:
         """The last offset of ``table``'s changelog partition that its state holds (Faust's

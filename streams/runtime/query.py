@@ -11,8 +11,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from streams.domain.rows import SegmentRow, contract_order
+from streams.domain.rows import Held, SegmentRow, contract_order
+from streams.runtime.group_lag import GroupLag
 from streams.runtime.partitions import PartitionRegistry
+from streams.runtime.standby import StandbyReplicas, holders
 
 MERGED_MEMO_MAX = 16  # merged answers kept (each holds its partitions' memoised parts)
 
@@ -26,18 +28,23 @@ class Cluster:
     self_url: str  # exactly the URL it advertises to the group
     total_partitions: int
     cache_ttl_s: float
+    standby_replicas: int = 0
 
 
 class QueryService:
     def __init__(self, registry: PartitionRegistry, cluster: Cluster,
                  owners: Callable[[], dict[str, list[int]]],
                  rebalancing: Callable[[], bool] = lambda: False,
-                 lag: Callable[[], int] = lambda: 0) -> None:
+                 lag: Callable[[], dict[tuple[str, int], int]] = dict,
+                 standbys: StandbyReplicas | None = None,
+                 group_lag: GroupLag | None = None) -> None:
         self.registry = registry
         self.cluster = cluster
         self._owners = owners
         self._rebalancing = rebalancing
         self._lag = lag
+        self._standbys = standbys
+        self._group_lag = group_lag
         self._merged: OrderedDict[_Key, tuple[list[list[SegmentRow]], list[SegmentRow]]] = (
             OrderedDict())
 
@@ -86,5 +93,70 @@ class QueryService:
     def recommendations(self) -> int:
         return self.registry.recommendations()
 
-    def lag(self) -> int:
-        return self._lag()
+    def lag(self, partitions: list[int] | None = None) -> int:
+        """Records of this worker's partitions (of ``partitions``) not handled yet."""
+        lags = self._lag()
+        if partitions is None:
+            return sum(lags.values())
+        wanted = set(partitions)
+        return sum(v for (_, p), v in lags.items() if p in wanted)
+
+    async def held_query(self, program_id: str, segment_type: str, segment_basis: str,
+                         min_weight: float, partitions: list[int]) -> Held:
+        """Rows of whatever this worker holds of ``partitions``: its own partitions, its ready
+        standby copies, copies taken over and being brought up to date. Parts not from this
+        worker serving as their owner make the answer stale, with the group's lag as the
+        broker has it now."""
+        wanted = set(partitions)
+        if not (self.is_ready() and wanted <= set(self.registry.active)):
+            await self._refresh_group_lag()  # (the states may move meanwhile: looked up after)
+        serving = self.is_ready()
+        active = self.registry.active
+        recovering = self.registry.recovering
+        owned = sorted(p for p in wanted if p in active)
+        stale = not serving and bool(owned)
+        taken = sorted(p for p in wanted - set(owned)
+                       if p in recovering and not recovering[p].store.rebuilding)
+        rows: list[SegmentRow] = []
+        for p in owned:
+            rows.extend(active[p].query(program_id, segment_type, segment_basis, min_weight))
+        for p in taken:
+            rows.extend(recovering[p].query(program_id, segment_type, segment_basis, min_weight))
+        lag = self.lag(owned) if serving else self._held_lag(owned)
+        lag += self._held_lag(taken)
+        covered = owned + taken
+        if self._standbys is not None:
+            more, copies, more_lag = self._standbys.query(
+                program_id, segment_type, segment_basis, min_weight,
+                sorted(wanted - set(covered)))
+            rows.extend(more)
+            covered += copies
+            lag += more_lag
+            stale = stale or bool(copies)
+        return Held(rows, sorted(covered), lag, stale or bool(taken))
+
+    def _held_lag(self, partitions: list[int]) -> int:
+        return sum(self._group_lag.of(p) for p in partitions) if self._group_lag else 0
+
+    async def _refresh_group_lag(self) -> None:
+        if self._group_lag is not None:
+            await self._group_lag.refresh()
+
+    async def input_ends(self, fresh: bool = False) -> int | None:
+        """The input and repartition topics' end offsets summed, as of the last reading of
+        the group's lag (at most a second or so old) or, ``fresh``, a reading started now;
+        None when unknown."""
+        if self._group_lag is None:
+            return None
+        if fresh:
+            await self._group_lag.refresh()
+        return self._group_lag.ends if self._group_lag.ends >= 0 else None
+
+    def standbys(self) -> list[int]:
+        return [] if self._standbys is None else self._standbys.ready()
+
+    def standby_holders(self) -> dict[int, list[str]]:
+        """Partition -> the workers keeping its standby copies, in the current assignment."""
+        if not self.cluster.standby_replicas:
+            return {}
+        return holders(self._owners(), self.cluster.standby_replicas)

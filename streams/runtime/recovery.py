@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from streams.codec.durable import decode_emitted, decode_recommendation
 from streams.codec.exceptions import MalformedRecord
 from streams.codec.names import RECOMMENDATIONS, TABLES, Names
+from streams.domain.partition import PartitionState
 from streams.runtime.batches import Backoff
 from streams.runtime.metrics import RuntimeMetrics
 from streams.runtime.partitions import PartitionRegistry
@@ -31,6 +32,14 @@ logger = logging.getLogger(__name__)
 
 OnRecord = Callable[[int, bytes | None, bytes | None], None]  # partition, key, value
 Highwaters = Callable[[str, set[int]], Awaitable[dict[int, int]]]  # topic, partitions -> ends
+
+
+class Standbys(Protocol):
+    async def rebalanced(self, registry: PartitionRegistry, assigned: set[int]) -> None:
+        """``assigned`` are this worker's partitions now (the others still in the registry):
+        warm copies of them become their states (in ``registry.recovering``, their changelog
+        offsets remembered); states given up may become copies; the copies kept are those of
+        the new assignment."""
 
 
 class Reader(Protocol):
@@ -81,12 +90,14 @@ class RecoveryStats:
 
 class Recovery:
     def __init__(self, registry: PartitionRegistry, reader: Reader, names: Names,
-                 highwaters: Highwaters, metrics: RuntimeMetrics | None = None) -> None:
+                 highwaters: Highwaters, metrics: RuntimeMetrics | None = None,
+                 standbys: Standbys | None = None) -> None:
         self.registry = registry
         self.reader = reader
         self.names = names
         self.highwaters = highwaters
         self.metrics = metrics or RuntimeMetrics()
+        self.standbys = standbys
         self.stats = RecoveryStats()
         self.retry: Backoff[str] = Backoff()
 
@@ -95,34 +106,28 @@ class Recovery:
         return self.registry.persisted_offset(table, partition)
 
     def load(self, table: str, partition: int, key: bytes | None, value: bytes | None) -> None:
-        """One changelog record into the (re)built state. A record that is not what this
-        product writes is skipped and counted."""
-        if key is None or value is None:
-            return
-        try:
-            if table == RECOMMENDATIONS:
-                k, v = decode_recommendation(key, value, partition)
-                self.registry.target(partition).store.load(
-                    (k.program_id, k.segment_basis, k.basis_id, k.action_type), k.user_id,
-                    v.weight, v.in_history, v.ts, v.offset, v.name)
-            else:
-                segment, count, previous = decode_emitted(key, value, partition)
-                self.registry.target(partition).ledger.load(segment, count, previous)
-        except MalformedRecord as exc:
-            self.stats.malformed_records += 1
-            self.metrics.malformed_records.inc()
-            n = self.stats.malformed_records
-            if n <= 10 or n % 1000 == 0:
-                logger.warning("skipped a malformed %s changelog record of partition %d (%s; %d "
-                               "so far)", table, partition, exc, n)
+        """One changelog record into the (re)built state."""
+        load_record(self.registry.target(partition), table, partition, key, value,
+                    self.skipped)
+
+    def skipped(self, table: str, partition: int, error: MalformedRecord) -> None:
+        """A changelog record that is not what this product writes: skipped and counted."""
+        self.stats.malformed_records += 1
+        self.metrics.malformed_records.inc()
+        n = self.stats.malformed_records
+        if n <= 10 or n % 1000 == 0:
+            logger.warning("skipped a malformed %s changelog record of partition %d (%s; %d so "
+                           "far)", table, partition, error, n)
 
     async def on_rebalance(self, table: str, assigned: set[int]) -> None:
         """``table``'s changelog partitions ``assigned`` to this worker by a new assignment:
         rebuild those it did not keep, before Faust's recovery replays the rest."""
         registry = self.registry
         registry.begin_rebalance()
-        if table == RECOMMENDATIONS:  # once per rebalance
+        if table == RECOMMENDATIONS:  # once per rebalance (the first table), for both tables
             self.metrics.rebalances.inc()
+            if self.standbys is not None:
+                await self.standbys.rebalanced(registry, assigned)
         registry.keep_only(assigned)
         topic = self.names.changelog_topic(table)
         kept = assigned & set(registry.active)
@@ -135,7 +140,8 @@ class Recovery:
             for p, end in ends.items():
                 if end:
                     registry.remember(table, p, end - 1)
-        todo = {p for p in assigned - kept if registry.persisted_offset(table, p) is None}
+        todo = {p for p in assigned - kept if registry.persisted_offset(table, p) is None
+                and not (p in registry.recovering and not registry.recovering[p].store.rebuilding)}
         if todo:
             # Empty changelog partitions (a new deployment) need no reader of their own.
             try:
@@ -198,6 +204,25 @@ class Recovery:
         logger.info("read %d %s changelog records of %d partitions in %.2fs", n, table,
                     len(partitions), time.monotonic() - started)
         return read
+
+
+def load_record(state: PartitionState, table: str, partition: int, key: bytes | None,
+                value: bytes | None,
+                skipped: Callable[[str, int, MalformedRecord], None]) -> None:
+    """One changelog record of ``table`` into ``state``; a record that is not what this product
+    writes goes to ``skipped``."""
+    if key is None or value is None:
+        return
+    try:
+        if table == RECOMMENDATIONS:
+            k, v = decode_recommendation(key, value, partition)
+            state.store.load((k.program_id, k.segment_basis, k.basis_id, k.action_type),
+                             k.user_id, v.weight, v.in_history, v.ts, v.offset, v.name)
+        else:
+            segment, count, previous = decode_emitted(key, value, partition)
+            state.ledger.load(segment, count, previous)
+    except MalformedRecord as exc:
+        skipped(table, partition, exc)
 
 
 def consumer_factory(**config: Any) -> Callable[[], AIOKafkaConsumer]:

@@ -70,10 +70,11 @@ _Wait = tuple[Awaitable[Any], frozenset[Source], int | None]
 
 class Sink:
     def __init__(self, producer: Callable[[], Producer], names: Names,
-                 max_request_size: int) -> None:
+                 max_request_size: int, check: Callable[[], None] = lambda: None) -> None:
         self._producer = producer  # the producer exists once the worker has started
         self._names = names
         self._max_request_size = max_request_size
+        self._check = check  # raises when nothing may be written now (runtime/stalls.py)
 
     async def send_output(self, out: BatchOutput) -> Failures:
         """Send a batch's dead letters, repartitioned events and durable writes, and wait for
@@ -127,6 +128,7 @@ class Sink:
         producer = self._producer()
         futures = [] if futures is None else futures
         for partition, items in by_partition.items():
+            self._check()
             if not items:
                 continue
             batch = producer.create_batch()
@@ -150,6 +152,7 @@ class Sink:
         while True:
             letter = dead_letter(record.key, record.value, reason, max_bytes=max_bytes,
                                  source=(record.topic, record.partition, record.offset))
+            self._check()
             try:
                 delivery = await self._producer().send(
                     self._names.dlq_topic, letter.value, key=letter.key,

@@ -14,35 +14,43 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
 import faust
 import mode
 from aiohttp import web
+from aiokafka.admin import AIOKafkaAdminClient
 from faust.types import TP
 
 from api.app import create_web_app
 from streams.codec.names import RECOMMENDATIONS, TABLES, Names
 from streams.runtime import faust_ext
 from streams.runtime.batches import BatchProcessor
-from streams.runtime.faust_ext.consumer import consumer_lag, install, offsets_report
+from streams.runtime.faust_ext.consumer import consumer_lag, install, offsets_report, still_member
 from streams.runtime.faust_ext.producer import raw_producer
 from streams.runtime.faust_ext.tables import ChangelogTable, NoDelayTableManager
 from streams.runtime.faust_ext.worker import quiet_worker
+from streams.runtime.group_lag import GroupLag, GroupOffsets
 from streams.runtime.ingest import IngestHandler
 from streams.runtime.memory import MallocTrimmer, tune_gc, tune_malloc
 from streams.runtime.metrics import Holdings, RuntimeMetrics
-from streams.runtime.partitions import PartitionRegistry
+from streams.runtime.partitions import PartitionRegistry, Phase
 from streams.runtime.publisher import ChangePublisher
 from streams.runtime.query import Cluster, QueryService
 from streams.runtime.rebalance import release
 from streams.runtime.recovery import ChangelogReader, Recovery, consumer_factory
 from streams.runtime.sink import Sink
+from streams.runtime.stalls import StallGuard
+from streams.runtime.standby import StandbyReplicas, holders
 from streams.runtime.topics import ensure_topics
 from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+SESSION_TIMEOUT_S = 6.0
+HEARTBEAT_S = 1.0
 
 
 @dataclass
@@ -76,13 +84,17 @@ def _faust_app(s: Settings) -> faust.App:
         store="memory://",
         topic_partitions=s.partitions,
         topic_replication_factor=s.replication_factor,
-        # No standbys: the derived state is rebuilt from the changelog on assignment.
+        # No standbys of Faust's: the worker keeps its own (runtime/standby.py), from its own
+        # batched readers, placed where every worker can tell (the owner's successors).
         table_standby_replicas=0,
         web_enabled=False,
         canonical_url=s.advertised_url,
         datadir=s.data_dir or None,
-        broker_session_timeout=10.0,
-        broker_heartbeat_interval=1.0,
+        # A member that stops heartbeating is out after 6 s, the brokers' default minimum
+        # (group.min.session.timeout.ms); peers stop asking it at once (api/fanout.py) and
+        # answer from standbys meanwhile. Heartbeats at a sixth of it survive a lost one or two.
+        broker_session_timeout=SESSION_TIMEOUT_S,
+        broker_heartbeat_interval=HEARTBEAT_S,
         broker_rebalance_timeout=20.0,
         # Offsets are committed every second (and at every rebalance and stop); the fetch loop
         # also stops to commit after this many acks (a producer flush and a commit, awaited).
@@ -110,24 +122,49 @@ def build_worker(settings: Settings) -> Worker:
     """The worker for ``settings``, every collaborator built here and passed in."""
     names: Names = settings.names
     app = _faust_app(settings)
-    registry = PartitionRegistry(settings.watch_thresholds)
+    # A pause of half the session might have cost the membership: writes wait for a heartbeat.
+    stalls = StallGuard(threshold_s=SESSION_TIMEOUT_S / 2, hold_s=2 * HEARTBEAT_S)
+    registry = PartitionRegistry(settings.watch_thresholds, stalls)
+
+    self_url = str(app.conf.canonical_url)
+    kafka = {"bootstrap_servers": settings.bootstrap_servers}
 
     def lag() -> dict[tuple[str, int], int]:
-        return consumer_lag(app) if registry.serving else {}
+        # (Also while a pause holds the worker back: its records are behind all the same.)
+        return consumer_lag(app) if registry.phase is Phase.SERVING else {}
 
-    metrics = RuntimeMetrics(lambda: holdings(registry, lag()))
+    recommendations_changelog = names.changelog_topic(RECOMMENDATIONS)
+
+    def owners() -> dict[str, list[int]]:
+        meta = app.assignor.table_metadata(recommendations_changelog)
+        return {str(url): sorted(tps.get(recommendations_changelog, []))
+                for url, tps in meta.items()}
+
+    group_lag = GroupLag(names, settings.partitions, consumer_factory(**kafka),
+                         GroupOffsets(lambda: AIOKafkaAdminClient(**kafka), settings.app_id))
+    standbys: StandbyReplicas | None = None
+    if settings.standby_replicas:
+        def wanted() -> set[int]:
+            placed = holders(owners(), settings.standby_replicas)
+            return {p for p, urls in placed.items() if self_url in urls}
+
+        standbys = StandbyReplicas(
+            registry, names, wanted, consumer_factory(**kafka), group_lag,
+            lambda table, partition, error: recovery.skipped(table, partition, error))
+    metrics = RuntimeMetrics(lambda: holdings(registry, lag(), standbys))
 
     async def highwaters(topic: str, partitions: set[int]) -> dict[int, int]:
         ends = await app.consumer.highwaters(*(TP(topic, p) for p in sorted(partitions)))
         return {tp.partition: end for tp, end in ends.items()}
 
-    reader = ChangelogReader(consumer_factory(bootstrap_servers=settings.bootstrap_servers))
-    recovery = Recovery(registry, reader, names, highwaters, metrics)
+    reader = ChangelogReader(consumer_factory(**kafka))
+    recovery = Recovery(registry, reader, names, highwaters, metrics, standbys)
     for table in TABLES:
         app.tables.add(ChangelogTable(
             app, name=table, listener=recovery, key_type=bytes, value_type=bytes,
             partitions=settings.partitions, recovery_buffer_size=10_000))
-    sink = Sink(lambda: raw_producer(app), names, app.conf.producer_max_request_size)
+    sink = Sink(lambda: raw_producer(app), names, app.conf.producer_max_request_size,
+                check=stalls.check)
     processor = BatchProcessor(
         registry, IngestHandler(names, settings.partitions, settings.max_future_ms), sink,
         recovery.repair, metrics)
@@ -146,7 +183,10 @@ def build_worker(settings: Settings) -> Worker:
     app.timer(1.0, name="repair-partitions")(recovery.repair_stale)
 
     async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
-        await release(registry, publisher, app.producer.flush)
+        member = still_member(app)
+        await release(registry, publisher, app.producer.flush, still_member=member)
+        if standbys is not None:
+            await standbys.released(registry, member)
 
     async def on_stopping(sender: Any, *args: Any, **kwargs: Any) -> None:
         await release(registry, publisher, app.producer.flush, stopping=True)
@@ -154,28 +194,28 @@ def build_worker(settings: Settings) -> Worker:
     app.on_partitions_revoked.connect(cast(Any, on_revoked))
     app.on_before_shutdown.connect(cast(Any, on_stopping))
 
-    recommendations_changelog = names.changelog_topic(RECOMMENDATIONS)
-
-    def owners() -> dict[str, list[int]]:
-        meta = app.assignor.table_metadata(recommendations_changelog)
-        return {str(url): sorted(tps.get(recommendations_changelog, []))
-                for url, tps in meta.items()}
-
     query = QueryService(
-        registry, Cluster(str(app.conf.canonical_url), settings.partitions,
-                          settings.cache_ttl_s), owners, rebalancing=lambda: app.rebalancing,
-        lag=lambda: sum(lag().values()))
+        registry, Cluster(self_url, settings.partitions, settings.cache_ttl_s,
+                          settings.standby_replicas), owners,
+        rebalancing=lambda: app.rebalancing, lag=lag,
+        standbys=standbys, group_lag=group_lag)
     worker = Worker(settings, app, registry, processor, publisher, recovery, query, ())
     web_app = create_web_app(query, settings.redis_url, namespace=settings.app_id,
                              peer_timeout_s=settings.peer_timeout_ms / 1000.0,
                              registry=metrics.registry,
                              stream_interval_s=settings.stream_interval_ms / 1000.0,
                              stream_max_clients=settings.stream_max_clients)
-    worker.services = (WebService(web_app, settings, app), MallocTrimmer(worker.activity))
+    services: list[mode.Service] = [WebService(web_app, settings, app),
+                                     MallocTrimmer(worker.activity), Background(group_lag.run),
+                                     Background(stalls.run)]
+    if standbys is not None:
+        services.append(Background(standbys.run))
+    worker.services = tuple(services)
     return worker
 
 
-def holdings(registry: PartitionRegistry, lag: dict[tuple[str, int], int]) -> Holdings:
+def holdings(registry: PartitionRegistry, lag: dict[tuple[str, int], int],
+             standbys: StandbyReplicas | None) -> Holdings:
     """What the worker holds, for the metrics' gauges."""
     states = list(registry.active.values())
     programs: set[str] = set()
@@ -184,7 +224,20 @@ def holdings(registry: PartitionRegistry, lag: dict[tuple[str, int], int]) -> Ho
     return Holdings(recommendations=sum(s.recommendations() for s in states),
                     segments=sum(len(s.store.families) for s in states),
                     programs=len(programs), active_partitions=len(states),
-                    standby_partitions=0, lag=lag)
+                    standby_partitions=len(standbys.standbys) if standbys else 0, lag=lag)
+
+
+class Background(mode.Service):
+    """Runs a coroutine alongside the Faust worker until it stops (the standby copies' reader,
+    the group lag's)."""
+
+    def __init__(self, run: Callable[[], Awaitable[None]], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.run = run
+
+    @mode.Service.task
+    async def _run(self) -> None:
+        await self.run()
 
 
 async def _unreachable(stream: Any) -> Any:
@@ -213,14 +266,35 @@ class WebService(mode.Service):
         site = web.TCPSite(self.runner, s.web_host, s.web_port, reuse_address=True)
         await site.start()
         logger.warning("serving GET /segments on http://%s:%d", s.web_host, s.web_port)
-        # `kill -USR1 <pid>`: log where each partition stands (what a stuck lag looks like
-        # from inside; the fault tests' harness asks for it when a lag does not drain).
+        # `kill -USR1 <pid>`: log where each partition stands and what every task awaits (what
+        # a stuck lag or rebalance looks like from inside; the fault tests' harness asks for it
+        # when a lag does not drain).
         asyncio.get_running_loop().add_signal_handler(
-            signal.SIGUSR1, lambda: logger.warning("%s", offsets_report(self.faust_app)))
+            signal.SIGUSR1, lambda: logger.warning("%s\n%s", offsets_report(self.faust_app),
+                                                   tasks_report()))
 
     async def on_stop(self) -> None:
         if self.runner is not None:
             await self.runner.cleanup()
+
+
+def tasks_report() -> str:
+    """Every asyncio task of the worker and where it waits (the innermost calls of its await
+    chain)."""
+    lines = []
+    for task in asyncio.all_tasks():
+        frames: list[Any] = []
+        coro: Any = task.get_coro()
+        while coro is not None and len(frames) < 64:
+            frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+            if frame is None:
+                break
+            frames.append(frame)
+            coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+        where = " <- ".join(f"{f.f_code.co_name} ({f.f_code.co_filename.rsplit('/', 2)[-1]}:"
+                            f"{f.f_lineno})" for f in reversed(frames[-5:]))
+        lines.append(f"  {task.get_name()}: {where or '?'}")
+    return f"tasks ({len(lines)}):\n" + "\n".join(sorted(lines))
 
 
 def run_worker(settings: Settings | None = None) -> None:

@@ -7,6 +7,8 @@
              (cached and force_refresh) with C concurrent clients, requests/s
 5. memory    worker RSS per recommendation held at R recommendations
 6. recovery  worker start -> ready with R recommendations in the changelog
+7. standby   two workers rebuilt from the same changelogs, without and with a standby copy of
+             every partition: what a copy costs per recommendation
 
 Results go to ``benchmarks/results.json`` and the table in ``BENCHMARKS.md``.
 """
@@ -159,6 +161,12 @@ class WorkerProc:
 
     async def wait_ready(self, timeout_s: float = 300.0) -> float:
         return await wait_http_ready(self.url, self.proc, timeout_s)
+
+    def log_tail(self, n: int = 4000) -> str:
+        try:
+            return (self.run.work / f"worker-{self.port}.log").read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
 
     def rss(self) -> int:
         import psutil
@@ -385,7 +393,56 @@ async def bench(cfg: BenchConfig, run: Run) -> dict[str, Any]:
     results["recovery"] = {"seconds_to_ready": ready - started,
                            "recommendations": total_recs}
     worker.stop()
+
+    console.print("7. standby copies: two workers without, then with")
+    rss_of = {}
+    for replicas in (0, 1):
+        rss_of[replicas] = await pair_rss(run, replicas)
+    results["standby"] = {
+        "recommendations": total_recs, "rss_bytes_without": rss_of[0],
+        "rss_bytes_with": rss_of[1],
+        "bytes_per_standby_recommendation": (rss_of[1] - rss_of[0]) / total_recs}
     return results
+
+
+async def pair_rss(run: Run, replicas: int) -> int:
+    """Both workers' RSS, idle, once they hold every partition (and, with ``replicas``, a
+    ready copy of each) rebuilt from the changelogs of ``run``."""
+    workers = []
+    for i in range(2):
+        own = dataclasses.replace(run, work=run.work / f"pair-{replicas}-{i}", extra_env={
+            **run.extra_env, "SEGMENTS_STANDBY_REPLICAS": str(replicas)})
+        own.work.mkdir(parents=True, exist_ok=True)
+        workers.append(WorkerProc(own, kafka_local.free_port()))
+    try:
+        for w in workers:
+            w.start()
+        deadline = time.perf_counter() + 300
+        async with aiohttp.ClientSession() as session:
+            while True:
+                bodies: list[dict[str, Any]] = []
+                for w in workers:
+                    try:
+                        async with session.get(w.url + "/healthz") as resp:
+                            if resp.status == 200:
+                                bodies.append(await resp.json())
+                    except aiohttp.ClientError:
+                        pass
+                if len(bodies) == len(workers):
+                    owned = sum(len(b["partitions"]) for b in bodies)
+                    copies = sum(len(b["standbys"]) for b in bodies)
+                    if owned == PARTITIONS and copies == (PARTITIONS if replicas else 0):
+                        break
+                if time.perf_counter() > deadline:
+                    logs = "\n".join(w.log_tail() for w in workers)
+                    raise RuntimeError(f"the pair was not ready with {replicas} standby copies "
+                                       f"({bodies}):\n{logs}")
+                await asyncio.sleep(0.5)
+        await asyncio.sleep(5.0)  # idle, as in phase 5
+        return sum(w.rss() for w in workers)
+    finally:
+        for w in workers:
+            w.stop()
 
 
 async def ingest_with_streams(run: Run, n: int, clients: int) -> float:
@@ -452,6 +509,10 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
          "<= 400 B"),
         ("recovery to ready", f"{r['recovery']['seconds_to_ready']:.1f} s "
          f"({r['recovery']['recommendations']:,} recommendations)", "<= 30 s"),
+        ("standby copy per recommendation (2 workers, RSS with - without copies)",
+         f"{r['standby']['bytes_per_standby_recommendation']:.0f} B "
+         f"({r['standby']['rss_bytes_without'] / 2**20:.0f} -> "
+         f"{r['standby']['rss_bytes_with'] / 2**20:.0f} MiB)", "reported"),
     ]
     return rows
 

@@ -33,7 +33,9 @@ class RedisServer:
         try:
             self.proc = subprocess.Popen(
                 [exe, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-                 "--appendonly", "no", "--dir", str(self.data_dir), "--protected-mode", "yes"],
+                 "--appendonly", "no", "--dir", str(self.data_dir), "--protected-mode", "yes",
+                 # A cache: bounded, the least recently used answers go first.
+                 "--maxmemory", "256mb", "--maxmemory-policy", "allkeys-lru"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         finally:
             log.close()

@@ -161,3 +161,84 @@ class FakeReader:
 
     async def highwaters(self, topic: str, partitions: set[int]) -> dict[int, int]:
         return {p: self.end(topic, p) for p in partitions}
+
+
+@dataclass
+class ConsumerRecord:
+    key: bytes | None
+    value: bytes | None
+    offset: int
+
+
+class FakeChangelogConsumer:
+    """What the standby reader and offset lookups use of a group-less AIOKafkaConsumer, over a
+    FakeReader's changelogs. ``failing``: every call but start and stop raises it."""
+
+    def __init__(self, reader: FakeReader, failing: BaseException | None = None) -> None:
+        self.reader = reader
+        self.failing = failing
+        self.positions: dict[Any, int] = {}
+        self.gate: asyncio.Event | None = None  # when set: a fetch waits for it once taken
+        self.fetched = asyncio.Event()
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def _check(self) -> None:
+        if self.failing is not None:
+            raise self.failing
+
+    def assign(self, tps: Iterable[Any]) -> None:
+        self._check()
+        self.positions = {tp: self.positions.get(tp, 0) for tp in tps}
+
+    async def seek_to_beginning(self, *tps: Any) -> None:
+        self._check()
+        for tp in tps:
+            self.positions[tp] = 0
+
+    def seek(self, tp: Any, offset: int) -> None:
+        self.positions[tp] = offset
+
+    async def end_offsets(self, tps: Iterable[Any]) -> dict[Any, int]:
+        self._check()
+        return {tp: self.reader.end(tp.topic, tp.partition) for tp in tps}
+
+    def highwater(self, tp: Any) -> int:
+        assert tp in self.positions, "Partition is not assigned"  # (as aiokafka's)
+        return self.reader.end(tp.topic, tp.partition)
+
+    def assignment(self) -> set[Any]:
+        return set(self.positions)
+
+    async def getmany(self, timeout_ms: int = 0, max_records: int | None = None
+                      ) -> dict[Any, list[ConsumerRecord]]:
+        self._check()
+        out = {}
+        for tp, position in self.positions.items():
+            log = self.reader.logs.get(tp.topic, {}).get(tp.partition, [])
+            if position < len(log):
+                out[tp] = [ConsumerRecord(k, v, o) for o, (k, v) in
+                           enumerate(log[position:], start=position)]
+                self.positions[tp] = len(log)
+        if self.gate is not None and out:
+            self.fetched.set()
+            await self.gate.wait()
+        await asyncio.sleep(0.001)
+        return out
+
+
+class FakeGroupLag:
+    """The group's lag per partition, as set by the test."""
+
+    def __init__(self, lag: dict[int, int] | None = None, ends: int = -1) -> None:
+        self.lag = lag or {}
+        self.ends = ends
+        self.refreshes = 0
+
+    def of(self, partition: int) -> int:
+        return self.lag.get(partition, 0)
+
+    async def refresh(self, since: float | None = None) -> None:
+        self.refreshes += 1

@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from streams.tools.kafka_local import free_port
 from streams.tools.probes import group_lag, partition_lags, topic_partitions
@@ -157,12 +158,17 @@ async def wait_no_lag(cluster: Cluster, timeout_s: float = 600.0) -> None:
     topics = [cluster.input_topic, cluster.repartition_topic]
     lag = -1
     while time.monotonic() < deadline:
-        lag = await group_lag(cluster.bootstrap, cluster.app_id, topics)
-        if lag == 0:
-            # one more commit interval so the last batch's state is surely applied
-            await asyncio.sleep(1.5)
-            if await group_lag(cluster.bootstrap, cluster.app_id, topics) == 0:
-                return
+        try:
+            lag = await group_lag(cluster.bootstrap, cluster.app_id, topics)
+            if lag == 0:
+                # one more commit interval so the last batch's state is surely applied
+                await asyncio.sleep(1.5)
+                if await group_lag(cluster.bootstrap, cluster.app_id, topics) == 0:
+                    return
+        except KafkaError as exc:  # e.g. no coordinator yet, right after a broker restart
+            lag = -1
+            if not getattr(exc, "retriable", False):
+                raise
         await asyncio.sleep(0.5)
     lags = await partition_lags(cluster.bootstrap, cluster.app_id, topics)
     behind = "\n".join(f"  {tp.topic}[{tp.partition}]: committed {done}, end {end}"
@@ -236,7 +242,7 @@ class PagesAnswer:
 
 async def walk_pages(session: aiohttp.ClientSession, url: str, program: str, segment_type: str,
                      basis: str, m: float, *, refresh: bool = True, size: int = 100,
-                     max_pages: int = 10_000) -> PagesAnswer:
+                     max_pages: int = 10_000, consistency: str = "any") -> PagesAnswer:
     """GET /segments page by page until ``total`` rows are read. Stops at the first page that
     is not a 200 and returns its status, body and Retry-After header. Transport errors
     (aiohttp.ClientError, TimeoutError) propagate to the caller."""
@@ -245,7 +251,7 @@ async def walk_pages(session: aiohttp.ClientSession, url: str, program: str, seg
     while page <= max_pages:
         params = {"segment_type": segment_type, "segment_basis": basis + "s",
                   "min_weight": repr(m), "page": str(page), "size": str(size),
-                  "force_refresh": "true" if refresh else "false"}
+                  "force_refresh": "true" if refresh else "false", "consistency": consistency}
         async with session.get(url + "/segments", params=params,
                                headers={"program-id": program}) as resp:
             raw = await resp.read()
@@ -325,9 +331,9 @@ async def final_check(cluster: Cluster, oracle: Any, workers: list[Worker], *,
     """After input stopped and the group has no lag: GET /segments (force_refresh, all pages) on
     EVERY worker in ``workers`` equals ``oracle`` for every program, type, basis and threshold;
     then the last change event per segment at each watched threshold equals its count (0 or no
-    event at all for unlisted segments). 503s and mismatches are retried until ``timeout_s``
-    (workers may still be rebalancing or publishing their last changes); any other status
-    fails at once."""
+    event at all for unlisted segments). Answers are asked with ``consistency=strict``: from the
+    partitions' owners. 503s and mismatches are retried until ``timeout_s`` (workers may still
+    be rebalancing or publishing their last changes); any other status fails at once."""
     from tests.support.oracle import THRESHOLDS, TYPES, assert_rows_equal
 
     thresholds = thresholds or THRESHOLDS
@@ -348,7 +354,7 @@ async def final_check(cluster: Cluster, oracle: Any, workers: list[Worker], *,
                 if w.proc is None or w.proc.poll() is not None:
                     raise AssertionError(f"worker {w.port} is not running:\n{w.log()}")
                 for (p, t, b, m), rows in want.items():
-                    ans = await walk_pages(session, w.url, p, t, b, m)
+                    ans = await walk_pages(session, w.url, p, t, b, m, consistency="strict")
                     queries += 1
                     if ans.status == 503:
                         unavailable += 1

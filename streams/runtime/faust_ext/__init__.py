@@ -68,6 +68,8 @@ PRIVATE_API: tuple[tuple[str, str, str], ...] = (
     ("mode.services", "Service", "_stopped"),
     ("aiokafka.consumer.consumer", "AIOKafkaConsumer", "_fetch_max_wait_ms"),
     ("aiokafka.consumer.consumer", "AIOKafkaConsumer", "_subscription"),
+    ("aiokafka.consumer.consumer", "AIOKafkaConsumer", "_coordinator"),
+    ("aiokafka.consumer.group_coordinator", "GroupCoordinator", "generation"),
 )
 
 

@@ -370,6 +370,17 @@ def consumer_lag(app: Any) -> dict[tuple[str, int], int]:
     return out
 
 
+def still_member(app: Any) -> bool:
+    """Whether the worker is still the member of its group it was (aiokafka resets its
+    generation to -1 when the coordinator no longer knows it, e.g. after its session timed out
+    while it was stopped: its partitions may have had other owners meanwhile)."""
+    try:
+        coordinator = app.consumer._thread._consumer._coordinator
+    except AttributeError:  # not started, or not the aiokafka driver
+        return False
+    return coordinator is not None and int(coordinator.generation) >= 0
+
+
 def offsets_report(app: Any) -> str:
     """A worker's consumer bookkeeping, one line per assigned partition: the offset Faust last
     committed, the last offset read, acked offsets not yet committed and gaps, the fetch

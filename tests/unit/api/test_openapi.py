@@ -88,6 +88,7 @@ def test_parameters() -> None:
         "force_refresh",
         "page",
         "size",
+        "consistency",
         "program-id",
     ]
     header = PARAMS["program-id"]
@@ -111,6 +112,7 @@ def test_parameters() -> None:
         False,
     )
     assert (s["size"]["minimum"], s["size"]["maximum"]) == (1, 100)
+    assert s["consistency"]["enum"] == ["any", "strict"]
     assert PARAMS["force_refresh"]["description"] == (
         "Recalculate the segment counts and do not use the cache"
     )
@@ -126,6 +128,7 @@ def test_defaults_match_the_parser() -> None:
         "force_refresh": parsed.force_refresh,
         "page": parsed.page,
         "size": parsed.size,
+        "consistency": parsed.consistency,
     }
     assert parsed.segment_basis == "label"
 
@@ -164,11 +167,13 @@ def test_responses() -> None:
         "/HTTPValidationError"
     )
     assert "Retry-After" in get["responses"]["503"]["headers"]
-    assert {"Segments-As-Of", "Segments-Lag"} <= set(get["responses"]["200"]["headers"])
+    assert set(get["responses"]["200"]["headers"]) == {
+        "Segments-As-Of", "Segments-Lag", "Segments-Stale"}
     stream = DOC["paths"]["/segments/stream"]["get"]
     assert "text/event-stream" in stream["responses"]["200"]["content"]
     assert {p["name"] for p in stream["parameters"]} == {
-        "segment_type", "segment_basis", "min_weight", "size", "program-id", "program_id"}
+        "segment_type", "segment_basis", "min_weight", "size", "consistency", "program-id",
+        "program_id"}
     health = DOC["paths"]["/healthz"]["get"]["responses"]
     assert set(health) == {"200", "503"}
     assert "Retry-After" in health["503"]["headers"]

@@ -419,7 +419,8 @@ def test_long_decimal_weight_is_parsed() -> None:
 
 
 _names = st.sampled_from(
-    ["segment_type", "segment_basis", "min_weight", "force_refresh", "page", "size", "program-id"]
+    ["segment_type", "segment_basis", "min_weight", "force_refresh", "page", "size",
+     "consistency", "program-id"]
 )
 _keys = st.one_of(_names, st.text(max_size=20))
 _values = st.one_of(

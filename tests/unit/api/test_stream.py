@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from api import stream
+from api.answers import Answer
 from api.errors import ServiceUnavailable
 from api.params import SegmentsQuery
 from api.stream import StreamHub
@@ -24,16 +25,19 @@ def row(basis_id: str, count: int, name: str = "n") -> SegmentRow:
 
 
 class Script:
-    """Answers handed out in turn (the last one repeats)."""
+    """Answers handed out in turn (the last one repeats); ``stale``: the calls (from 0) whose
+    answer is stale."""
 
-    def __init__(self, *answers: list[SegmentRow]) -> None:
+    def __init__(self, *answers: list[SegmentRow], stale: frozenset[int] = frozenset()) -> None:
         self.answers = [contract_order(list(a)) for a in answers]
+        self.stale = stale
         self.calls = 0
 
-    async def __call__(self, q: SegmentsQuery) -> tuple[list[SegmentRow], int, int]:
-        answer = self.answers[min(self.calls, len(self.answers) - 1)]
+    async def __call__(self, q: SegmentsQuery) -> Answer:
+        rows = self.answers[min(self.calls, len(self.answers) - 1)]
+        stale = self.calls in self.stale
         self.calls += 1
-        return answer, 1_000 + self.calls, self.calls
+        return Answer(rows, 1_000 + self.calls, self.calls, stale)
 
 
 def parse(data: bytes) -> tuple[str, dict[str, Any]]:
@@ -134,15 +138,28 @@ async def test_the_number_of_streams_is_bounded() -> None:
 async def test_an_answer_that_cannot_be_computed_keeps_the_last_one() -> None:
     calls = 0
 
-    async def flaky(q: SegmentsQuery) -> tuple[list[SegmentRow], int, int]:
+    async def flaky(q: SegmentsQuery) -> Answer:
         nonlocal calls
         calls += 1
         if 2 <= calls <= 4:
             raise ServiceUnavailable("rebalancing")
-        return [row("a", calls)], calls, 0
+        return Answer([row("a", calls)], calls, 0)
 
     hub = StreamHub(flaky, 0.01, 10)
     client, _ = await hub.open(Q, lambda: None)
     _, data = parse(await asyncio.wait_for(client.queue.get(), 1))
     assert data["upserts"][0]["user_count"] == 5
+    await hub.stop()
+
+
+async def test_staleness_is_said_and_its_end_too() -> None:
+    """An answer that is stale says so (``stale: true``); the first one that is not, even with
+    the same rows, is sent at once so that the client stops showing it as stale."""
+    script = Script([row("a", 1)], stale=frozenset({0, 1}))
+    hub = StreamHub(script, 0.01, 10)
+    client, snapshot = await hub.open(Q, lambda: None)
+    assert parse(snapshot)[1]["stale"] is True
+    name, data = parse(await asyncio.wait_for(client.queue.get(), 1))
+    assert (name, data["upserts"], data.get("stale")) == ("update", [], None)
+    assert script.calls == 3  # the second (stale, unchanged) answer was not sent
     await hub.stop()

@@ -175,3 +175,21 @@ async def test_a_stop_confirms_too_and_stays_stopped() -> None:
     s.registry.finish_recovery(set(range(PARTITIONS)))
     assert not s.registry.serving
 
+
+
+async def test_a_worker_the_group_no_longer_knew_confirms_nothing_and_forgets_its_states(
+        ) -> None:
+    """Its partitions may have had other owners meanwhile (its session expired while it was
+    stopped): it writes nothing more for them, and a partition assigned to it again is rebuilt
+    from its changelog, not kept as it was before the pause."""
+    s = Setup()
+    s.apply("u1", 0.9, 1)
+    await s.publisher.tick()
+    s.producer.sent.clear()
+
+    async def flush() -> None:
+        pass
+
+    await release(s.registry, s.publisher, flush, still_member=False)
+    assert s.producer.sent == []
+    assert (s.registry.active, s.registry.read_upto) == ({}, {})

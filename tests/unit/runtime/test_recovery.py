@@ -125,3 +125,14 @@ async def test_a_stopping_worker_does_not_serve_again() -> None:
     registry.stop()
     await rebalance(recovery, {0})
     assert registry.phase is Phase.STOPPING and not registry.serving
+
+
+async def test_states_forgotten_after_a_lapsed_membership_are_rebuilt_not_kept() -> None:
+    registry, reader, recovery = setup()
+    write_recommendation(reader, 0, "u1", 0.7)
+    await rebalance(recovery, {0})
+    write_recommendation(reader, 0, "u2", 0.7)  # by the owner it had meanwhile
+    registry.forget()  # (release, when the group no longer knew this worker)
+    reader.reads.clear()
+    await rebalance(recovery, {0})
+    assert reader.reads == [(RECS, {0})] and counts(registry, 0) == [2]

@@ -1,0 +1,143 @@
+"""Where an answer of `GET /segments` comes from (contract section 6).
+
+``strict``: from every partition's owner, which must together cover every partition of one
+assignment; otherwise (a rebalance, an owner unreachable) a 503 with Retry-After, never a
+partial count.
+
+``any`` (the default): from the owners when they all answer; failing that, each partition from
+wherever it can be found, in this order: its owner (even while it rebalances), the workers
+keeping its standby copies, any worker (this one answers for itself without a request). Such
+an answer is *stale* (unless every part came from a serving owner after all) and the lag of its
+parts not from serving owners is the group's, as the broker has it when the answer is computed.
+When some partition is nowhere, the views fall back to the query's last answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from api.backend import SegmentsBackend
+from api.errors import ServiceUnavailable
+from api.fanout import PeerAnswer, PeerClient
+from api.params import InternalScope, SegmentsQuery
+from streams.domain.rows import Held, SegmentRow, contract_order
+
+RETRY_AFTER_S = 1
+
+BACKEND = web.AppKey("backend", SegmentsBackend)
+PEERS = web.AppKey("peers", PeerClient)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """All listed segments of a query, sorted, as of ``as_of_ms``, when ``lag`` records of
+    the partitions that fed it were not yet reflected; ``stale`` when any part is not from a
+    serving owner."""
+
+    rows: list[SegmentRow]
+    as_of_ms: int
+    lag: int
+    stale: bool = False
+
+
+async def compute(app: web.Application, q: SegmentsQuery) -> Answer:
+    backend = app[BACKEND]
+    if q.consistency == "strict":
+        return await from_owners(backend, app[PEERS], q)
+    if backend.is_ready():
+        try:
+            return await from_owners(backend, app[PEERS], q)
+        except ServiceUnavailable:
+            pass  # an owner unreachable or partitions moving: look further
+    return await from_anywhere(backend, app[PEERS], q)
+
+
+async def from_owners(backend: SegmentsBackend, peers: PeerClient, q: SegmentsQuery) -> Answer:
+    """The query's answer from every partition's owner."""
+    as_of_ms = int(time.time() * 1000)
+    if not backend.is_ready():
+        raise ServiceUnavailable("worker is rebalancing or recovering", RETRY_AFTER_S)
+    owners = backend.owners()
+    expected = set(range(backend.total_partitions))
+    others = [url for url, parts in owners.items() if parts and url != backend.self_url]
+    local, covered = backend.local_query(q.program_id, q.segment_type, q.segment_basis,
+                                         q.min_weight)
+    rows = local  # already in contract order; not ours to modify
+    lag = backend.lag()
+    seen = set(covered)
+    if others:
+        rows = list(local)
+        answers = await asyncio.gather(*(peers.ask(url, q) for url in others))
+        for peer in answers:
+            if seen & set(peer.partitions):
+                raise ServiceUnavailable("partition owners overlap (rebalancing)", RETRY_AFTER_S)
+            rows.extend(peer.rows)
+            seen.update(peer.partitions)
+            lag += peer.lag
+    if seen != expected:
+        raise ServiceUnavailable(
+            f"{len(expected - seen)} of {len(expected)} partitions have no ready owner",
+            RETRY_AFTER_S)
+    return Answer(contract_order(rows) if others else rows, as_of_ms, lag)
+
+
+async def from_anywhere(backend: SegmentsBackend, peers: PeerClient,
+                        q: SegmentsQuery) -> Answer:
+    """The query's answer from wherever each partition can be found; ServiceUnavailable when
+    some partition is nowhere."""
+    as_of_ms = int(time.time() * 1000)
+    missing = set(range(backend.total_partitions))
+    owners = backend.owners()
+    owner_of = {p: url for url, parts in owners.items() for p in parts}
+    standby_holders = backend.standby_holders()
+    members = sorted({backend.self_url, *owners})
+    rounds: tuple[Callable[[int], Iterable[str]], ...] = (
+        lambda p: [owner_of[p]] if p in owner_of else [],
+        lambda p: standby_holders.get(p, []),
+        lambda p: members,
+    )
+    rows: list[SegmentRow] = []
+    lag, stale = 0, False
+    asked: dict[str, set[int]] = {}
+    failed: set[str] = set()
+    for candidates in rounds:
+        plan: dict[str, set[int]] = {}
+        for p in sorted(missing):
+            for url in candidates(p):
+                if url not in failed and p not in asked.get(url, ()) and not peers.is_open(url):
+                    plan.setdefault(url, set()).add(p)
+                    break
+        for url, parts in plan.items():
+            asked.setdefault(url, set()).update(parts)
+        results = await asyncio.gather(*(_held(backend, peers, url, q, parts)
+                                          for url, parts in plan.items()),
+                                       return_exceptions=True)
+        for url, result in zip(plan, results, strict=True):
+            if isinstance(result, ServiceUnavailable):  # unreachable, or no answer from it
+                failed.add(url)
+                continue
+            if isinstance(result, BaseException):
+                raise result
+            rows.extend(result.rows)
+            missing -= set(result.partitions)
+            lag += result.lag
+            stale = stale or result.stale
+        if not missing:
+            return Answer(contract_order(rows), as_of_ms, lag, stale)
+    raise ServiceUnavailable(
+        f"{len(missing)} of {backend.total_partitions} partitions are found on no worker",
+        RETRY_AFTER_S)
+
+
+async def _held(backend: SegmentsBackend, peers: PeerClient, url: str, q: SegmentsQuery,
+                partitions: set[int]) -> Held | PeerAnswer:
+    """What worker ``url`` (this one or a peer) holds of ``partitions``."""
+    if url == backend.self_url:
+        return await backend.held_query(q.program_id, q.segment_type, q.segment_basis,
+                                        q.min_weight, sorted(partitions))
+    return await peers.ask(url, q, InternalScope(frozenset(partitions), any=True))

@@ -1,0 +1,292 @@
+"""Standby replicas (contract section 6): warm copies of other workers' partitions.
+
+Where: for each partition, the ``replicas`` workers that follow its owner in the order of the
+members' URLs (``holders``). Every worker computes the same from the group's assignment, so a
+worker that needs a standby copy knows whom to ask. (Faust's own standbys apply their records
+a buffer at a time and one task per record, and Faust does not tell the members where they are.)
+
+How: one consumer without a group reads the standby partitions' two changelogs. A new standby
+partition is read from its start in bulk, its indexes built once it is complete (then it is
+*ready*: it answers queries), and then followed as its owner writes. A partition the group
+hands to its standby holder needs no rebuild: the recovery takes the warm state
+(``take``) and Faust replays only what came after it.
+
+Its lag, for an answer from it: the records of its input and repartition partitions that its
+owner has not committed (runtime/group_lag.py), plus the changelog records the copy has not
+read yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from streams.codec.exceptions import MalformedRecord
+from streams.codec.names import TABLES, Names
+from streams.domain.partition import PartitionState
+from streams.domain.rows import SegmentRow
+from streams.runtime.group_lag import GroupLag
+from streams.runtime.partitions import PartitionRegistry
+from streams.runtime.recovery import load_record
+
+logger = logging.getLogger(__name__)
+
+LOOKUP_TIMEOUT_S = 5.0
+
+
+def holders(owners: Mapping[str, Iterable[int]], replicas: int) -> dict[int, list[str]]:
+    """Per partition, the workers keeping a standby copy of it: the ``replicas`` members after
+    its owner in the order of their URLs (never the owner itself)."""
+    members = sorted(owners)
+    n = len(members)
+    out: dict[int, list[str]] = {}
+    for i, url in enumerate(members):
+        successors = [members[(i + k) % n] for k in range(1, min(n, replicas + 1))]
+        for p in owners[url]:
+            out[p] = successors
+    return out
+
+
+@dataclass
+class _Standby:
+    state: PartitionState
+    positions: dict[str, int] = field(default_factory=dict)  # table -> next offset to read
+    ends: dict[str, int] | None = None  # table -> where its first read ends (None: not known)
+    ready: bool = False  # read to those ends once, indexes built: it answers queries
+
+
+class StandbyReplicas:
+    def __init__(self, registry: PartitionRegistry, names: Names,
+                 wanted: Callable[[], set[int]],
+                 consumer: Callable[[], AIOKafkaConsumer], group_lag: GroupLag,
+                 skipped: Callable[[str, int, MalformedRecord], None]) -> None:
+        self.registry = registry
+        self.names = names
+        self._wanted = wanted  # this worker's standby partitions in the current assignment
+        self._make_consumer = consumer
+        self._group_lag = group_lag
+        self._skipped = skipped
+        self.standbys: dict[int, _Standby] = {}
+        # Held while records are applied to the copies; the recovery takes it to move one.
+        self.lock = asyncio.Lock()
+        self._changed = asyncio.Event()
+        self._tables = {names.changelog_topic(t): t for t in TABLES}
+        self._tail: AIOKafkaConsumer | None = None
+        self._lookup: AIOKafkaConsumer | None = None  # for the end offsets at a revocation
+        self._written: dict[int, dict[str, int]] = {}  # partition -> table -> end, at revocation
+        self._generation = 0  # changes of the copies
+        self._highwaters: dict[tuple[str, int], int] = {}  # (table, partition) -> last fetch's
+
+    # -- what the worker does at a rebalance ------------------------------------------------------
+    async def released(self, registry: PartitionRegistry, still_member: bool) -> None:
+        """Partitions revoked, everything this worker wrote flushed: note where its partitions'
+        changelogs end. Until the group assigns them again nobody else writes there, so a
+        state this worker gives up is a ready copy up to exactly those offsets. Not so if
+        the worker is no ``still_member`` of the group (its session expired): others may have
+        owned its partitions meanwhile, so its states are dropped as usual."""
+        self._written = {}
+        partitions = sorted(registry.active)
+        if not partitions:
+            return
+        if not still_member:
+            logger.warning("the group no longer knew this worker: its states are not kept as "
+                           "standby copies")
+            return
+        tps = [TopicPartition(self.names.changelog_topic(t), p) for p in partitions
+               for t in TABLES]
+        try:
+            if self._lookup is None:
+                self._lookup = self._make_consumer()
+                await self._lookup.start()
+            ends = await asyncio.wait_for(self._lookup.end_offsets(tps), LOOKUP_TIMEOUT_S)
+        except Exception as exc:  # the copies of these partitions start from scratch instead
+            logger.warning("changelog ends unknown at the revocation (%r)", exc)
+            await self._close_lookup()
+            return
+        for tp, end in ends.items():
+            self._written.setdefault(tp.partition, {})[self._tables[tp.topic]] = end
+
+    async def rebalanced(self, registry: PartitionRegistry, assigned: set[int]) -> None:
+        """``assigned`` are this worker's partitions now (called before the registry forgets
+        the others): a state it gives up becomes the ready copy of a partition it keeps a
+        standby of; the ready copies of partitions it now owns become their states (rebuilt
+        no more: Faust replays what came after them); the copies kept are those of the new
+        assignment."""
+        wanted = self._wanted() - assigned
+        written, self._written = self._written, {}
+        async with self.lock:
+            for p in sorted(set(registry.active) - assigned):
+                ends = written.get(p)
+                if p in wanted and ends is not None and len(ends) == len(TABLES):
+                    self.standbys[p] = _Standby(registry.active.pop(p), dict(ends), dict(ends),
+                                                ready=True)
+                    logger.info("partition %d kept as a standby copy", p)
+            for p in sorted(assigned - set(registry.active)):
+                taken = self.take(p)
+                if taken is None:
+                    continue
+                state, positions = taken
+                registry.recovering[p] = state
+                for table, position in positions.items():
+                    if position:
+                        registry.remember(table, p, position - 1)
+                logger.info("partition %d taken over from its standby copy", p)
+        await self.reassign(wanted)
+
+    async def reassign(self, partitions: set[int]) -> None:
+        """This worker's standby partitions are now ``partitions``: drop the others' copies,
+        start reading the new ones."""
+        async with self.lock:
+            for p in set(self.standbys) - partitions:
+                del self.standbys[p]
+            for p in partitions - set(self.standbys):
+                self.standbys[p] = _Standby(self.registry.new_state(p, rebuilding=True))
+            self._moved()
+
+    def take(self, partition: int) -> tuple[PartitionState, dict[str, int]] | None:
+        """A ready copy, to become the partition's active state (the caller holds ``lock``),
+        and the next offset to read of each changelog; None if there is none."""
+        standby = self.standbys.get(partition)
+        if standby is None or not standby.ready:
+            return None
+        del self.standbys[partition]
+        self._moved()
+        return standby.state, dict(standby.positions)
+
+    def _moved(self) -> None:
+        """The copies changed: a fetch under way is dropped, the reader seeks anew."""
+        self._generation += 1
+        self._changed.set()
+
+    # -- queries -----------------------------------------------------------------------------------
+    def ready(self) -> list[int]:
+        return sorted(p for p, s in self.standbys.items() if s.ready)
+
+    def query(self, program_id: str, segment_type: str, segment_basis: str, min_weight: float,
+              partitions: Iterable[int]) -> tuple[list[SegmentRow], list[int], int]:
+        """Rows of the ready copies among ``partitions`` (each part in the contract's order
+        only within its partition), the partitions they cover, and their lag."""
+        rows: list[SegmentRow] = []
+        covered = []
+        lag = 0
+        for p in sorted(set(partitions)):
+            standby = self.standbys.get(p)
+            if standby is None or not standby.ready:
+                continue
+            rows.extend(standby.state.query(program_id, segment_type, segment_basis,
+                                            min_weight))
+            covered.append(p)
+            lag += self._lag(p, standby)
+        return rows, covered, lag
+
+    def _lag(self, partition: int, standby: _Standby) -> int:
+        lag = self._group_lag.of(partition)
+        for table in TABLES:
+            end = self._highwaters.get((table, partition))
+            if end is None and standby.ends is not None:
+                end = standby.ends.get(table)
+            if end is not None:
+                lag += max(0, end - standby.positions.get(table, 0))
+        return lag
+
+    def recommendations(self) -> int:
+        return sum(s.state.recommendations() for s in self.standbys.values())
+
+    # -- the reader --------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Follow the standby partitions' changelogs until cancelled."""
+        try:
+            while True:
+                if not self.standbys:
+                    self._changed.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._changed.wait(), 1.0)
+                    continue
+                try:
+                    await self._step()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # the broker away: the copies wait, then catch up
+                    logger.warning("reading standby changelogs failed (%r); retrying", exc)
+                    await self._close()
+                    await asyncio.sleep(1.0)
+        finally:
+            await self._close()
+            await self._close_lookup()
+
+    async def _step(self) -> None:
+        if self._tail is None:
+            self._tail = self._make_consumer()
+            await self._tail.start()
+            self._changed.set()
+        consumer = self._tail
+        if self._changed.is_set():
+            self._changed.clear()
+            await self._assign(consumer)
+        generation = self._generation
+        batch = await consumer.getmany(timeout_ms=200, max_records=20_000)
+        for tp in consumer.assignment():
+            end = consumer.highwater(tp)
+            if end is not None:
+                self._highwaters[(self._tables[tp.topic], tp.partition)] = end
+        async with self.lock:
+            if generation != self._generation:
+                return  # fetched for copies that changed since (read again from their positions)
+            for tp, records in batch.items():
+                standby = self.standbys.get(tp.partition)
+                table = self._tables[tp.topic]
+                if standby is None or not records:
+                    continue
+                for r in records:
+                    load_record(standby.state, table, tp.partition, r.key, r.value,
+                                self._skipped)
+                standby.positions[table] = records[-1].offset + 1
+            for p, standby in self.standbys.items():
+                if not standby.ready and standby.ends is not None and all(
+                        standby.positions.get(t, 0) >= end for t, end in standby.ends.items()):
+                    standby.state.settle()
+                    standby.ready = True
+                    logger.info("standby of partition %d ready (%d recommendations)", p,
+                                standby.state.recommendations())
+
+    async def _assign(self, consumer: AIOKafkaConsumer) -> None:
+        """Follow exactly the standby partitions' changelogs, each from where its copy is."""
+        async with self.lock:
+            wanted = {p: s for p, s in self.standbys.items()}
+        tps = [TopicPartition(self.names.changelog_topic(t), p) for p in sorted(wanted)
+               for t in TABLES]
+        consumer.assign(tps)
+        new = [tp for tp in tps if self._tables[tp.topic] not in wanted[tp.partition].positions]
+        if new:
+            await consumer.seek_to_beginning(*new)
+        for tp in tps:
+            position = wanted[tp.partition].positions.get(self._tables[tp.topic])
+            if position is not None:
+                consumer.seek(tp, position)
+        unknown = [tp for tp in tps if wanted[tp.partition].ends is None]
+        if unknown:
+            ends = await consumer.end_offsets(unknown)
+            async with self.lock:
+                for tp in unknown:
+                    standby = self.standbys.get(tp.partition)
+                    if standby is not None and standby is wanted[tp.partition]:
+                        if standby.ends is None:
+                            standby.ends = {}
+                        standby.ends[self._tables[tp.topic]] = ends[tp]
+
+    async def _close(self) -> None:
+        if self._tail is not None:
+            consumer, self._tail = self._tail, None
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+
+    async def _close_lookup(self) -> None:
+        if self._lookup is not None:
+            consumer, self._lookup = self._lookup, None
+            with contextlib.suppress(Exception):
+                await consumer.stop()

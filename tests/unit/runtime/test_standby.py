@@ -1,0 +1,215 @@
+"""Standby replicas (runtime/standby.py) over in-memory changelogs: where copies are placed, a
+copy that follows its changelog and answers once complete, a rebalance that takes a ready copy
+over without rebuilding it, a partition given up that stays as a ready copy, and what a worker
+holds answering for partitions that are not its own (runtime/query.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+import pytest
+
+from streams.codec.durable import emitted_key, encode_emitted, encode_recommendation
+from streams.codec.durable import recommendation_key as rkey
+from streams.codec.names import EMITTED_COUNTS, RECOMMENDATIONS
+from streams.domain.events import Event
+from streams.runtime.partitions import PartitionRegistry
+from streams.runtime.query import Cluster, QueryService
+from streams.runtime.recovery import Recovery
+from streams.runtime.standby import StandbyReplicas, holders
+from tests.support.fakes import NAMES, FakeChangelogConsumer, FakeGroupLag, FakeReader
+
+FAMILY = ("p", "label", "l1", "view")
+RECS = NAMES.changelog_topic(RECOMMENDATIONS)
+EMITTED = NAMES.changelog_topic(EMITTED_COUNTS)
+
+
+def test_copies_go_to_the_owners_successors_never_to_the_owner() -> None:
+    owners = {"http://c": [2], "http://a": [0, 3], "http://b": [1]}
+    assert holders(owners, 1) == {0: ["http://b"], 3: ["http://b"], 1: ["http://c"],
+                                  2: ["http://a"]}
+    assert holders(owners, 2)[1] == ["http://c", "http://a"]
+    assert holders(owners, 5)[1] == ["http://c", "http://a"]  # at most the other members
+    assert holders({"http://a": [0, 1]}, 1) == {0: [], 1: []}  # alone: no copy anywhere
+    assert holders(owners, 0) == {0: [], 1: [], 2: [], 3: []}
+
+
+def write(reader: FakeReader, partition: int, user: str, weight: float) -> None:
+    reader.write(RECS, partition, rkey(FAMILY, user),
+                 encode_recommendation(weight, True, 1, 1, partition, "Label"))
+
+
+def counts(state: Any) -> list[int]:
+    return [r.user_count for r in state.query("p", "growth", "label", 0.5)]
+
+
+class Worker:
+    """One worker's registry, recovery and standbys over shared in-memory changelogs."""
+
+    def __init__(self, reader: FakeReader, wanted: set[int], lag: dict[int, int] | None = None,
+                 consumer: FakeChangelogConsumer | None = None) -> None:
+        self.reader = reader
+        self.registry = PartitionRegistry((0.5,))
+        self.wanted = wanted
+        self.group_lag = FakeGroupLag(lag)
+        self.consumer = consumer or FakeChangelogConsumer(reader)
+        self.standbys = StandbyReplicas(
+            self.registry, NAMES, lambda: self.wanted, lambda: cast(Any, self.consumer),
+            cast(Any, self.group_lag), lambda table, partition, error: None)
+        self.recovery = Recovery(self.registry, reader, NAMES, reader.highwaters,
+                                 standbys=self.standbys)
+
+    async def rebalance(self, assigned: set[int]) -> None:
+        for table in (RECOMMENDATIONS, EMITTED_COUNTS):
+            await self.recovery.on_rebalance(table, assigned)
+        for table in (RECOMMENDATIONS, EMITTED_COUNTS):
+            self.recovery.on_recovered(table, assigned)
+
+    @contextlib.asynccontextmanager
+    async def following(self) -> AsyncIterator[None]:
+        task = asyncio.create_task(self.standbys.run())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def until(condition: Any) -> None:
+    for _ in range(2000):
+        if condition():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("not reached")
+
+
+async def test_a_copy_follows_its_changelog_and_answers_once_complete() -> None:
+    reader = FakeReader()
+    write(reader, 2, "u1", 0.7)
+    write(reader, 2, "u2", 0.9)
+    reader.write(EMITTED, 2, emitted_key((FAMILY, "growth", 0.5)), encode_emitted(2, 0))
+    w = Worker(reader, {2, 3}, lag={2: 5})
+    await w.rebalance({0, 1})
+    assert sorted(w.standbys.standbys) == [2, 3]
+    async with w.following():
+        await until(lambda: w.standbys.ready() == [2, 3])
+        rows, covered, lag = w.standbys.query("p", "growth", "label", 0.5, [1, 2, 3])
+        assert ([r.user_count for r in rows], covered, lag) == ([2], [2, 3], 5)
+        write(reader, 2, "u3", 0.6)  # the owner goes on writing: the copy follows
+        await until(lambda: counts(w.standbys.standbys[2].state) == [3])
+        assert w.standbys.standbys[2].positions == {RECOMMENDATIONS: 3, EMITTED_COUNTS: 1}
+
+
+async def test_a_rebalance_takes_a_ready_copy_over_without_rebuilding_it() -> None:
+    reader = FakeReader()
+    write(reader, 2, "u1", 0.7)
+    w = Worker(reader, {2})
+    await w.rebalance({0, 1})
+    async with w.following():
+        await until(lambda: w.standbys.ready() == [2])
+    copy = w.standbys.standbys[2].state
+    reader.reads.clear()
+    w.wanted = set()  # (the copies of a worker that owns every partition: none)
+    await w.rebalance({0, 1, 2})
+    assert w.registry.active[2] is copy and counts(copy) == [1]
+    assert reader.reads == []  # not read again: Faust replays what came after the copy
+    assert w.recovery.persisted_offset(RECOMMENDATIONS, 2) == 0
+    assert w.standbys.standbys == {}
+
+
+async def test_a_copy_not_ready_yet_is_rebuilt_as_usual() -> None:
+    reader = FakeReader()
+    write(reader, 2, "u1", 0.7)
+    w = Worker(reader, {2})
+    await w.rebalance({0, 1})  # (its reader never ran: the copy is empty)
+    await w.rebalance({0, 1, 2})
+    assert reader.reads == [(RECS, {2})] and counts(w.registry.active[2]) == [1]
+
+
+async def test_a_partition_given_up_stays_a_ready_copy_up_to_its_changelogs_ends() -> None:
+    reader = FakeReader()
+    write(reader, 1, "u1", 0.7)
+    w = Worker(reader, set())
+    await w.rebalance({0, 1})
+    state = w.registry.active[1]
+    state.apply(Event("p", "u2", "label", "l1", "Label", "view", 0.8, True, 2), 2)
+    write(reader, 1, "u2", 0.8)  # (what the worker wrote for it)
+    await w.standbys.released(w.registry, True)
+    w.wanted = {1}  # partition 1 goes to another worker; this one keeps its copy
+    await w.rebalance({0})
+    assert set(w.registry.active) == {0} and w.standbys.ready() == [1]
+    assert w.standbys.standbys[1].state is state
+    assert w.standbys.standbys[1].positions == {RECOMMENDATIONS: 2, EMITTED_COUNTS: 0}
+    async with w.following():
+        write(reader, 1, "u3", 0.9)  # its new owner writes on: the copy follows
+        await until(lambda: counts(state) == [3])
+
+
+@pytest.mark.parametrize(("wanted", "ends_known", "still_member"),
+                         [(set(), True, True), ({1}, False, True), ({1}, True, False)])
+async def test_a_partition_given_up_is_dropped_unless_its_copy_would_be_exact(
+        wanted: set[int], ends_known: bool, still_member: bool) -> None:
+    """Not kept: a partition whose copy this worker does not keep; one whose changelogs' ends
+    cannot be read; the states of a worker the group no longer knew (others may have owned
+    them meanwhile, so the ends say nothing of what they hold)."""
+    reader = FakeReader()
+    write(reader, 1, "u1", 0.7)
+    failing = None if ends_known else OSError("broker away")
+    w = Worker(reader, set(), consumer=FakeChangelogConsumer(reader, failing))
+    await w.rebalance({0, 1})
+    await w.standbys.released(w.registry, still_member)
+    w.wanted = wanted
+    await w.rebalance({0})
+    assert w.standbys.ready() == []
+    assert sorted(w.standbys.standbys) == sorted(wanted)  # (to be read from the start)
+
+
+async def test_what_a_worker_holds_of_partitions_not_all_its_own() -> None:
+    reader = FakeReader()
+    write(reader, 2, "u1", 0.7)
+    w = Worker(reader, {2}, lag={0: 4, 2: 7})
+    await w.rebalance({0, 1})
+    w.registry.active[0].apply(Event("p", "u9", "label", "l2", "Label", "view", 0.8, True, 1), 1)
+    owners = {"http://w1": [0, 1], "http://w2": [2, 3]}
+    query = QueryService(w.registry, Cluster("http://w1", 4, 5.0, standby_replicas=1),
+                         lambda: owners, lag=lambda: {("in", 0): 1, ("in", 1): 2},
+                         standbys=w.standbys, group_lag=cast(Any, w.group_lag))
+    own = await query.held_query("p", "growth", "label", 0.5, [0, 1])
+    assert (own.partitions, own.lag, own.stale) == ([0, 1], 3, False)  # a serving owner's
+    assert w.group_lag.refreshes == 0
+    async with w.following():
+        await until(lambda: w.standbys.ready() == [2])
+    held = await query.held_query("p", "growth", "label", 0.5, [0, 1, 2, 3])
+    assert sorted(r.segment_basis_id for r in held.rows) == ["l1", "l2"]
+    assert (held.partitions, held.lag, held.stale) == ([0, 1, 2], 3 + 7, True)
+    assert w.group_lag.refreshes == 1  # the group's lag is read again for a stale answer
+    w.registry.begin_rebalance()  # its own partitions, while not serving: stale too
+    held = await query.held_query("p", "growth", "label", 0.5, [0])
+    assert (held.partitions, held.lag, held.stale) == ([0], 4, True)
+    assert query.standby_holders() == {0: ["http://w2"], 1: ["http://w2"], 2: ["http://w1"],
+                                       3: ["http://w1"]}
+
+
+async def test_a_fetch_under_way_when_the_copies_change_is_dropped() -> None:
+    """Records fetched for a copy that is taken over and made again meanwhile are not applied
+    to the new copy (which reads its partition from the start): it would miss the rest."""
+    reader = FakeReader()
+    write(reader, 2, "u1", 0.7)
+    write(reader, 2, "u2", 0.7)
+    w = Worker(reader, {2})
+    await w.rebalance({0, 1})
+    async with w.following():
+        await until(lambda: w.standbys.ready() == [2])
+        w.consumer.gate = asyncio.Event()
+        write(reader, 2, "u3", 0.7)
+        await asyncio.wait_for(w.consumer.fetched.wait(), 1)  # u3 fetched, not applied yet
+        async with w.standbys.lock:
+            assert w.standbys.take(2) is not None
+        await w.standbys.reassign({2})  # a new copy, from the start
+        w.consumer.gate.set()
+        await until(lambda: w.standbys.ready() == [2])
+        assert counts(w.standbys.standbys[2].state) == [3]
