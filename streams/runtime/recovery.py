@@ -12,6 +12,7 @@ every record: anyone can write to a changelog topic.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -49,6 +50,11 @@ class Reader(Protocol):
         ``on_record``; return, per partition, the last offset read."""
 
 
+# Records decoded and applied without giving the event loop back: a fraction of a second,
+# however contended the CPU, so that heartbeats keep the membership through a long rebuild.
+READ_BATCH = 5_000
+
+
 class ChangelogReader:
     """Reads changelog partitions from their start to their current end in large batches."""
 
@@ -72,12 +78,14 @@ class ChangelogReader:
                         pending.discard(tp)
                 if not pending:
                     break
-                batch = await consumer.getmany(*pending, timeout_ms=500, max_records=50_000)
+                batch = await consumer.getmany(*pending, timeout_ms=500,
+                                               max_records=READ_BATCH)
                 for tp, msgs in batch.items():
                     end = ends[tp]
                     for m in msgs:
                         if m.offset < end:
                             on_record(tp.partition, m.key, m.value)
+                await asyncio.sleep(0)  # heartbeats, answers: a rebuild takes many batches
             return {tp.partition: ends[tp] - 1 for tp in tps if ends[tp] > 0}
         finally:
             await consumer.stop()

@@ -32,7 +32,7 @@ from streams.domain.partition import PartitionState
 from streams.domain.rows import SegmentRow
 from streams.runtime.group_lag import GroupLag
 from streams.runtime.partitions import PartitionRegistry
-from streams.runtime.recovery import load_record
+from streams.runtime.recovery import READ_BATCH, load_record
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ class StandbyReplicas:
             self._changed.clear()
             await self._assign(consumer)
         generation = self._generation
-        batch = await consumer.getmany(timeout_ms=200, max_records=20_000)
+        batch = await consumer.getmany(timeout_ms=200, max_records=READ_BATCH)
         for tp in consumer.assignment():
             end = consumer.highwater(tp)
             if end is not None:
