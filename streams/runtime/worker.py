@@ -51,6 +51,7 @@ logger = logging.getLogger(__name__)
 
 SESSION_TIMEOUT_S = 6.0
 HEARTBEAT_S = 1.0
+REBALANCE_TIMEOUT_S = 60.0  # under broker_request_timeout (90 s): JoinGroup waits this long
 
 
 @dataclass
@@ -95,7 +96,10 @@ def _faust_app(s: Settings) -> faust.App:
         # answer from standbys meanwhile. Heartbeats at a sixth of it survive a lost one or two.
         broker_session_timeout=SESSION_TIMEOUT_S,
         broker_heartbeat_interval=HEARTBEAT_S,
-        broker_rebalance_timeout=20.0,
+        # A member rejoins a rebalance only once its last assignment's partitions are rebuilt
+        # (recovery runs in the assignment callback): the group waits that long for it, else
+        # drops it, and two workers rebuilding large states drop each other forever.
+        broker_rebalance_timeout=REBALANCE_TIMEOUT_S,
         # Offsets are committed every second (and at every rebalance and stop); the fetch loop
         # also stops to commit after this many acks (a producer flush and a commit, awaited).
         broker_commit_every=100_000,

@@ -70,6 +70,9 @@ PRIVATE_API: tuple[tuple[str, str, str], ...] = (
     ("aiokafka.consumer.consumer", "AIOKafkaConsumer", "_subscription"),
     ("aiokafka.consumer.consumer", "AIOKafkaConsumer", "_coordinator"),
     ("aiokafka.consumer.group_coordinator", "GroupCoordinator", "generation"),
+    ("aiokafka.consumer.group_coordinator", "GroupCoordinator", "_start_heartbeat_task"),
+    ("aiokafka.consumer.group_coordinator", "GroupCoordinator", "_heartbeat_task"),
+    ("faust.transport.consumer", "ConsumerThread", "on_partitions_assigned"),
 )
 
 

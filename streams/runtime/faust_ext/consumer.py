@@ -56,6 +56,15 @@ class _ConsumerThread(AIOKafkaConsumerThread):
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by AIOKafkaConsumer.start()
         return consumer
 
+    async def on_partitions_assigned(self, assigned: Any, generation_id: int = 0) -> None:
+        # aiokafka 0.14 stops heartbeating from the rejoin until the assignment callback has
+        # returned (GroupCoordinator.ensure_active_group), and the callback rebuilds the
+        # assigned partitions: past the session timeout the group drops the member, which
+        # then forgets what it rebuilt, rejoins, rebuilds... Heartbeats go on meanwhile, from
+        # this (the consumer's) thread, whose loop only waits for the callback.
+        self._ensure_consumer()._coordinator._start_heartbeat_task()
+        await super().on_partitions_assigned(assigned, generation_id)
+
 
 class BatchConsumer(AIOKafkaDriverConsumer):
     """See the module docstring and :func:`install`.

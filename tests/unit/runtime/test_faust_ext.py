@@ -58,3 +58,29 @@ def test_every_private_name_faust_ext_uses_is_listed() -> None:
     for path in (RUNTIME / "faust_ext").glob("*.py"):
         unlisted = _private_uses(path) - listed - own
         assert not unlisted, f"{path.name} uses private names not in PRIVATE_API: {unlisted}"
+
+
+async def test_heartbeats_go_on_while_the_assignment_callback_rebuilds() -> None:
+    """aiokafka stops heartbeating until the assignment callback returns; the consumer thread
+    starts them again first, so a long rebuild does not cost the membership."""
+    from streams.runtime.faust_ext.consumer import _ConsumerThread
+
+    events: list[str] = []
+
+    class Coordinator:
+        def _start_heartbeat_task(self) -> None:
+            events.append("heartbeats")
+
+    class AioConsumer:
+        _coordinator = Coordinator()
+
+    class Consumer:
+        async def threadsafe_partitions_assigned(self, loop: object, assigned: object,
+                                                 generation: int) -> None:
+            events.append("rebuild")
+
+    thread = object.__new__(_ConsumerThread)
+    thread.__dict__.update(consumer=Consumer(), thread_loop=None)
+    thread._ensure_consumer = lambda: AioConsumer()  # type: ignore[method-assign]
+    await thread.on_partitions_assigned(set(), 3)
+    assert events == ["heartbeats", "rebuild"]
