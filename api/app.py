@@ -11,10 +11,12 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from api import answers, views
+from api.auth import ClusterAuth, auth_middleware
 from api.backend import SegmentsBackend
 from api.cache import make_cache
 from api.errors import error_middleware
 from api.fanout import PeerClient
+from api.keys import KeyRing
 from api.metrics import ApiMetrics
 from api.openapi import build_openapi
 from api.params import SegmentsQuery
@@ -26,17 +28,22 @@ STATIC = resources.files("api").joinpath("static")
 def create_web_app(backend: SegmentsBackend, redis_url: str | None, *,
                    namespace: str = "segment-stream", peer_timeout_s: float = 2.0,
                    registry: CollectorRegistry | None = None,
-                   stream_interval_s: float = 1.0, stream_max_clients: int = 1000
+                   stream_interval_s: float = 1.0, stream_max_clients: int = 1000,
+                   keys: KeyRing | None = None, cluster: ClusterAuth | None = None
                    ) -> web.Application:
     """``namespace``: the deployment's app id (the prefix of its cache keys); ``registry``:
-    the worker's metrics, which the API adds its own to and serves at /metrics."""
+    the worker's metrics, which the API adds its own to and serves at /metrics; ``keys``: the
+    API keys asked for (None: none); ``cluster``: the workers' shared secret (api/auth.py)."""
     registry = registry if registry is not None else CollectorRegistry()
     api_metrics = ApiMetrics(registry)
-    app = web.Application(middlewares=[api_metrics.middleware(), error_middleware])
+    app = web.Application(middlewares=[api_metrics.middleware(), error_middleware,
+                                       auth_middleware(keys, cluster, views.PAGE)])
     app[answers.BACKEND] = backend
-    app[views.OPENAPI] = orjson.dumps(build_openapi())
+    app[views.OPENAPI] = orjson.dumps(build_openapi(keys_required=keys is not None))
     app[views.API_METRICS] = api_metrics
     app[views.REGISTRY] = registry
+    if cluster is not None:
+        app[views.CLUSTER] = cluster
 
     async def compute(q: SegmentsQuery) -> answers.Answer:
         return await answers.compute(app, q)
@@ -47,7 +54,8 @@ def create_web_app(backend: SegmentsBackend, redis_url: str | None, *,
     async def resources_(app: web.Application) -> AsyncIterator[None]:
         app[views.CACHE] = make_cache(redis_url, namespace)
         async with aiohttp.ClientSession() as session:
-            app[answers.PEERS] = PeerClient(session, backend.total_partitions, peer_timeout_s)
+            app[answers.PEERS] = PeerClient(session, backend.total_partitions, peer_timeout_s,
+                                            cluster=cluster)
             yield
             await app[views.STREAMS].stop()
         await app[views.CACHE].close()

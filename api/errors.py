@@ -32,6 +32,24 @@ class ServiceUnavailable(ApiError):
         self.retry_after_s = retry_after_s
 
 
+class Unauthorized(ApiError):
+    """No valid credentials: rendered as 401 with ``WWW-Authenticate: Bearer``."""
+
+    def __init__(self, message: str, error: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        challenge = 'Bearer realm="segment-stream"'
+        self.challenge = challenge + (f', error="{error}"' if error else "")
+
+
+class Forbidden(ApiError):
+    """Valid credentials that do not cover the request: rendered as 403."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None
                   ) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, content_type=JSON,
@@ -47,6 +65,11 @@ async def error_middleware(request: web.Request,
         return await handler(request)
     except RequestValidationError as exc:
         return json_response({"detail": exc.errors}, status=422)
+    except Unauthorized as exc:
+        return json_response({"detail": exc.message}, status=401,
+                             headers={"WWW-Authenticate": exc.challenge})
+    except Forbidden as exc:
+        return json_response({"detail": exc.message}, status=403)
     except ServiceUnavailable as exc:
         return json_response({"detail": str(exc)}, status=503,
                              headers={"Retry-After": str(exc.retry_after_s)})

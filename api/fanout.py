@@ -18,6 +18,7 @@ import aiohttp
 import msgspec
 from msgspec import Meta
 
+from api.auth import INTERNAL_ROUTE, NONCE_HEADER, SIGNATURE_HEADER, ClusterAuth
 from api.errors import ServiceUnavailable
 from api.params import InternalScope, SegmentsQuery
 from streams.domain.rows import SegmentRow
@@ -102,8 +103,10 @@ class PeerClient:
 
     def __init__(self, session: aiohttp.ClientSession, total_partitions: int,
                  timeout_s: float = 2.0, cooldown_s: float = 0.5,
-                 max_cooldown_s: float = 8.0, max_answer_bytes: int = MAX_ANSWER_BYTES) -> None:
+                 max_cooldown_s: float = 8.0, max_answer_bytes: int = MAX_ANSWER_BYTES,
+                 cluster: ClusterAuth | None = None) -> None:
         self._session = session
+        self._cluster = cluster
         self._max_answer_bytes = max_answer_bytes
         self._total_partitions = total_partitions
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=min(timeout_s, 1.0))
@@ -150,17 +153,29 @@ class PeerClient:
                 asked = scope.partitions
             if scope.any:
                 params["any"] = "true"
+        headers = (None if self._cluster is None else
+                   self._cluster.request_headers(url, INTERNAL_ROUTE, params))
         try:
-            async with self._session.get(f"{url}/internal/segments", params=params,
-                                         timeout=self._timeout) as resp:
+            async with self._session.get(f"{url}{INTERNAL_ROUTE}", params=params,
+                                         headers=headers, timeout=self._timeout) as resp:
+                if resp.status in (401, 403):
+                    raise PeerUnavailable(
+                        f"worker {url} refused this worker's request ({resp.status}: a "
+                        "different SEGMENTS_CLUSTER_SECRET, clocks more than 30 s apart, or "
+                        "a retried request)", RETRY_AFTER_S)
                 if resp.status != 200:
                     # It answered: reachable, just not ready (rebalancing); no circuit change.
                     raise ServiceUnavailable(f"worker {url} is not ready ({resp.status})",
                                              RETRY_AFTER_S)
                 body = await _read_bounded(resp, self._max_answer_bytes)
+                signature = resp.headers.get(SIGNATURE_HEADER)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise PeerUnavailable(f"worker {url} did not answer: {exc!r}",
                                   RETRY_AFTER_S) from None
+        if headers is not None and self._cluster is not None and not (
+                self._cluster.verify_answer(headers[NONCE_HEADER], body, signature)):
+            raise PeerUnavailable(f"worker {url} gave an answer not signed with the cluster "
+                                  "secret", RETRY_AFTER_S)
         try:
             return parse_answer(body, q, self._total_partitions, asked)
         except BadAnswer as exc:

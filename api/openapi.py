@@ -13,8 +13,9 @@ from api.params import PROGRAM_ID_HEADER, RequestParams, StreamParams
 _REF = "#/components/schemas/{model}"
 
 
-def build_openapi() -> dict[str, Any]:
-    """The document served at `GET /openapi.json`."""
+def build_openapi(keys_required: bool = False) -> dict[str, Any]:
+    """The document served at `GET /openapi.json` (``keys_required``: of a worker that asks for
+    API keys)."""
     schemas: dict[str, Any] = {}
 
     def ref(model: type[BaseModel]) -> dict[str, Any]:
@@ -99,13 +100,34 @@ def build_openapi() -> dict[str, Any]:
             "503": not_ready,
         },
     }
+    components: dict[str, Any] = {}
+    if keys_required:
+        unauthorized = json_body("Unauthorized: no API key, or an unknown one", ErrorMessage)
+        unauthorized["headers"] = {"WWW-Authenticate": {
+            "description": "`Bearer`", "schema": {"type": "string"}}}
+        forbidden = json_body("Forbidden: the API key does not cover the program (for "
+                              "`/metrics`: every program)", ErrorMessage)
+        operations: list[dict[str, Any]] = [segments, stream, metrics, page]
+        for operation in operations:
+            operation["security"] = [{"apiKey": []}]
+            operation["responses"] = operation["responses"] | {"401": unauthorized,
+                                                               "403": forbidden}
+        # A browser sends no key when it loads the page: its 401 is the page, which asks.
+        operations[-1]["responses"]["401"] = {
+            "description": "Unauthorized: the page itself, which asks for a key",
+            "headers": unauthorized["headers"],
+            "content": {"text/html": {"schema": {"type": "string"}}}}
+        components["securitySchemes"] = {"apiKey": {
+            "type": "http", "scheme": "bearer",
+            "description": "An API key (`segments keys add`), as `Authorization: Bearer <key>`"}}
+    components["schemas"] = dict(sorted(schemas.items()))
     return {
         "openapi": "3.1.0",
         "info": {"title": "segment-stream", "version": streams.__version__},
         "paths": {"/segments": {"get": segments}, "/segments/stream": {"get": stream},
                   "/healthz": {"get": healthz}, "/metrics": {"get": metrics},
                   "/": {"get": page}},
-        "components": {"schemas": dict(sorted(schemas.items()))},
+        "components": components,
     }
 
 

@@ -23,6 +23,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from api.answers import BACKEND, RETRY_AFTER_S, Answer, compute
+from api.auth import ClusterAuth, authorize, sign_answer, still_authorized
 from api.cache import AnswerCache
 from api.errors import JSON, ServiceUnavailable, json_response
 from api.metrics import ApiMetrics
@@ -47,7 +48,9 @@ OPENAPI = web.AppKey("openapi", bytes)
 API_METRICS = web.AppKey("api_metrics", ApiMetrics)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 STREAMS = web.AppKey("streams", StreamHub)
+CLUSTER = web.AppKey("cluster", ClusterAuth)  # (absent: no cluster secret)
 HEARTBEAT_S = 10.0  # the contract asks for a comment line at least every 15 s
+KEY_CHECK_S = 1.0
 STREAM_SEND_BUFFER = 256 * 1024
 
 _encode = msgspec.json.Encoder().encode  # rows are structs, which orjson does not encode
@@ -74,6 +77,7 @@ def render(rows: list[SegmentRow], q: SegmentsQuery) -> bytes:
 
 async def get_segments(request: web.Request) -> web.Response:
     q = parse_segments_request(request.query, request.headers)
+    authorize(request, q.program_id)
     app = request.app
     cache = app[CACHE]
     counters = app[API_METRICS]
@@ -156,8 +160,9 @@ async def internal_segments(request: web.Request) -> web.Response:
         if scope.partitions is None:
             items, partitions = backend.local_query(q.program_id, q.segment_type,
                                                     q.segment_basis, q.min_weight)
-            return web.Response(body=_encode({"items": items, "partitions": partitions,
-                                              "lag": backend.lag()}), content_type=JSON)
+            return sign_answer(request, web.Response(
+                body=_encode({"items": items, "partitions": partitions, "lag": backend.lag()}),
+                content_type=JSON), request.app.get(CLUSTER))
         wanted = sorted(scope.partitions & set(backend.partitions()))
     else:
         wanted = sorted(range(backend.total_partitions) if scope.partitions is None
@@ -166,14 +171,15 @@ async def internal_segments(request: web.Request) -> web.Response:
                                     q.min_weight, wanted)
     if held.stale and not scope.any:  # (it stopped serving meanwhile)
         raise ServiceUnavailable("worker is rebalancing or recovering", RETRY_AFTER_S)
-    return web.Response(body=_encode({"items": held.rows, "partitions": held.partitions,
-                                      "lag": held.lag, "stale": held.stale}),
-                        content_type=JSON)
+    return sign_answer(request, web.Response(
+        body=_encode({"items": held.rows, "partitions": held.partitions, "lag": held.lag,
+                      "stale": held.stale}), content_type=JSON), request.app.get(CLUSTER))
 
 
 async def stream_segments(request: web.Request) -> web.StreamResponse:
     """Server-sent events of a query's top segments (api/stream.py)."""
     q = parse_stream_request(request.query, request.headers)
+    authorize(request, q.program_id)
     transport = request.transport
 
     def abort() -> None:
@@ -192,13 +198,20 @@ async def stream_segments(request: web.Request) -> web.StreamResponse:
             "X-Accel-Buffering": "no"})
         await response.prepare(request)
         await response.write(snapshot)
+        loop = asyncio.get_running_loop()
+        beat_at = loop.time() + HEARTBEAT_S
         while True:
             try:
-                data = await asyncio.wait_for(client.queue.get(), HEARTBEAT_S)
+                data = await asyncio.wait_for(client.queue.get(), KEY_CHECK_S)
             except TimeoutError:
+                data = b""
+            if data is None or client.dropped or not still_authorized(request, q.program_id):
+                break  # (a key revoked or narrowed ends its streams within KEY_CHECK_S)
+            if not data:
+                if loop.time() < beat_at:
+                    continue
                 data = HEARTBEAT
-            if data is None or client.dropped:
-                break
+            beat_at = loop.time() + HEARTBEAT_S
             await response.write(data)
     except ConnectionError:  # the client went away (or was cut off)
         pass

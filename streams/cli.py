@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -19,11 +20,22 @@ def _kafka(args: argparse.Namespace) -> int:
         print(f"Apache Kafka {kafka_local.KAFKA_VERSION} jars in {path}")
         return 0
     if args.kafka_cmd == "start":
-        state, started = kafka_local.start(port=args.port, data_dir=data, timeout_s=args.timeout)
+        import shlex
+
+        sasl = kafka_local.parse_credentials(args.sasl) if args.sasl is not None else None
+        if args.tls and sasl is None:
+            raise SegmentStreamError("--tls needs --sasl USER:PASSWORD")
+        state, started = kafka_local.start(port=args.port, data_dir=data, timeout_s=args.timeout,
+                                           sasl=sasl, tls=args.tls)
         if started:
             print(f"Kafka {state.version} started (pid {state.pid}); bootstrap: {state.bootstrap}")
         else:
             print(f"Kafka is already running (pid {state.pid}); bootstrap: {state.bootstrap}")
+        if sasl is not None:
+            # The password is printed only because the user just gave it on the command line.
+            print(f"{state.security_protocol} with {state.sasl_mechanism}; a client needs:")
+            for name, value in state.client_env().items():
+                print(f"export {name}={shlex.quote(value)}")
         return 0
     if args.kafka_cmd == "status":
         running = kafka_local.running_broker((data or kafka_local.default_data_dir()).resolve())
@@ -38,6 +50,7 @@ def _kafka(args: argparse.Namespace) -> int:
 
 
 def _produce(args: argparse.Namespace) -> int:
+    from streams.runtime.kafka_clients import client_options
     from streams.settings import Settings
     from streams.tools.produce import base_ts_ending_now, generate, produce
 
@@ -48,8 +61,28 @@ def _produce(args: argparse.Namespace) -> int:
                        base_ts=base_ts)
     n = asyncio.run(produce(args.bootstrap or settings.bootstrap_servers,
                             args.topic or settings.input_topic, records, total=args.events,
-                            rate=args.rate, progress=sys.stderr.isatty()))
+                            rate=args.rate, progress=sys.stderr.isatty(),
+                            kafka=client_options(settings.kafka_security)))
     print(f"produced {n} events to {args.topic or settings.input_topic}")
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from api.keys import add_key, revoke_key
+
+    path = args.file or os.environ.get("SEGMENTS_API_KEYS_FILE")
+    if not path:
+        raise SegmentStreamError("no keys file: pass --file or set SEGMENTS_API_KEYS_FILE")
+    if args.keys_cmd == "add":
+        programs = [p.strip() for p in args.programs.split(",") if p.strip()]
+        key = add_key(path, args.name, programs)
+        print(f"added key {args.name!r} for {', '.join(sorted(set(programs)))} to {path}; "
+              "it is shown only now:", file=sys.stderr)
+        print(key)
+        return 0
+    if not revoke_key(path, args.name):
+        raise SegmentStreamError(f"no key named {args.name!r} in {path}")
+    print(f"revoked key {args.name!r} in {path}", file=sys.stderr)
     return 0
 
 
@@ -102,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "start":
             p.add_argument("--port", type=int, default=9092)
             p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait")
+            p.add_argument("--sasl", metavar="USER:PASSWORD",
+                           help="clients must authenticate as USER with SCRAM-SHA-512 "
+                                "(SASL_PLAINTEXT); the user is set when --data is first used")
+            p.add_argument("--tls", action="store_true",
+                           help="with --sasl: SASL_SSL, self-signed CA written to DATA/ca.pem")
     kafka.set_defaults(func=_kafka)
 
     prod = sub.add_parser("produce", help="produce deterministic synthetic events")
@@ -143,6 +181,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--events", type=int, default=20_000)
     demo.add_argument("--no-serve", action="store_true", help="print the segments and exit")
     demo.set_defaults(func=_demo)
+
+    keys = sub.add_parser("keys", help="API keys: add (printed once) or revoke")
+    keys_sub = keys.add_subparsers(dest="keys_cmd", required=True)
+    add = keys_sub.add_parser("add", help="create a key; only its hash is stored")
+    add.add_argument("name")
+    add.add_argument("--programs", required=True,
+                     help="comma-separated programs the key reads, or '*' for all")
+    revoke = keys_sub.add_parser("revoke", help="remove a key (workers notice within a request)")
+    revoke.add_argument("name")
+    for p in (add, revoke):
+        p.add_argument("--file", help="keys file (default: SEGMENTS_API_KEYS_FILE)")
+    keys.set_defaults(func=_keys)
     return parser
 
 

@@ -81,6 +81,61 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     return value
 
 
+KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+# HMAC-SHA256 keys shorter than this are guessable offline from one signed request.
+MIN_CLUSTER_SECRET = 16
+PLACEHOLDER = "replace-with-"  # .env.example's values: known to everyone
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """How every Kafka client the product creates connects (contract section 10)."""
+
+    protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = "PLAIN"
+    username: str = ""
+    password: str = field(default="", repr=False)
+    cafile: str = ""  # empty with TLS: the system's trusted CAs
+    certfile: str = ""  # a client certificate, for brokers that ask for one
+    keyfile: str = ""
+
+    def __post_init__(self) -> None:
+        if self.sasl and not (self.username and self.password):
+            raise SettingsError(f"KAFKA_SECURITY_PROTOCOL={self.protocol} needs "
+                                "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD")
+        if bool(self.certfile) != bool(self.keyfile):
+            raise SettingsError("KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE go together")
+        for name, path in (("KAFKA_SSL_CAFILE", self.cafile),
+                           ("KAFKA_SSL_CERTFILE", self.certfile),
+                           ("KAFKA_SSL_KEYFILE", self.keyfile)):
+            if path and not self.tls:
+                raise SettingsError(f"{name} is set but KAFKA_SECURITY_PROTOCOL="
+                                    f"{self.protocol} does not use TLS")
+            if path and not os.access(path, os.R_OK):
+                raise SettingsError(f"{name}={path!r} is not a readable file")
+
+    @property
+    def sasl(self) -> bool:
+        return self.protocol.startswith("SASL_")
+
+    @property
+    def tls(self) -> bool:
+        return self.protocol in ("SSL", "SASL_SSL")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> KafkaSecurity:
+        return cls(
+            protocol=_choice(env, "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", KAFKA_PROTOCOLS),
+            sasl_mechanism=_choice(env, "KAFKA_SASL_MECHANISM", "PLAIN", SASL_MECHANISMS),
+            username=env.get("KAFKA_SASL_USERNAME") or "",
+            password=env.get("KAFKA_SASL_PASSWORD") or "",
+            cafile=env.get("KAFKA_SSL_CAFILE") or "",
+            certfile=env.get("KAFKA_SSL_CERTFILE") or "",
+            keyfile=env.get("KAFKA_SSL_KEYFILE") or "",
+        )
+
+
 # Kafka's rule for topic names; the app id is part of the internal topics' names.
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _LONGEST_SUFFIX = len("-emitted-counts-changelog")
@@ -100,7 +155,8 @@ def _name(env: Mapping[str, str], name: str, default: str, reserve: int = 0) -> 
 @dataclass(frozen=True)
 class Settings:
     bootstrap_servers: str = "127.0.0.1:9092"
-    redis_url: str | None = None
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    redis_url: str | None = field(default=None, repr=False)  # may hold a password
     app_id: str = "segment-stream"
     partitions: int = 8
     input_topic: str = "recommendation-weights"
@@ -129,8 +185,35 @@ class Settings:
     # Live streams: at most one update per interval; at most this many per worker.
     stream_interval_ms: int = 1_000
     stream_max_clients: int = 1_000
+    # API keys (a JSON file of hashes, re-read when it changes); empty: no keys asked for.
+    api_keys_file: str = ""
+    # Authenticates the workers' requests to each other, and their answers; the previous one
+    # is still accepted (not used), for a rotation without downtime (SECURITY.md).
+    cluster_secret: str = field(default="", repr=False)
+    cluster_secret_previous: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
+        if self.api_keys_file and not self.cluster_secret:
+            raise SettingsError(
+                "SEGMENTS_API_KEYS_FILE is set but SEGMENTS_CLUSTER_SECRET is not: the workers' "
+                "internal endpoint would serve every program to anyone; set a cluster secret "
+                "shared by all workers (e.g. `python -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))'`)")
+        for name, secret in (("SEGMENTS_CLUSTER_SECRET", self.cluster_secret),
+                             ("SEGMENTS_CLUSTER_SECRET_PREVIOUS", self.cluster_secret_previous)):
+            if secret and len(secret.encode()) < MIN_CLUSTER_SECRET:
+                raise SettingsError(f"{name} must be at least {MIN_CLUSTER_SECRET} bytes")
+        for name, value in (("SEGMENTS_CLUSTER_SECRET", self.cluster_secret),
+                            ("SEGMENTS_CLUSTER_SECRET_PREVIOUS", self.cluster_secret_previous),
+                            ("REDIS_URL", self.redis_url or "")):
+            if PLACEHOLDER in value:
+                raise SettingsError(f"{name} holds the placeholder of .env.example: put a "
+                                    "random value in .env")
+        if self.cluster_secret_previous and not self.cluster_secret:
+            raise SettingsError("SEGMENTS_CLUSTER_SECRET_PREVIOUS needs SEGMENTS_CLUSTER_SECRET")
+        if self.api_keys_file and not os.access(self.api_keys_file, os.R_OK):
+            raise SettingsError(f"SEGMENTS_API_KEYS_FILE={self.api_keys_file!r} is not a "
+                                "readable file (create it with `segments keys add`)")
         if not self.advertised_url:
             if self.web_host in WILDCARD_HOSTS:
                 raise SettingsError(
@@ -154,6 +237,7 @@ class Settings:
         env = os.environ if env is None else env
         return cls(
             bootstrap_servers=env.get("KAFKA_BOOTSTRAP_SERVERS") or "127.0.0.1:9092",
+            kafka_security=KafkaSecurity.from_env(env),
             redis_url=env.get("REDIS_URL") or None,
             app_id=_name(env, "SEGMENTS_APP_ID", "segment-stream", reserve=_LONGEST_SUFFIX),
             partitions=_int(env, "SEGMENTS_PARTITIONS", 8, minimum=1, maximum=10_000),
@@ -176,4 +260,7 @@ class Settings:
             standby_replicas=_int(env, "SEGMENTS_STANDBY_REPLICAS", 1, maximum=16),
             stream_interval_ms=_int(env, "SEGMENTS_STREAM_INTERVAL_MS", 1_000, minimum=50),
             stream_max_clients=_int(env, "SEGMENTS_STREAM_MAX_CLIENTS", 1_000, minimum=0),
+            api_keys_file=(env.get("SEGMENTS_API_KEYS_FILE") or "").strip(),
+            cluster_secret=env.get("SEGMENTS_CLUSTER_SECRET") or "",
+            cluster_secret_previous=env.get("SEGMENTS_CLUSTER_SECRET_PREVIOUS") or "",
         )

@@ -25,6 +25,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from faust.types import TP
 
 from api.app import create_web_app
+from api.auth import ClusterAuth
+from api.keys import KeyRing
 from streams.codec.names import RECOMMENDATIONS, TABLES, Names
 from streams.runtime import faust_ext
 from streams.runtime.batches import BatchProcessor
@@ -34,6 +36,7 @@ from streams.runtime.faust_ext.tables import ChangelogTable, NoDelayTableManager
 from streams.runtime.faust_ext.worker import quiet_worker
 from streams.runtime.group_lag import GroupLag, GroupOffsets
 from streams.runtime.ingest import IngestHandler
+from streams.runtime.kafka_clients import client_options, faust_options
 from streams.runtime.memory import MallocTrimmer, tune_gc, tune_malloc
 from streams.runtime.metrics import Holdings, RuntimeMetrics
 from streams.runtime.partitions import PartitionRegistry, Phase
@@ -49,6 +52,7 @@ from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 SESSION_TIMEOUT_S = 6.0
 HEARTBEAT_S = 1.0
 REBALANCE_TIMEOUT_S = 60.0  # under broker_request_timeout (90 s): JoinGroup waits this long
@@ -119,6 +123,7 @@ def _faust_app(s: Settings) -> faust.App:
         table_cleanup_interval=3600.0,
         logging_config=None,
         TableManager=NoDelayTableManager,
+        **faust_options(s.kafka_security),
     )
 
 
@@ -131,7 +136,8 @@ def build_worker(settings: Settings) -> Worker:
     registry = PartitionRegistry(settings.watch_thresholds, stalls)
 
     self_url = str(app.conf.canonical_url)
-    kafka = {"bootstrap_servers": settings.bootstrap_servers}
+    kafka = {"bootstrap_servers": settings.bootstrap_servers,
+             **client_options(settings.kafka_security)}
 
     def lag() -> dict[tuple[str, int], int]:
         # (Also while a pause holds the worker back: its records are behind all the same.)
@@ -204,11 +210,19 @@ def build_worker(settings: Settings) -> Worker:
         rebalancing=lambda: app.rebalancing, lag=lag,
         standbys=standbys, group_lag=group_lag)
     worker = Worker(settings, app, registry, processor, publisher, recovery, query, ())
+    keys = KeyRing(settings.api_keys_file) if settings.api_keys_file else None
+    cluster = (ClusterAuth(settings.cluster_secret, self_url,
+                           previous=settings.cluster_secret_previous)
+               if settings.cluster_secret else None)
+    if settings.web_host not in LOOPBACK_HOSTS and keys is None:
+        logger.warning("listening on %s without API keys: anyone who can reach it reads every "
+                       "program (set SEGMENTS_API_KEYS_FILE; SECURITY.md)", settings.web_host)
     web_app = create_web_app(query, settings.redis_url, namespace=settings.app_id,
                              peer_timeout_s=settings.peer_timeout_ms / 1000.0,
                              registry=metrics.registry,
                              stream_interval_s=settings.stream_interval_ms / 1000.0,
-                             stream_max_clients=settings.stream_max_clients)
+                             stream_max_clients=settings.stream_max_clients,
+                             keys=keys, cluster=cluster)
     services: list[mode.Service] = [WebService(web_app, settings, app),
                                      MallocTrimmer(worker.activity), Background(group_lag.run),
                                      Background(stalls.run)]

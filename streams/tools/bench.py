@@ -39,6 +39,8 @@ from rich.console import Console
 from rich.table import Table
 
 from streams.codec.keys import family_key
+from streams.runtime.kafka_clients import client_options
+from streams.settings import KafkaSecurity
 from streams.tools import kafka_local
 from streams.tools.probes import group_lag, wait_http_ready
 from streams.tools.produce import Record, base_ts_ending_now, generate, produce
@@ -69,13 +71,18 @@ class Run:
     app_id: str = field(default_factory=lambda: f"bench-{uuid.uuid4().hex[:8]}")
     input_topic: str = ""  # default: "<app_id>-in"
     extra_env: dict[str, str] = field(default_factory=dict)
+    kafka: dict[str, Any] = field(default_factory=dict)  # security options of its clients
 
     @property
     def topic(self) -> str:
         return self.input_topic or f"{self.app_id}-in"
 
     def env(self, port: int) -> dict[str, str]:
-        env = dict(os.environ)
+        # The bench's workers: its own settings, keys and secrets none (it asks with none).
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("SEGMENTS_API_KEYS", "SEGMENTS_CLUSTER_SECRET"))
+               and (self.kafka or not k.startswith(("KAFKA_SECURITY_", "KAFKA_SASL_",
+                                                     "KAFKA_SSL_")))}
         env.update({
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, "SEGMENTS_APP_ID": self.app_id,
             "SEGMENTS_INPUT_TOPIC": self.topic, "SEGMENTS_DLQ_TOPIC": f"{self.app_id}-dlq",
@@ -96,8 +103,8 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def _create_topic(bootstrap: str, topic: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def _create_topic(bootstrap: str, topic: str, **kafka: Any) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kafka)
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
@@ -105,11 +112,11 @@ async def _create_topic(bootstrap: str, topic: str) -> None:
         await admin.close()
 
 
-async def raw_consume(bootstrap: str, topic: str, n: int) -> float:
+async def raw_consume(bootstrap: str, topic: str, n: int, **kafka: Any) -> float:
     """Events/s of a count-only getmany loop over all partitions, from the beginning."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                                 enable_auto_commit=False,
-                                max_partition_fetch_bytes=4 * 1024 * 1024)
+                                max_partition_fetch_bytes=4 * 1024 * 1024, **kafka)
     await consumer.start()
     try:
         consumer.assign([TopicPartition(topic, p) for p in range(PARTITIONS)])
@@ -193,7 +200,7 @@ async def wait_no_lag(run: Run, timeout_s: float) -> float:
     topics = [run.topic, f"{run.app_id}-recommendations-by-segment"]
     deadline = time.perf_counter() + timeout_s
     while time.perf_counter() < deadline:
-        if await group_lag(run.bootstrap, run.app_id, topics) == 0:
+        if await group_lag(run.bootstrap, run.app_id, topics, **run.kafka) == 0:
             return time.perf_counter()
         await asyncio.sleep(0.1)
     raise RuntimeError("the worker did not catch up in time")
@@ -231,7 +238,8 @@ async def freshness(run: Run, worker: WorkerProc, rate: float, probes: int) -> l
         "--base-ts", str(base_ts_ending_now(int(rate * 600))),
         "--topic", run.topic, "--bootstrap", run.bootstrap,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    producer = AIOKafkaProducer(bootstrap_servers=run.bootstrap, linger_ms=0, acks=1)
+    producer = AIOKafkaProducer(bootstrap_servers=run.bootstrap, linger_ms=0, acks=1,
+                                **run.kafka)
     await producer.start()
     latencies: list[float] = []
     try:
@@ -307,17 +315,17 @@ async def bench(cfg: BenchConfig, run: Run) -> dict[str, Any]:
     results: dict[str, Any] = {"config": {k: str(v) if isinstance(v, Path) else v
                                           for k, v in cfg.__dict__.items()}}
     n = cfg.events
-    await _create_topic(run.bootstrap, run.topic)
+    await _create_topic(run.bootstrap, run.topic, **run.kafka)
     console.print(f"producing {n} seeded events")
     records = list(generate(n, seed=42, programs=3, users=20_000, labels=2_000, assets=5_000,
                             base_ts=base_ts_ending_now(n)))
     results["event_bytes_avg"] = sum(len(r.value) for r in records) / len(records)
-    await produce(run.bootstrap, run.topic, iter(records), total=n)
+    await produce(run.bootstrap, run.topic, iter(records), total=n, kafka=run.kafka)
 
     console.print("0. pure aggregation (no Kafka): parse, apply, encode")
     results["pure_aggregation_events_per_s"] = pure_aggregation(records)
     console.print("1. raw aiokafka getmany")
-    raw = await raw_consume(run.bootstrap, run.topic, n)
+    raw = await raw_consume(run.bootstrap, run.topic, n, **run.kafka)
     results["raw_events_per_s"] = raw
     del records
 
@@ -354,7 +362,8 @@ async def bench(cfg: BenchConfig, run: Run) -> dict[str, Any]:
     rss_before = worker.rss()
     api_recs = list(api_records(program, cfg.api_segments, cfg.api_recommendations, seed=5))
     t0 = time.perf_counter()
-    await produce(run.bootstrap, run.topic, iter(api_recs), total=len(api_recs))
+    await produce(run.bootstrap, run.topic, iter(api_recs), total=len(api_recs),
+                  kafka=run.kafka)
     await wait_no_lag(run, timeout_s=1800)
     api_ingest = len(api_recs) / (time.perf_counter() - t0)
     held = len(api_recs)
@@ -558,6 +567,8 @@ def run_bench(cfg: BenchConfig) -> int:
                 console.print(f"no Redis ({exc}); measuring the in-process cache")
             assert bootstrap is not None
             run = Run(bootstrap, work, redis.url if redis else None)
+            if not own_broker:  # (a broker of its own is plaintext)
+                run.kafka = client_options(KafkaSecurity.from_env(os.environ))
             results = asyncio.run(bench(cfg, run))
         finally:
             if redis is not None:

@@ -20,6 +20,7 @@ import aiohttp
 from rich.console import Console
 from rich.table import Table
 
+from streams.runtime.kafka_clients import client_options
 from streams.settings import Settings
 from streams.tools import kafka_local
 from streams.tools.probes import wait_http_ready
@@ -59,14 +60,16 @@ def _print(body: Any, program: str) -> None:
     console.print(f"{body['total']} segments in all")
 
 
+SECURITY_ENV = ("KAFKA_SECURITY_", "KAFKA_SASL_", "KAFKA_SSL_")
 TRICKLE_RATE = 20  # events a second while the demo serves
 
 
-async def _trickle(bootstrap: str, topic: str, stop: threading.Event) -> None:
+async def _trickle(bootstrap: str, topic: str, stop: threading.Event,
+                   kafka: dict[str, Any]) -> None:
     """A slow stream of new events until ``stop``, so that the live page moves."""
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=50)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=50, **kafka)
     await producer.start()
     try:
         seed = int(time.time())
@@ -85,12 +88,16 @@ def run_demo(port: int = 9092, web_port: int = 6066, events: int = 20_000,
     settings = Settings.from_env()
     started_kafka = False
     bootstrap = settings.bootstrap_servers
+    kafka = client_options(settings.kafka_security)  # (a broker of its own: plaintext)
     if "KAFKA_BOOTSTRAP_SERVERS" not in os.environ:
+        kafka = {}
         state, started_kafka = kafka_local.start(port=port)
         bootstrap = state.bootstrap
         console.print(f"[bold]Kafka[/] {'started' if started_kafka else 'already running'} "
                       f"at {bootstrap}")
     env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=bootstrap, SEGMENTS_WEB_PORT=str(web_port))
+    if not kafka:  # (its own broker is plaintext)
+        env = {k: v for k, v in env.items() if not k.startswith(SECURITY_ENV)}
     url = f"http://127.0.0.1:{web_port}"
     worker: subprocess.Popen[bytes] | None = None
     data_dir = kafka_local.default_data_dir().parent
@@ -109,7 +116,7 @@ def run_demo(port: int = 9092, web_port: int = 6066, events: int = 20_000,
         n = asyncio.run(produce(bootstrap, settings.input_topic,
                                 generate(events, seed=int(time.time()),
                                          base_ts=base_ts_ending_now(events)), total=events,
-                                progress=sys.stdout.isatty()))
+                                progress=sys.stdout.isatty(), kafka=kafka))
         console.print(f"produced {n} events")
         body = asyncio.run(_wait_processed(url, "program-0", 120))
         if body:
@@ -122,7 +129,7 @@ def run_demo(port: int = 9092, web_port: int = 6066, events: int = 20_000,
         if keep_serving and worker is not None:
             stop = threading.Event()
             trickle = threading.Thread(
-                target=asyncio.run, args=(_trickle(bootstrap, settings.input_topic, stop),),
+                target=asyncio.run, args=(_trickle(bootstrap, settings.input_topic, stop, kafka),),
                 daemon=True)
             trickle.start()
             console.print(f"serving until Ctrl-C; {TRICKLE_RATE} new events a second keep the "

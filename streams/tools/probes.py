@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
+from typing import Any
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -39,12 +40,12 @@ async def topic_partitions(admin: AIOKafkaAdminClient, topic: str) -> list[int]:
                   for p in d["partitions"])
 
 
-async def partition_lags(bootstrap: str, group: str, topics: list[str]
+async def partition_lags(bootstrap: str, group: str, topics: list[str], **kafka: Any
                          ) -> dict[TopicPartition, tuple[int, int]]:
     """(committed offset, end offset) of consumer group ``group`` for each partition of
-    ``topics`` (committed 0 where it has committed nothing)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    ``topics`` (committed 0 where it has committed nothing). ``kafka``: security options."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kafka)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **kafka)
     await admin.start()
     await consumer.start()
     try:
@@ -61,10 +62,10 @@ async def partition_lags(bootstrap: str, group: str, topics: list[str]
         await admin.close()
 
 
-async def group_lag(bootstrap: str, group: str, topics: list[str]) -> int:
+async def group_lag(bootstrap: str, group: str, topics: list[str], **kafka: Any) -> int:
     """Records of ``topics`` not yet committed by consumer group ``group`` (1 if no topic
     exists yet, so that "0" always means caught up)."""
-    lags = await partition_lags(bootstrap, group, topics)
+    lags = await partition_lags(bootstrap, group, topics, **kafka)
     if not lags:
         return 1
     return sum(max(0, end - done) for done, end in lags.values())

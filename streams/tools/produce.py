@@ -14,8 +14,9 @@ import itertools
 import random
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -175,12 +176,15 @@ def _weight(rng: random.Random) -> float:
 
 
 async def produce(bootstrap: str, topic: str, records: Iterator[Record], *, total: int,
-                  rate: float = 0.0, progress: bool = False) -> int:
-    """Send ``records`` to ``topic`` (at ``rate`` events/s when > 0); return how many were sent."""
+                  rate: float = 0.0, progress: bool = False,
+                  kafka: Mapping[str, Any] | None = None) -> int:
+    """Send ``records`` to ``topic`` (at ``rate`` events/s when > 0); return how many were sent.
+    ``kafka``: the client's security options (streams/runtime/kafka_clients.py)."""
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=10, acks="all",
-                                enable_idempotence=True, max_batch_size=256 * 1024)
+                                enable_idempotence=True, max_batch_size=256 * 1024,
+                                **(kafka or {}))
     await producer.start()
     sent = 0
     loop = asyncio.get_running_loop()

@@ -22,6 +22,14 @@ from tests.support.monitoring import dashboard_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+ENV_EXAMPLE = ROOT / ".env.example"
+_VARIABLE = re.compile(r"\$\{(\w+)(?::?[?-][^}]*)?\}")
+
+
+def _example_env() -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in ENV_EXAMPLE.read_text().splitlines()
+             if line.strip() and not line.startswith("#"))
+    return {k.strip(): v.strip() for k, v in pairs}
 
 
 def _compose_available() -> str | None:
@@ -45,7 +53,8 @@ needs_compose = pytest.mark.skipif(_why_not is not None,
 
 
 def _compose(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["docker", "compose", "-f", str(COMPOSE_FILE), *args], cwd=ROOT,
+    return subprocess.run(["docker", "compose", "-f", str(COMPOSE_FILE), "--env-file",
+                           str(ENV_EXAMPLE), *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=60, check=False)
 
 
@@ -65,7 +74,9 @@ def _port(spec: Any) -> dict[str, Any]:
 def _read_yaml(profiles: tuple[str, ...] = ()) -> dict[str, Any]:
     """The file as PyYAML reads it (merge keys resolved), normalised like Compose does (the
     services of other profiles left out)."""
-    parsed: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
+    env = _example_env()
+    text = _VARIABLE.sub(lambda m: env[m.group(1)], COMPOSE_FILE.read_text())  # as Compose does
+    parsed: dict[str, Any] = yaml.safe_load(text)
     parsed["services"] = {name: svc for name, svc in parsed["services"].items()
                           if not svc.get("profiles") or set(svc["profiles"]) & set(profiles)}
     for svc in parsed["services"].values():
@@ -84,7 +95,8 @@ def _config(*profiles: str) -> dict[str, Any]:
     if _why_not is not None:
         return _read_yaml(profiles)
     flags = [arg for profile in profiles for arg in ("--profile", profile)]
-    proc = subprocess.run(["docker", "compose", "-f", str(COMPOSE_FILE), *flags, "config",
+    proc = subprocess.run(["docker", "compose", "-f", str(COMPOSE_FILE), "--env-file",
+                           str(ENV_EXAMPLE), *flags, "config",
                            "--format", "json"], cwd=ROOT, capture_output=True, text=True,
                           timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
@@ -153,7 +165,8 @@ def test_workers_reach_each_other_and_wait_for_dependencies(config: dict[str, An
         svc = services[name]
         env = svc["environment"]
         assert env["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
-        assert env["REDIS_URL"] == "redis://redis:6379/0"
+        password = _example_env()["REDIS_PASSWORD"]
+        assert env["REDIS_URL"] == f"redis://:{password}@redis:6379/0"
         assert env["SEGMENTS_WEB_HOST"] == "0.0.0.0"
         port = int(env.get("SEGMENTS_WEB_PORT", 6066))
         # Each worker advertises a URL its peers can resolve (its service name), not 0.0.0.0.
@@ -187,7 +200,8 @@ def test_the_monitoring_profile(monitoring: dict[str, Any]) -> None:
         assert all(p.get("host_ip") == "127.0.0.1" for p in svc["ports"])
         for volume in svc["volumes"]:
             source = volume["source"] if isinstance(volume, dict) else volume.split(":")[0]
-            if source.startswith((".", "/")):
+            if source.startswith((".", "/")) and not source.startswith("./secrets"):  # (made
+                # by the user, as the file's header says)
                 assert (ROOT / source).resolve().exists(), source
     scrape = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
     targets = scrape["scrape_configs"][0]["static_configs"][0]["targets"]
@@ -211,3 +225,32 @@ def test_the_dashboard_names_metrics_a_worker_exposes() -> None:
     used = dashboard_metrics()
     assert used, "the dashboard queries no metric"
     assert used <= exposed, f"the dashboard names metrics no worker exposes: {used - exposed}"
+
+
+def test_redis_and_the_workers_are_secured_from_the_env_file(config: dict[str, Any]) -> None:
+    example = _example_env()
+    assert set(example) == {"REDIS_PASSWORD", "SEGMENTS_CLUSTER_SECRET"}
+    raw = COMPOSE_FILE.read_text()
+    for name in example:  # required: Compose stops with the message when .env lacks one
+        assert "${" + name + ":?" in raw, name
+    redis = config["services"]["redis"]
+    command = redis["command"]
+    assert command[command.index("--requirepass") + 1] == example["REDIS_PASSWORD"]
+    assert redis["environment"]["REDISCLI_AUTH"] == example["REDIS_PASSWORD"]
+    for name in ("worker-1", "worker-2"):
+        svc = config["services"][name]
+        env = svc["environment"]
+        assert env["SEGMENTS_CLUSTER_SECRET"] == example["SEGMENTS_CLUSTER_SECRET"]
+        keys_dir = str(Path(env["SEGMENTS_API_KEYS_FILE"]).parent)
+        mounts = [v if isinstance(v, str) else f"{v['source']}:{v['target']}"
+                  for v in svc["volumes"]]
+        assert any(m.split(":")[1] == keys_dir for m in mounts), mounts  # the folder
+    ignored = (ROOT / ".gitignore").read_text().split()
+    assert ".env" in ignored and "secrets/" in ignored
+
+
+def test_prometheus_scrapes_with_a_key() -> None:
+    scrape = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
+    auth = scrape["scrape_configs"][0]["authorization"]
+    assert auth["type"] == "Bearer"
+    assert auth["credentials_file"] == "/etc/prometheus/metrics-key"

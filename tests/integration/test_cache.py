@@ -121,3 +121,21 @@ async def test_copies_are_bounded_in_bytes(server: RedisServer) -> None:
         assert "huge" not in cache._near
     finally:
         await cache.close()
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["password", "password+tls"])
+async def test_a_redis_with_a_password_and_tls_is_used_and_a_wrong_password_is_not(
+        tmp_path: Path, tls: bool) -> None:
+    srv = RedisServer(tmp_path / "secured", password="cache-pass-1", tls=tls).start()
+    right, wrong = RedisCache(srv.url), RedisCache(srv.url.replace("cache-pass-1", "guess"))
+    try:
+        await _live(right)
+        await right.set("k", b"answer", 30)
+        assert redis.Redis.from_url(srv.url).get("segment-stream:k") == b"answer"
+        assert await wrong.get("k") is None, "refused: a miss, answered from the tables"
+        await wrong.set("k2", b"x", 30)  # refused too, and no error escapes
+        assert redis.Redis.from_url(srv.url).get("segment-stream:k2") is None
+    finally:
+        await right.close()
+        await wrong.close()
+        srv.stop()

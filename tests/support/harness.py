@@ -81,6 +81,10 @@ class Cluster:
     app_id: str = field(default_factory=lambda: f"segtest-{uuid.uuid4().hex[:8]}")
     extra_env: dict[str, str] = field(default_factory=dict)
     workers: list[Worker] = field(default_factory=list)
+    # The security options of the test's own Kafka clients (streams/runtime/kafka_clients.py).
+    kafka: dict[str, Any] = field(default_factory=dict)
+    # Headers of the test's own HTTP requests (an API key).
+    headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def input_topic(self) -> str:
@@ -147,10 +151,11 @@ async def wait_ready(worker: Worker, timeout_s: float = 90.0) -> None:
     raise AssertionError(f"worker on {worker.port} not ready in {timeout_s}s:\n{worker.log()}")
 
 
-async def produce_records(bootstrap: str, topic: str, records: list[Record]) -> None:
+async def produce_records(bootstrap: str, topic: str, records: list[Record],
+                          **kafka: Any) -> None:
     from streams.tools.produce import produce
 
-    await produce(bootstrap, topic, iter(records), total=len(records))
+    await produce(bootstrap, topic, iter(records), total=len(records), kafka=kafka)
 
 
 async def wait_no_lag(cluster: Cluster, timeout_s: float = 600.0) -> None:
@@ -159,18 +164,19 @@ async def wait_no_lag(cluster: Cluster, timeout_s: float = 600.0) -> None:
     lag = -1
     while time.monotonic() < deadline:
         try:
-            lag = await group_lag(cluster.bootstrap, cluster.app_id, topics)
+            lag = await group_lag(cluster.bootstrap, cluster.app_id, topics, **cluster.kafka)
             if lag == 0:
                 # one more commit interval so the last batch's state is surely applied
                 await asyncio.sleep(1.5)
-                if await group_lag(cluster.bootstrap, cluster.app_id, topics) == 0:
+                if await group_lag(cluster.bootstrap, cluster.app_id, topics,
+                                   **cluster.kafka) == 0:
                     return
         except KafkaError as exc:  # e.g. no coordinator yet, right after a broker restart
             lag = -1
             if not getattr(exc, "retriable", False):
                 raise
         await asyncio.sleep(0.5)
-    lags = await partition_lags(cluster.bootstrap, cluster.app_id, topics)
+    lags = await partition_lags(cluster.bootstrap, cluster.app_id, topics, **cluster.kafka)
     behind = "\n".join(f"  {tp.topic}[{tp.partition}]: committed {done}, end {end}"
                        for tp, (done, end) in sorted(lags.items()) if done != end)
     for w in cluster.workers:  # each live worker logs its offsets report
@@ -242,7 +248,8 @@ class PagesAnswer:
 
 async def walk_pages(session: aiohttp.ClientSession, url: str, program: str, segment_type: str,
                      basis: str, m: float, *, refresh: bool = True, size: int = 100,
-                     max_pages: int = 10_000, consistency: str = "any") -> PagesAnswer:
+                     max_pages: int = 10_000, consistency: str = "any",
+                     headers: dict[str, str] | None = None) -> PagesAnswer:
     """GET /segments page by page until ``total`` rows are read. Stops at the first page that
     is not a 200 and returns its status, body and Retry-After header. Transport errors
     (aiohttp.ClientError, TimeoutError) propagate to the caller."""
@@ -253,7 +260,7 @@ async def walk_pages(session: aiohttp.ClientSession, url: str, program: str, seg
                   "min_weight": repr(m), "page": str(page), "size": str(size),
                   "force_refresh": "true" if refresh else "false", "consistency": consistency}
         async with session.get(url + "/segments", params=params,
-                               headers={"program-id": program}) as resp:
+                               headers={**(headers or {}), "program-id": program}) as resp:
             raw = await resp.read()
             out.pages += 1
             try:
@@ -270,15 +277,15 @@ async def walk_pages(session: aiohttp.ClientSession, url: str, program: str, seg
     raise AssertionError(f"{url}: more than {max_pages} pages for {program}/{segment_type}")
 
 
-async def read_topic_complete(bootstrap: str, topic: str, timeout_s: float = 120.0
-                              ) -> list[Any]:
+async def read_topic_complete(bootstrap: str, topic: str, timeout_s: float = 120.0,
+                              **kafka: Any) -> list[Any]:
     """Every record of ``topic`` up to the end offsets seen at the start; unlike
     :func:`read_topic`, fails instead of returning a partial list on timeout."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                                 enable_auto_commit=False, max_partition_fetch_bytes=4 << 20,
-                                fetch_max_bytes=16 << 20)
+                                fetch_max_bytes=16 << 20, **kafka)
     await consumer.start()
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kafka)
     await admin.start()
     try:
         tps = [TopicPartition(topic, p) for p in await topic_partitions(admin, topic)]
@@ -354,7 +361,8 @@ async def final_check(cluster: Cluster, oracle: Any, workers: list[Worker], *,
                 if w.proc is None or w.proc.poll() is not None:
                     raise AssertionError(f"worker {w.port} is not running:\n{w.log()}")
                 for (p, t, b, m), rows in want.items():
-                    ans = await walk_pages(session, w.url, p, t, b, m, consistency="strict")
+                    ans = await walk_pages(session, w.url, p, t, b, m, consistency="strict",
+                                           headers=cluster.headers)
                     queries += 1
                     if ans.status == 503:
                         unavailable += 1
@@ -372,7 +380,8 @@ async def final_check(cluster: Cluster, oracle: Any, workers: list[Worker], *,
             n_changes = 0
             if not problem and check_changes:
                 await asyncio.sleep(settle_s)
-                records = await read_topic_complete(cluster.bootstrap, cluster.changes_topic)
+                records = await read_topic_complete(cluster.bootstrap, cluster.changes_topic,
+                                                    **cluster.kafka)
                 n_changes = len(records)
                 problem = _changes_problem(last_change_events(records), want, watched)
             if not problem:

@@ -34,6 +34,22 @@ def test_defaults() -> None:
     ({"SEGMENTS_ADVERTISED_URL": "worker-1:6066"}, "SEGMENTS_ADVERTISED_URL"),
     ({"SEGMENTS_MAX_FUTURE_MS": "-5"}, "SEGMENTS_MAX_FUTURE_MS"),
     ({"SEGMENTS_PRODUCE_TIMEOUT_MS": "10"}, "SEGMENTS_PRODUCE_TIMEOUT_MS"),
+    # security (contract section 10)
+    ({"SEGMENTS_API_KEYS_FILE": "/dev/null"}, "SEGMENTS_CLUSTER_SECRET"),
+    ({"SEGMENTS_CLUSTER_SECRET": "short"}, "SEGMENTS_CLUSTER_SECRET"),
+    ({"SEGMENTS_CLUSTER_SECRET": "replace-with-a-random-secret"}, ".env.example"),
+    ({"REDIS_URL": "redis://:replace-with-a-random-password@redis:6379/0"}, "REDIS_URL"),
+    ({"SEGMENTS_CLUSTER_SECRET_PREVIOUS": "a-previous-secret-alone"}, "needs"),
+    ({"SEGMENTS_API_KEYS_FILE": "/nonexistent/keys.json",
+      "SEGMENTS_CLUSTER_SECRET": "s" * 32}, "SEGMENTS_API_KEYS_FILE"),
+    ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "KAFKA_SASL_USERNAME"),
+    ({"KAFKA_SECURITY_PROTOCOL": "TLS"}, "KAFKA_SECURITY_PROTOCOL"),
+    ({"KAFKA_SASL_MECHANISM": "GSSAPI"}, "KAFKA_SASL_MECHANISM"),
+    ({"KAFKA_SSL_CAFILE": "/etc/hostname"}, "does not use TLS"),
+    ({"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CAFILE": "/nonexistent.pem"},
+     "KAFKA_SSL_CAFILE"),
+    ({"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CERTFILE": "/etc/hostname"},
+     "KAFKA_SSL_KEYFILE"),
 ])
 def test_values_that_cannot_work_are_refused(env: dict[str, str], words: str) -> None:
     with pytest.raises(SettingsError) as err:
@@ -49,3 +65,12 @@ def test_every_interface_with_an_advertised_url() -> None:
 
 def test_an_ipv6_host_is_bracketed_in_the_url() -> None:
     assert Settings.from_env({"SEGMENTS_WEB_HOST": "::1"}).advertised_url == "http://[::1]:6066"
+
+
+def test_secrets_stay_out_of_the_settings_repr() -> None:
+    s = Settings.from_env({"KAFKA_SECURITY_PROTOCOL": "sasl_ssl", "KAFKA_SASL_USERNAME": "u",
+                           "KAFKA_SASL_PASSWORD": "kafka-pass-1", "SEGMENTS_CLUSTER_SECRET":
+                           "cluster-secret-123", "REDIS_URL": "redis://:redis-pass-1@r:6379/0"})
+    assert s.kafka_security.sasl and s.kafka_security.tls
+    for secret in ("kafka-pass-1", "cluster-secret-123", "redis-pass-1"):
+        assert secret not in repr(s)
