@@ -118,12 +118,12 @@ class RedisCache:
 
     Near copy: the answers this worker wrote are also kept in its memory (up to
     ``near_bytes``, oldest first out) until the same expiry as in Redis, and served from
-    there: a hit then costs no Redis round trip (about a third of a cached request's time). Every
-    write is announced on a Redis pub/sub channel, and each worker drops its copy of the keys
-    others wrote, so a ``force_refresh`` on one worker reaches the copies of all (within the
-    channel's delivery time, about a millisecond on one host). The copies are used only
-    while this worker is subscribed: when the subscription breaks (Redis down), they are
-    dropped and every answer goes to Redis (or to the tables) until it is back.
+    there: a hit then costs no Redis round trip (BENCHMARKS.md, API). Every write is
+    announced on a Redis pub/sub channel, and each worker drops its copy of the keys others
+    wrote, so a ``force_refresh`` on one worker reaches the copies of all (within the
+    channel's delivery time). The copies are used only while this worker is subscribed: when
+    the subscription breaks (Redis down), they are dropped and every answer goes to Redis (or
+    to the tables) until it is back.
     """
 
     def __init__(self, url: str, timeout_s: float = 0.25, retry_after_s: float = 1.0,
@@ -198,15 +198,7 @@ class RedisCache:
             hit = self._near.get(key)
             if hit is not None:
                 return hit
-        if not self._available():
-            return None
-        try:
-            value = await self._client.get(self._prefix + key)
-        except (RedisError, OSError) as exc:
-            self._failed(exc)
-            return None
-        self._recovered()
-        return value if isinstance(value, bytes) else None
+        return await self._get(self._prefix + key)
 
     async def set(self, key: str, value: bytes, ttl_s: float, keep_s: float = 0.0) -> None:
         self._start_listener()
@@ -233,10 +225,14 @@ class RedisCache:
             self._near.drop(key)
 
     async def get_last(self, key: str) -> bytes | None:
+        return await self._get(self._last_prefix + key)
+
+    async def _get(self, redis_key: str) -> bytes | None:
+        """From Redis itself (None while it is down or backed off)."""
         if not self._available():
             return None
         try:
-            value = await self._client.get(self._last_prefix + key)
+            value = await self._client.get(redis_key)
         except (RedisError, OSError) as exc:
             self._failed(exc)
             return None

@@ -23,6 +23,7 @@ from streams.tools.redis_local import RedisServer
 from tests.support.harness import (
     Cluster,
     Worker,
+    feed,
     get_json,
     produce_records,
     wait_no_lag,
@@ -68,10 +69,7 @@ async def api(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
     workers = [cluster.add_worker(), cluster.add_worker()]
     session = aiohttp.ClientSession()
     try:
-        for w in workers:
-            await wait_ready(w)
-        await produce_records(kafka_bootstrap, cluster.input_topic, records)
-        await wait_no_lag(cluster)
+        await feed(cluster, workers, records)
         for w in workers:
             await wait_ready(w)
         yield Setup(cluster, workers, oracle, server, session)

@@ -43,10 +43,10 @@ from tests.support.faults import exact_problem, rename_program
 from tests.support.harness import (
     Cluster,
     Worker,
+    feed,
     final_check,
     get_json,
     items_as_rows,
-    produce_records,
     wait_no_lag,
     wait_ready,
 )
@@ -278,10 +278,7 @@ async def test_reads_survive_a_kill_and_a_stop(kafka_bootstrap: str, redis_serve
     tasks: list[asyncio.Task[Any]] = []
     stopped: Worker | None = None
     try:
-        for w in workers:
-            await wait_ready(w)
-        await produce_records(kafka_bootstrap, cluster.input_topic, frozen_records)
-        await wait_no_lag(cluster, timeout_s=120)
+        await feed(cluster, workers, frozen_records, timeout_s=120)
         await standbys_ready(workers, cluster.partitions)
         targets.extend(workers)
         t0 = time.monotonic()

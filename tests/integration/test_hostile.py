@@ -42,6 +42,7 @@ from tests.support.faults import RssSampler, rss_summary
 from tests.support.harness import (
     Cluster,
     Worker,
+    feed,
     final_check,
     get_json,
     produce_records,
@@ -486,11 +487,7 @@ async def test_hostile_clients_do_not_grow_memory(kafka_bootstrap: str, tmp_path
     workers = [cluster.add_worker(), Worker(env, tmp_path / f"worker-{port}.log", port).start()]
     cluster.workers.append(workers[1])
     try:
-        for w in workers:
-            await wait_ready(w)
-        await produce_records(kafka_bootstrap, cluster.input_topic,
-                              list(generate(5_000, seed=1601, programs=2, users=500)))
-        await wait_no_lag(cluster)
+        await feed(cluster, workers, list(generate(5_000, seed=1601, programs=2, users=500)))
         rng = random.Random(1602)
         queue: asyncio.Queue[tuple[Worker, str, str]] = asyncio.Queue()
         warm = 2_000

@@ -31,11 +31,9 @@ from streams.tools import kafka_local
 from streams.tools.produce import generate
 from tests.support.harness import (
     Cluster,
+    feed,
     final_check,
-    produce_records,
     read_topic_complete,
-    wait_no_lag,
-    wait_ready,
 )
 from tests.support.oracle import Oracle
 
@@ -223,10 +221,7 @@ async def test_workers_on_a_sasl_ssl_broker_pass_the_exact_final_check(
     oracle.feed(records)
     workers = [cluster.add_worker(), cluster.add_worker()]
     try:
-        for w in workers:
-            await wait_ready(w)
-        await produce_records(cluster.bootstrap, cluster.input_topic, records, **cluster.kafka)
-        await wait_no_lag(cluster)
+        await feed(cluster, workers, records)
         report = await final_check(cluster, oracle, workers)  # (reads the changes too)
         assert report.change_events > 0
         dead = await read_topic_complete(cluster.bootstrap, cluster.dlq_topic, **cluster.kafka)

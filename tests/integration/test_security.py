@@ -31,9 +31,8 @@ from tests.support.harness import (
     SEGMENTS,
     Cluster,
     Worker,
+    feed,
     final_check,
-    produce_records,
-    wait_no_lag,
     wait_ready,
     walk_pages,
 )
@@ -80,10 +79,7 @@ async def secured(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
     workers = [cluster.add_worker(), cluster.add_worker()]
     session = aiohttp.ClientSession()
     try:
-        for w in workers:
-            await wait_ready(w)
-        await produce_records(kafka_bootstrap, cluster.input_topic, records)
-        await wait_no_lag(cluster)
+        await feed(cluster, workers, records)
         await final_check(cluster, oracle, workers, check_changes=False)
         yield Secured(cluster, workers, oracle, server, keys_file, keys, session)
     finally:

@@ -158,6 +158,16 @@ async def produce_records(bootstrap: str, topic: str, records: list[Record],
     await produce(bootstrap, topic, iter(records), total=len(records), kafka=kafka)
 
 
+async def feed(cluster: Cluster, workers: list[Worker], records: list[Record],
+               timeout_s: float = 600.0) -> None:
+    """Once every one of ``workers`` is ready: ``records`` to the input, then until the group
+    has handled them all."""
+    for w in workers:
+        await wait_ready(w)
+    await produce_records(cluster.bootstrap, cluster.input_topic, records, **cluster.kafka)
+    await wait_no_lag(cluster, timeout_s)
+
+
 async def wait_no_lag(cluster: Cluster, timeout_s: float = 600.0) -> None:
     deadline = time.monotonic() + timeout_s
     topics = [cluster.input_topic, cluster.repartition_topic]

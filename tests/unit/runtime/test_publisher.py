@@ -161,16 +161,22 @@ async def test_a_revocation_waits_for_the_batch_in_flight() -> None:
     assert flushed.is_set()
 
 
-async def test_a_stop_confirms_too_and_stays_stopped() -> None:
+async def published_once() -> Setup:
+    """One change published (not yet confirmed as published); nothing sent since."""
     s = Setup()
     s.apply("u1", 0.9, 1)
     await s.publisher.tick()
     s.producer.sent.clear()
+    return s
 
-    async def flush() -> None:
-        pass
 
-    await release(s.registry, s.publisher, flush, stopping=True)
+async def nothing_to_flush() -> None:
+    pass
+
+
+async def test_a_stop_confirms_too_and_stays_stopped() -> None:
+    s = await published_once()
+    await release(s.registry, s.publisher, nothing_to_flush, stopping=True)
     assert growth(s.emitted()) == [(1, None)]
     s.registry.finish_recovery(set(range(PARTITIONS)))
     assert not s.registry.serving
@@ -182,14 +188,7 @@ async def test_a_worker_the_group_no_longer_knew_confirms_nothing_and_forgets_it
     """Its partitions may have had other owners meanwhile (its session expired while it was
     stopped): it writes nothing more for them, and a partition assigned to it again is rebuilt
     from its changelog, not kept as it was before the pause."""
-    s = Setup()
-    s.apply("u1", 0.9, 1)
-    await s.publisher.tick()
-    s.producer.sent.clear()
-
-    async def flush() -> None:
-        pass
-
-    await release(s.registry, s.publisher, flush, still_member=False)
+    s = await published_once()
+    await release(s.registry, s.publisher, nothing_to_flush, still_member=False)
     assert s.producer.sent == []
     assert (s.registry.active, s.registry.read_upto) == ({}, {})
