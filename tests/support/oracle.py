@@ -2,9 +2,10 @@
 
 It reads the generator's records in production order (which is partition order: records are
 keyed by segment family) and applies the rules literally: latest (ts, position) wins per
-recommendation, null weight removes (and withdraws nothing from a recommendation never
-held: docs/CONTRACT.md), growth/base/discovery membership, counts and means by brute force
-over the members."""
+recommendation, a null weight is an event like any other (kept with its ts whether or not the
+recommendation was ever seen, so an older event arriving after it is ignored), growth/base/
+discovery membership, counts and means by brute force over the members. No aging: callers keep
+their event times within the grace period (SEGMENTS_GRACE_MS)."""
 
 from __future__ import annotations
 
@@ -39,8 +40,6 @@ class Oracle:
             old = self.recs.get(key)
             if old is not None and ts < old[0]:
                 continue
-            if old is None and doc["weight"] is None:
-                continue  # a withdrawal of a recommendation never held withdraws nothing
             self.recs[key] = (ts, self.seq, doc["weight"], doc["in_history"])
             name = doc.get("name")
             name = doc["basis_id"] if name is None else name
