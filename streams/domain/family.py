@@ -80,20 +80,19 @@ class Family:
                                     self.orders[2 * slot], self.orders[2 * slot + 1])
 
     def put(self, user_id: str, weight: float | None, in_history: bool, ts: int, offset: int,
-            name: str, durable: bool = False) -> bool | None:
+            name: str) -> bool | None:
         """Last-writer-wins: store the event at (ts, offset) unless the stored one is as
         recent. None: not stored; True: stored and the user's membership or weight changed;
         False: stored, only its order (and maybe the name) moved.
 
-        A withdrawal of a recommendation that is not held is not stored: it withdraws
-        nothing, and storing it would let anyone grow the state without bound. (``durable``:
-        the event comes from the durable table, which holds only withdrawals of recommendations
-        held before: stored.)"""
+        A withdrawal is stored like any other event, held or not (contract §2): an older event
+        of the same recommendation arriving after it must stay older."""
         slot = self.slots.get(user_id)
         if slot is None:
-            if weight is None and not durable:
-                return None
             self._append(user_id, weight, in_history, ts, offset)
+            if weight is None:
+                self._rename(ts, offset, name)
+                return False
         else:
             if not self._advance(slot, ts, offset):
                 return None

@@ -50,16 +50,13 @@ class FamilyStore:
 
     def apply(self, ev: Event, offset: int, family: FamilyKey | None = None) -> bool:
         """Apply one event at ``offset`` (its position in the partition); True if stored,
-        False if it is not newer than the stored one (older, a replay of an offset already
-        applied, or a withdrawal of a recommendation not held). ``family``: the event's family
-        key when the caller has it already."""
+        False if it is not newer than the stored one (older, or a replay of an offset already
+        applied). ``family``: the event's family key when the caller has it already."""
         if self.rebuilding:
             self.finish_rebuild()
         key: FamilyKey = family or ev.family
         fam = self.families.get(key)
         if fam is None:
-            if ev.weight is None:
-                return False  # withdraws nothing: no state for it (Family.put)
             fam = self._family(key)
         changed = fam.put(ev.user_id, ev.weight, ev.in_history, ev.ts, offset, ev.name)
         if changed is None:
@@ -75,7 +72,7 @@ class FamilyStore:
         fam = self._family(family)
         if self.rebuilding:
             fam.load(user_id, weight, in_history, ts, offset, name)
-        elif fam.put(user_id, weight, in_history, ts, offset, name, durable=True) is not None:
+        elif fam.put(user_id, weight, in_history, ts, offset, name) is not None:
             fam.version[0] += 1
 
     def finish_rebuild(self) -> None:

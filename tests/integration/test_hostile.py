@@ -283,26 +283,6 @@ async def test_a_50_mb_fetch_of_valid_records(hostile: Deployment) -> None:
 
 
 @pytest.mark.asyncio(loop_scope="session")
-async def test_withdrawals_of_recommendations_never_held_leave_no_state(
-        hostile: Deployment) -> None:
-    url = hostile.workers[0].url + "/healthz"
-
-    async def held() -> int:
-        total = 0
-        for w in hostile.workers:
-            _, body = await get_json(hostile.session, w.url + "/healthz")
-            total += body["recommendations"]
-        return total
-
-    await wait_no_lag(hostile.cluster)
-    before = await held()
-    await hostile.produce([keyed(event_doc("hostile-withdraw", f"ghost-{i}", f"l{i % 50}",
-                                           None, NOW_MS), NOW_MS) for i in range(5_000)])
-    await wait_no_lag(hostile.cluster)
-    assert await held() == before, url
-
-
-@pytest.mark.asyncio(loop_scope="session")
 async def test_the_internal_endpoint_validates_like_the_public_one(hostile: Deployment) -> None:
     base = {"program_id": "program-0", "segment_type": "growth", "segment_basis": "label"}
     for params, loc in [({**base, "min_weight": "nan"}, ["query", "min_weight"]),

@@ -156,17 +156,31 @@ def _ev(user: str, weight: float | None, ts: int = 100, basis_id: str = "l1") ->
     return Event("p1", user, "label", basis_id, "Label", "view", weight, True, ts)
 
 
-def test_a_withdrawal_of_a_recommendation_never_held_leaves_no_state() -> None:
+def test_a_withdrawal_of_a_recommendation_never_seen_is_kept_with_its_ts() -> None:
+    # The minimal case: the withdrawal first, then an older event of the same
+    # recommendation; contract §2: the older event is ignored, so nobody is counted.
     state = FamilyStore()
-    for i in range(100):
-        assert not state.apply(_ev(f"u{i}", None, basis_id=f"l{i}"), i)
-    assert state.families == {} and state.by_program == {} and state.versions == {}
-    assert state.apply(_ev("u1", 0.5), 200)
-    assert not state.apply(_ev("u2", None), 201)  # the family exists, the user does not
-    assert state.recommendations() == 1
-    assert state.apply(_ev("u1", None, ts=101), 202)  # a held one is withdrawn, and kept
-    assert not state.apply(_ev("u1", 0.9, ts=100), 203)  # so an older event stays older
+    assert state.apply(Event("p1", "user-177", "label", "lbl-0", "lbl-0", "view", None, False,
+                             1764000010254), 1)
+    assert not state.apply(Event("p1", "user-177", "label", "lbl-0", "lbl-0", "view", 0.1416,
+                                 False, 1764000008454), 2)
     assert state.query("p1", "growth", "label", 0.0) == []
+    assert state.recommendations() == 1
+    # A newer event after it counts, and a withdrawal newer than that removes it again.
+    assert state.apply(_ev("user-177", 0.5, ts=1764000010255, basis_id="lbl-0"), 3)
+    assert [r.user_count for r in state.query("p1", "growth", "label", 0.0)] == [1]
+    assert state.apply(_ev("user-177", None, ts=1764000010256, basis_id="lbl-0"), 4)
+    assert state.query("p1", "growth", "label", 0.0) == []
+
+
+def test_a_withdrawal_kept_survives_a_rebuild_from_the_durable_records() -> None:
+    state = FamilyStore()
+    assert state.apply(_ev("u1", None, ts=200), 1)
+    rebuilt = FamilyStore(rebuilding=True)
+    for family, user, rec in state.records():
+        rebuilt.load(family, user, rec.weight, rec.in_history, rec.ts, rec.offset, "Label")
+    assert not rebuilt.apply(_ev("u1", 0.9, ts=150), 2)
+    assert rebuilt.query("p1", "growth", "label", 0.0) == []
 
 
 def test_the_query_memo_holds_no_answer_for_unknown_programs_and_is_bounded() -> None:
