@@ -58,7 +58,7 @@ def _produce(args: argparse.Namespace) -> int:
     base_ts = args.base_ts if args.base_ts is not None else base_ts_ending_now(args.events)
     records = generate(args.events, seed=args.seed, programs=args.programs, users=args.users,
                        labels=args.labels, assets=args.assets, invalid_ratio=args.invalid_ratio,
-                       base_ts=base_ts)
+                       late_ratio=args.late_ratio, base_ts=base_ts)
     n = asyncio.run(produce(args.bootstrap or settings.bootstrap_servers,
                             args.topic or settings.input_topic, records, total=args.events,
                             rate=args.rate, progress=sys.stderr.isatty(),
@@ -152,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     prod.add_argument("--seed", type=int, default=1)
     prod.add_argument("--invalid-ratio", type=float, default=0.0,
                       help="share of invalid records (they go to the DLQ)")
+    prod.add_argument("--late-ratio", type=float, default=0.02,
+                      help="share of events followed, 1-200 records later, by an older event "
+                           "of the same recommendation (half of them after a withdrawal of a "
+                           "recommendation never seen); contract §2 ignores the older one")
     prod.add_argument("--base-ts", type=int, default=None,
                       help="epoch ms of the first event (events are 10 ms apart; default: so "
                            "that the last one is now); output is deterministic for a given "

@@ -3,13 +3,16 @@
 Realistic skew: Zipf-like popularity of labels and assets and of action types, many users,
 several programs; updates of existing recommendations, removals (``weight: null``), history
 flips, exact duplicates, out-of-order timestamps, events without ``ts`` (the record timestamp
-counts), and optionally a share of invalid records of every kind the contract names.
-Records are keyed by segment family, so one family's events keep their order in a partition.
+counts), late events (an older event of a recommendation sent after a newer one, withdrawals
+of recommendations never seen among them), and optionally a share of invalid records of every
+kind the contract names. Records are keyed by segment family, so one family's events keep
+their order in a partition.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
 import random
 import time
@@ -98,9 +101,15 @@ def generate(events: int, *, seed: int = 1, programs: int = 3, users: int = 2000
              labels: int = 200, assets: int = 500, invalid_ratio: float = 0.0,
              duplicate_ratio: float = 0.02, out_of_order_ratio: float = 0.1,
              removal_ratio: float = 0.05, update_ratio: float = 0.35,
-             no_ts_ratio: float = 0.05, base_ts: int = BASE_TS) -> Iterator[Record]:
+             no_ts_ratio: float = 0.05, late_ratio: float = 0.02,
+             base_ts: int = BASE_TS) -> Iterator[Record]:
     """Yield ``events`` records (valid and, at ``invalid_ratio``, invalid); deterministic for
-    a given seed and ``base_ts`` (epoch ms of the first event; events are 10 ms apart)."""
+    a given seed and ``base_ts`` (epoch ms of the first event; events are 10 ms apart).
+
+    At ``late_ratio``, an event is followed 1 to 200 records later by an older event (by up to
+    5 s of ``ts``) of the same recommendation, which contract §2 ignores. Half of them start
+    with a withdrawal of a recommendation never seen (a new user's), the other half with an
+    update or withdrawal of an existing one."""
     rng = random.Random(seed)
     label_cum, asset_cum, action_cum = _zipf_cum(labels), _zipf_cum(assets), _zipf_cum(
         len(ACTIONS), 1.3)
@@ -109,8 +118,65 @@ def generate(events: int, *, seed: int = 1, programs: int = 3, users: int = 2000
     sent: deque[Record] = deque(maxlen=5000)  # duplicates are of recent records
     invalid_kinds: list[bytes] = []
     invalid_cycle = 0
+    late: list[tuple[int, int, Record]] = []  # (due record index, tie-break, older record)
+    unseen = 0
+
+    def record(doc: dict[str, object], ts: int, clock: int, with_ts: bool = True) -> Record:
+        out = dict(doc)
+        if with_ts:
+            out["ts"] = ts
+            record_ts = clock
+        else:
+            out.pop("ts", None)
+            record_ts = ts
+        key = family_key((str(doc["program_id"]), str(doc["segment_basis"]),
+                          str(doc["basis_id"]), str(doc["action_type"])))
+        return Record(key, orjson.dumps(out), record_ts, True)
+
+    def new_doc(user_id: str) -> dict[str, object]:
+        basis = "label" if rng.random() < 0.7 else "asset"
+        cum = label_cum if basis == "label" else asset_cum
+        idx = rng.choices(range(len(cum)), cum_weights=cum)[0]
+        return {
+            "program_id": rng.choice(program_ids),
+            "user_id": user_id,
+            "segment_basis": basis,
+            "basis_id": f"{basis[0]}{idx}",
+            "name": f"{basis.title()} {idx}",
+            "action_type": ACTIONS[rng.choices(range(len(ACTIONS)), cum_weights=action_cum)[0]],
+            "weight": _weight(rng),
+            "in_history": rng.random() < 0.4,
+        }
+
+    def remember(doc: dict[str, object]) -> None:
+        if len(existing) < 500_000:
+            existing.append(doc)
+        else:  # bounded memory on endless runs: replace a random old one
+            existing[rng.randrange(len(existing))] = doc
+
     for i in range(events):
         clock = base_ts + i * EVENT_SPACING_MS
+        if late and late[0][0] <= i:
+            rec = heapq.heappop(late)[2]
+            sent.append(rec)
+            yield rec
+            continue
+        if late_ratio and rng.random() < late_ratio:
+            if not existing or rng.random() < 0.5:
+                unseen += 1
+                doc = new_doc(f"unseen-{seed}-{unseen}")
+                first = dict(doc, weight=None)
+                remember(doc)  # later updates may bring it back
+            else:
+                doc = dict(rng.choice(existing))
+                first = dict(doc, weight=None if rng.random() < 0.3 else _weight(rng))
+                doc["weight"] = _weight(rng)
+            older = record(doc, clock - rng.randrange(1, 5000), clock)
+            heapq.heappush(late, (i + rng.randint(1, 200), i, older))
+            rec = record(first, clock, clock)
+            sent.append(rec)
+            yield rec
+            continue
         if invalid_ratio and existing and rng.random() < invalid_ratio:
             if not invalid_kinds or invalid_cycle % len(invalid_kinds) == 0:
                 invalid_kinds = _invalid_values(rng, rng.choice(existing))
@@ -131,35 +197,10 @@ def generate(events: int, *, seed: int = 1, programs: int = 3, users: int = 2000
                 if rng.random() < 0.3:
                     doc["in_history"] = not doc["in_history"]
         else:
-            basis = "label" if rng.random() < 0.7 else "asset"
-            cum = label_cum if basis == "label" else asset_cum
-            idx = rng.choices(range(len(cum)), cum_weights=cum)[0]
-            basis_id = f"{basis[0]}{idx}"
-            doc = {
-                "program_id": rng.choice(program_ids),
-                "user_id": f"user-{rng.randrange(users)}",
-                "segment_basis": basis,
-                "basis_id": basis_id,
-                "name": f"{basis.title()} {idx}",
-                "action_type": ACTIONS[rng.choices(range(len(ACTIONS)), cum_weights=action_cum)[0]],
-                "weight": _weight(rng),
-                "in_history": rng.random() < 0.4,
-            }
-            if len(existing) < 500_000:
-                existing.append(doc)
-            else:  # bounded memory on endless runs: replace a random old one
-                existing[rng.randrange(len(existing))] = doc
+            doc = new_doc(f"user-{rng.randrange(users)}")
+            remember(doc)
         ts = clock - (rng.randrange(1, 5000) if rng.random() < out_of_order_ratio else 0)
-        out = dict(doc)
-        if rng.random() < no_ts_ratio:
-            out.pop("ts", None)
-            record_ts = ts
-        else:
-            out["ts"] = ts
-            record_ts = clock
-        key = family_key((str(doc["program_id"]), str(doc["segment_basis"]),
-                          str(doc["basis_id"]), str(doc["action_type"])))
-        rec = Record(key, orjson.dumps(out), record_ts, True)
+        rec = record(doc, ts, clock, with_ts=rng.random() >= no_ts_ratio)
         sent.append(rec)
         yield rec
 

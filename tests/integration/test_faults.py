@@ -83,7 +83,7 @@ async def produce_at(bootstrap: str, topic: str, records: list[Record], rate: fl
 
 async def test_crash_kill9_three_times(kafka_bootstrap: str, tmp_path: Path) -> None:
     started = time.monotonic()
-    records = list(generate(CRASH_EVENTS, seed=101, programs=3, users=5000))
+    records = list(generate(CRASH_EVENTS, seed=101, programs=3, users=5000, late_ratio=0.05))
     oracle = Oracle()
     oracle.feed(records)
     cluster = Cluster(kafka_bootstrap, tmp_path)
@@ -144,7 +144,7 @@ async def test_scale_out_and_in_under_load(kafka_bootstrap: str, tmp_path: Path)
     started = time.monotonic()
     frozen = rename_program(generate(FROZEN_EVENTS, seed=201, programs=1, users=1500),
                             FROZEN_PROGRAM)
-    records = list(generate(SCALE_EVENTS, seed=202, programs=3, users=5000))
+    records = list(generate(SCALE_EVENTS, seed=202, programs=3, users=5000, late_ratio=0.05))
     frozen_oracle = Oracle()
     frozen_oracle.feed(frozen)
     oracle = Oracle()

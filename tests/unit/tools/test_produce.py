@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import orjson
+
 from streams.tools.produce import EVENT_SPACING_MS, base_ts_ending_now, generate
 
 
@@ -25,3 +27,34 @@ def test_default_base_ends_now() -> None:
     assert before - EVENT_SPACING_MS <= last <= after
     assert max(r.timestamp_ms for r in generate(3000, seed=1, base_ts=base_ts_ending_now(3000))
                ) <= int(time.time() * 1000)
+
+
+def _rec_key(doc: dict[str, object]) -> tuple[object, ...]:
+    return (doc["program_id"], doc["segment_basis"], doc["basis_id"], doc["action_type"],
+            doc["user_id"])
+
+
+def test_late_events_follow_newer_ones_including_withdrawals_of_recommendations_never_seen(
+) -> None:
+    records = [r for r in generate(20_000, seed=3, base_ts=1_000_000, late_ratio=0.05,
+                                   duplicate_ratio=0.0) if r.valid]
+    seen: dict[tuple[object, ...], int] = {}  # recommendation -> greatest ts sent so far
+    first_seen_withdrawn: set[tuple[object, ...]] = set()
+    late = late_after_unseen_withdrawal = 0
+    for r in records:
+        doc = orjson.loads(r.value)
+        key = _rec_key(doc)
+        ts = doc.get("ts", r.timestamp_ms)
+        if key not in seen and doc["weight"] is None:
+            first_seen_withdrawn.add(key)
+        if key in seen and ts < seen[key]:
+            late += 1
+            late_after_unseen_withdrawal += key in first_seen_withdrawn
+        seen[key] = max(ts, seen.get(key, ts))
+    assert late >= 0.03 * len(records), late
+    assert late_after_unseen_withdrawal >= 0.01 * len(records), late_after_unseen_withdrawal
+
+
+def test_the_default_load_has_late_events() -> None:
+    records = list(generate(5_000, seed=1, base_ts=1_000_000))
+    assert sum(b"unseen-" in r.value and b'"weight":null' in r.value for r in records) >= 20
