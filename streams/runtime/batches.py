@@ -88,9 +88,14 @@ def by_partition(records: Iterable[InputRecord]) -> dict[Source, list[InputRecor
 class BatchProcessor:
     def __init__(self, registry: PartitionRegistry, handler: IngestHandler, sink: Sink,
                  repair: Callable[[], Awaitable[None]],
-                 metrics: RuntimeMetrics | None = None) -> None:
+                 metrics: RuntimeMetrics | None = None,
+                 input_copartitioned: Callable[[], bool] = lambda: True) -> None:
         self.registry = registry
         self.handler = handler
+        # Whether input partition p is assigned with state partition p (Faust co-assigns topics
+        # of one partition count only): else input records need no state and are all
+        # repartitioned, whatever partition they were read from.
+        self.input_copartitioned = input_copartitioned
         self.sink = sink
         self.repair = repair
         self.metrics = metrics or RuntimeMetrics()
@@ -122,9 +127,13 @@ class BatchProcessor:
             held = self.held
             waiting = False
             since_yield = 0
+            input_topic = self.handler.input_topic
+            stateless_input = not self.input_copartitioned()
             for (topic, part), group in by_partition(records).items():
                 state = registry.active.get(part)
-                if state is None:
+                if stateless_input and topic == input_topic:
+                    state = None
+                elif state is None:
                     continue
                 if held and held.waiting((topic, part)):
                     waiting = True  # failed lately: read again after its back-off
@@ -139,7 +148,7 @@ class BatchProcessor:
                 except Exception as exc:  # a bug: hold this partition back, not the worker
                     logger.exception("handling records of %s[%d] failed", topic, part)
                     # Its state may hold part of them without their writes: rebuilt too.
-                    broken.add(frozenset({(topic, part)}), part, exc)
+                    broken.add(frozenset({(topic, part)}), None if state is None else part, exc)
                     continue
                 done += group
                 since_yield += len(group)

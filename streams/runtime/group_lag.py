@@ -54,9 +54,13 @@ class GroupOffsets:
 
 class GroupLag:
     def __init__(self, names: Names, partitions: int,
-                 consumer: Callable[[], AIOKafkaConsumer], committed: GroupOffsets) -> None:
-        self._tps = [TopicPartition(topic, p) for p in range(partitions)
-                     for topic in names.batch_topics]
+                 consumer: Callable[[], AIOKafkaConsumer], committed: GroupOffsets,
+                 input_partitions: Callable[[], int | None] = lambda: None) -> None:
+        self._partitions = partitions
+        self._input_topic = names.input_topic
+        self._repartition_topic = names.repartition_topic
+        # The input topic's partition count when known (None: taken to be ``partitions``).
+        self._input_partitions = input_partitions
         self._make_consumer = consumer
         self._offsets: AIOKafkaConsumer | None = None
         self._committed = committed
@@ -106,7 +110,11 @@ class GroupLag:
                 if self._offsets is None:
                     self._offsets = self._make_consumer()
                     await self._offsets.start()
-                ends = await self._offsets.end_offsets(self._tps)
+                inputs = self._input_partitions() or self._partitions
+                tps = [TopicPartition(self._input_topic, p) for p in range(inputs)]
+                tps += [TopicPartition(self._repartition_topic, p)
+                        for p in range(self._partitions)]
+                ends = await self._offsets.end_offsets(tps)
                 committed = await self._committed()
         except Exception as exc:  # the broker away: keep the last figures
             logger.debug("the group's offsets are unknown: %r", exc)
@@ -115,10 +123,17 @@ class GroupLag:
             await self._committed.close()
             return
         lag: dict[int, int] = {}
-        for tp in self._tps:
+        unplaced = 0
+        for tp in tps:
             done = committed.get(tp)
             offset = done.offset if done is not None and done.offset >= 0 else 0
-            lag[tp.partition] = lag.get(tp.partition, 0) + max(0, ends[tp] - offset)
+            behind = max(0, ends[tp] - offset)
+            if tp.topic == self._input_topic and inputs != self._partitions:
+                unplaced += behind  # input partition p feeds any partition: counts for all
+            else:
+                lag[tp.partition] = lag.get(tp.partition, 0) + behind
+        if unplaced:
+            lag = {p: lag.get(p, 0) + unplaced for p in range(self._partitions)}
         self._lag = lag
         self.ends = sum(ends.values())
         self._read_at = started  # as of when it was asked: records after that may be missing

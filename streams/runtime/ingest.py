@@ -91,24 +91,28 @@ class IngestHandler:
             route = self._routes[family] = (key, partition_for(key, self.partitions))
         return route
 
-    def handle(self, topic: str, partition: int, state: PartitionState,
+    def handle(self, topic: str, partition: int, state: PartitionState | None,
                records: Iterable[InputRecord], out: BatchOutput) -> None:
-        """Records of one partition of ``topic``, in offset order, into ``out``."""
+        """Records of one partition of ``topic``, in offset order, into ``out`` (``state`` may be
+        None for the input only: see :meth:`ingest`)."""
         if topic == self.input_topic:
             self.ingest(partition, state, records, out)
         else:
+            assert state is not None, "repartitioned records need their partition's state"
             self.aggregate(topic, partition, state, records, out)
 
-    def ingest(self, partition: int, state: PartitionState, records: Iterable[InputRecord],
-               out: BatchOutput) -> None:
+    def ingest(self, partition: int, state: PartitionState | None,
+               records: Iterable[InputRecord], out: BatchOutput) -> None:
         """Input records: validate each, then aggregate it into ``state`` when it is keyed by
-        its family on its family's partition, else repartition it."""
+        its family on its family's partition, else repartition it. ``state`` None: the input
+        partition is not co-assigned with the state partition of the same number (the input
+        has another partition count), so every record is repartitioned."""
         route = self.route
         dead = out.dead
         repartition = out.repartition
         destinations: set[int] = set()
-        writes = out.writes_for(partition)
-        apply = state.store.apply
+        writes = out.writes_for(partition) if state is not None else {}
+        apply = state.store.apply if state is not None else None
         max_future_ms = self.max_future_ms
         outcome = out.outcomes[(self.input_topic, partition)] = Outcome()
         applied_ts = outcome.applied_timestamps
@@ -122,7 +126,7 @@ class IngestHandler:
                 continue
             family = ev.family
             fkey, fpart = route(family)
-            if fpart == partition and r.key == fkey:
+            if apply is not None and fpart == partition and r.key == fkey:
                 offset = r.offset
                 if apply(ev, offset, family):
                     writes[recommendation_key(family, ev.user_id)] = encode_applied(

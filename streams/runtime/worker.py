@@ -151,7 +151,9 @@ def build_worker(settings: Settings) -> Worker:
                 for url, tps in meta.items()}
 
     group_lag = GroupLag(names, settings.partitions, consumer_factory(**kafka),
-                         GroupOffsets(lambda: AIOKafkaAdminClient(**kafka), settings.app_id))
+                         GroupOffsets(lambda: AIOKafkaAdminClient(**kafka), settings.app_id),
+                         input_partitions=lambda: app.consumer.topic_partitions(
+                             names.input_topic))
     standbys: StandbyReplicas | None = None
     if settings.standby_replicas:
         def wanted() -> set[int]:
@@ -175,9 +177,15 @@ def build_worker(settings: Settings) -> Worker:
             partitions=settings.partitions, recovery_buffer_size=10_000))
     sink = Sink(lambda: raw_producer(app), names, app.conf.producer_max_request_size,
                 check=stalls.check)
+
+    def input_copartitioned() -> bool:
+        # The partition counts the group's assignment was computed from (an unknown count:
+        # not co-partitioned, which is always correct, at the cost of a repartition hop).
+        return app.consumer.topic_partitions(names.input_topic) == settings.partitions
+
     processor = BatchProcessor(
         registry, IngestHandler(names, settings.partitions, settings.max_future_ms), sink,
-        recovery.repair, metrics)
+        recovery.repair, metrics, input_copartitioned=input_copartitioned)
     publisher = ChangePublisher(registry, sink, names, rebalancing=lambda: app.rebalancing,
                                 metrics=metrics)
 

@@ -55,6 +55,8 @@ PRIVATE_API: tuple[tuple[str, str, str], ...] = (
     ("faust.transport.drivers.aiokafka", "AIOKafkaConsumerThread", "_create_worker_consumer"),
     ("faust.transport.drivers.aiokafka", "AIOKafkaConsumerThread", "_ensure_consumer"),
     ("faust.transport.drivers.aiokafka", "AIOKafkaConsumerThread", "_consumer"),
+    ("faust.transport.drivers.aiokafka", "AIOKafkaConsumerThread", "verify_event_path"),
+    ("aiokafka.consumer.subscription_state", "TopicPartitionState", "has_valid_position"),
     ("faust.transport.drivers.aiokafka", "Producer", "_ensure_producer"),
     ("faust.types.tuples", "", "ack_lock"),
     ("faust.tables.base", "Collection", "persisted_offset"),

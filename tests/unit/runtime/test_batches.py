@@ -111,6 +111,28 @@ async def test_a_rebalance_forgets_the_back_offs() -> None:
     assert (await s.processor([poison])) == [poison]
 
 
+
+async def test_input_with_another_partition_count_is_all_repartitioned_without_state() -> None:
+    """The input's partition p is co-assigned with state partition p only when both topics
+    have the same partition count: otherwise input records of every partition (here 11, and
+    0 whose state this worker does not hold) are sent to their family's partition."""
+    s = Setup()
+    s.registry.begin_rebalance()
+    s.registry.finish_recovery({1})
+    s.processor.input_copartitioned = lambda: False
+    docs = [event_doc(f"u{i}", basis_id=f"l{i % 7}") for i in range(20)]
+    batch = [Rec(NAMES.input_topic, 11, i, keyed(d, 0).key, keyed(d, 0).value)
+             for i, d in enumerate(docs)]
+    batch += [Rec(NAMES.input_topic, 0, i, None, keyed(d, 0).value) for i, d in enumerate(docs)]
+    done = await s.processor(batch)
+    assert sorted((r.partition, r.offset) for r in done) == sorted(
+        (r.partition, r.offset) for r in batch)
+    assert len(s.producer.to(NAMES.repartition_topic)) == 40
+    assert s.producer.to(CHANGELOG) == []
+    # Co-partitioned, input records wait for the worker holding their partition's state.
+    s.processor.input_copartitioned = lambda: True
+    assert (await s.processor(batch)) == []
+
 def test_backoff_doubles_and_is_forgotten_on_success() -> None:
     now = [0.0]
     backoff: Backoff[str] = Backoff(0.1, 1.0, clock=lambda: now[0])

@@ -67,6 +67,18 @@ async def test_lag_per_partition_over_both_topics() -> None:
     assert (lag.of(0), lag.of(1), lag.ends) == (2 + 4, 7, 21)
 
 
+
+async def test_input_of_another_partition_count_counts_for_every_partition() -> None:
+    """An input record not yet read may land on any partition once repartitioned."""
+    broker = Broker()
+    inp, rep = NAMES.batch_topics
+    broker.ends = {TopicPartition(inp, 0): 5, TopicPartition(inp, 2): 3,
+                   TopicPartition(rep, 1): 4}
+    lag = GroupLag(NAMES, 2, lambda: cast(Any, broker), cast(Any, broker),
+                   input_partitions=lambda: 3)
+    await lag.refresh()
+    assert (lag.of(0), lag.of(1), lag.ends) == (8, 8 + 4, 12)
+
 async def test_callers_share_readings_and_get_figures_read_after_they_asked() -> None:
     broker = Broker()
     lag = lag_of(broker)
