@@ -167,7 +167,8 @@ class Settings:
     cache_ttl_s: float = 5.0
     watch_thresholds: tuple[float, ...] = (0.5,)
     change_interval_ms: int = 1000
-    replication_factor: int = 1
+    # Of the topics the worker creates; None: min(3, brokers in the cluster), read at start.
+    replication_factor: int | None = None
     data_dir: str = field(default="")
     log_level: str = "WARNING"
     # The URL the other workers use to reach this one's HTTP endpoint (SEGMENTS_ADVERTISED_URL);
@@ -249,7 +250,7 @@ class Settings:
             cache_ttl_s=_float(env, "SEGMENTS_CACHE_TTL_S", 5.0, maximum=86_400.0),
             watch_thresholds=_thresholds(env.get("SEGMENTS_WATCH_THRESHOLDS") or "0.5"),
             change_interval_ms=_int(env, "SEGMENTS_CHANGE_INTERVAL_MS", 1000, minimum=1),
-            replication_factor=_int(env, "SEGMENTS_REPLICATION_FACTOR", 1, minimum=1),
+            replication_factor=_int(env, "SEGMENTS_REPLICATION_FACTOR", 0, minimum=1) or None,
             data_dir=env.get("SEGMENTS_DATA_DIR") or "",
             log_level=_choice(env, "SEGMENTS_LOG_LEVEL", "WARNING",
                               ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),

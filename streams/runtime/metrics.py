@@ -19,6 +19,7 @@ from prometheus_client import (
     PROCESS_COLLECTOR,
     CollectorRegistry,
     Counter,
+    Gauge,
 )
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -124,8 +125,18 @@ class RuntimeMetrics:
         self.malformed_records = Counter("segments_malformed_changelog_records",
                                          "Changelog records skipped on recovery",
                                          registry=self.registry)
+        self.topic_warnings = Gauge(
+            "segments_topic_config_warnings",
+            "Existing topics with weaker settings than the worker creates (1 per topic and "
+            "setting: replication.factor, min.insync.replicas, cleanup.policy), found at start",
+            ["topic", "setting"], registry=self.registry)
         if holdings is not None:
             self.registry.register(_Gauges(holdings))
+
+    def topic_config_warnings(self, warnings: Iterable[tuple[str, str]]) -> None:
+        """The (topic, setting) pairs the check at start warned about."""
+        for topic, setting in warnings:
+            self.topic_warnings.labels(topic, setting).set(1)
 
     def handled(self, applied: int, ignored: int, invalid: int,
                 applied_timestamps_ms: list[int]) -> None:

@@ -12,8 +12,10 @@ commits; faust_ext/ adapts it where its public API does not reach.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -30,6 +32,7 @@ from api.keys import KeyRing
 from streams.codec.names import RECOMMENDATIONS, TABLES, Names
 from streams.runtime import faust_ext
 from streams.runtime.batches import BatchProcessor
+from streams.runtime.exceptions import TopicMismatch
 from streams.runtime.faust_ext.consumer import consumer_lag, install, offsets_report, still_member
 from streams.runtime.faust_ext.producer import raw_producer
 from streams.runtime.faust_ext.tables import ChangelogTable, NoDelayTableManager
@@ -47,7 +50,7 @@ from streams.runtime.recovery import ChangelogReader, Recovery, consumer_factory
 from streams.runtime.sink import Sink
 from streams.runtime.stalls import StallGuard
 from streams.runtime.standby import StandbyReplicas, holders
-from streams.runtime.topics import ensure_topics
+from streams.runtime.topics import TopicReport, ensure_topics
 from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -88,7 +91,7 @@ def _faust_app(s: Settings) -> faust.App:
         broker=s.kafka_url,
         store="memory://",
         topic_partitions=s.partitions,
-        topic_replication_factor=s.replication_factor,
+        topic_replication_factor=s.replication_factor or 1,  # resolved by run_worker
         # No standbys of Faust's: the worker keeps its own (runtime/standby.py), from its own
         # batched readers, placed where every worker can tell (the owner's successors).
         table_standby_replicas=0,
@@ -127,8 +130,9 @@ def _faust_app(s: Settings) -> faust.App:
     )
 
 
-def build_worker(settings: Settings) -> Worker:
-    """The worker for ``settings``, every collaborator built here and passed in."""
+def build_worker(settings: Settings, topics: TopicReport | None = None) -> Worker:
+    """The worker for ``settings``, every collaborator built here and passed in; ``topics``:
+    what the check of the topics at start found."""
     names: Names = settings.names
     app = _faust_app(settings)
     # A pause of half the session might have cost the membership: writes wait for a heartbeat.
@@ -164,6 +168,8 @@ def build_worker(settings: Settings) -> Worker:
             registry, names, wanted, consumer_factory(**kafka), group_lag,
             lambda table, partition, error: recovery.skipped(table, partition, error))
     metrics = RuntimeMetrics(lambda: holdings(registry, lag(), standbys))
+    if topics is not None:
+        metrics.topic_config_warnings((w.topic, w.setting) for w in topics.warnings)
 
     async def highwaters(topic: str, partitions: set[int]) -> dict[int, int]:
         ends = await app.consumer.highwaters(*(TP(topic, p) for p in sorted(partitions)))
@@ -333,5 +339,11 @@ def run_worker(settings: Settings | None = None) -> None:
         logger.error("faust_ext: %s", problem)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    loop.run_until_complete(ensure_topics(settings))
-    build_worker(settings).run(loop)
+    try:
+        topics = loop.run_until_complete(ensure_topics(settings))
+    except TopicMismatch as exc:
+        loop.close()
+        print(f"segments worker: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
+    settings = dataclasses.replace(settings, replication_factor=topics.replication_factor)
+    build_worker(settings, topics).run(loop)

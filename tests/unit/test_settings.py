@@ -14,6 +14,9 @@ def test_defaults() -> None:
         "segment-stream", 8, 5.0, (0.5,))
     assert (s.max_future_ms, s.produce_timeout_ms) == (3_600_000, 30_000)
     assert s.advertised_url == "http://127.0.0.1:6066"
+    # None: min(3, brokers in the cluster), read by the worker at start (runtime/topics.py).
+    assert s.replication_factor is None
+    assert Settings.from_env({"SEGMENTS_REPLICATION_FACTOR": "2"}).replication_factor == 2
 
 
 @pytest.mark.parametrize(("env", "words"), [
@@ -25,6 +28,7 @@ def test_defaults() -> None:
     ({"SEGMENTS_WEB_HOST": "::"}, "SEGMENTS_ADVERTISED_URL"),
     ({"SEGMENTS_WEB_PORT": "70000"}, "SEGMENTS_WEB_PORT"),
     ({"SEGMENTS_PARTITIONS": "0"}, "SEGMENTS_PARTITIONS"),
+    ({"SEGMENTS_REPLICATION_FACTOR": "0"}, "SEGMENTS_REPLICATION_FACTOR"),
     ({"SEGMENTS_APP_ID": "my app"}, "SEGMENTS_APP_ID"),
     ({"SEGMENTS_APP_ID": "a" * 240}, "SEGMENTS_APP_ID"),
     ({"SEGMENTS_INPUT_TOPIC": "in/put"}, "SEGMENTS_INPUT_TOPIC"),
