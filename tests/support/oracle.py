@@ -4,8 +4,13 @@ It reads the generator's records in production order (which is partition order: 
 keyed by segment family) and applies the rules literally: latest (ts, position) wins per
 recommendation, a null weight is an event like any other (kept with its ts whether or not the
 recommendation was ever seen, so an older event arriving after it is ignored), growth/base/
-discovery membership, counts and means by brute force over the members. No aging: callers keep
-their event times within the grace period (SEGMENTS_GRACE_MS)."""
+discovery membership, counts and means by brute force over the members.
+
+Aging (§2, "Aging, bounded state"), when given a grace and the partition count: each
+partition's watermark is the greatest ts applied on it minus the grace; a withdrawal older than
+the watermark is forgotten (the recommendation holds no state); an event older than the
+watermark for a recommendation without state is too late (listed in ``late``, changes nothing).
+Without a grace there is no aging: callers keep their event times within SEGMENTS_GRACE_MS."""
 
 from __future__ import annotations
 
@@ -14,6 +19,8 @@ import math
 from collections import defaultdict
 from typing import Any
 
+from streams.codec.keys import family_key
+from streams.codec.partitioner import partition_for
 from streams.tools.produce import Record
 
 TYPES = ("growth", "base", "discovery")
@@ -21,12 +28,16 @@ THRESHOLDS = (0.0, 0.25, 0.5, 0.731, 1.0)
 
 
 class Oracle:
-    def __init__(self) -> None:
+    def __init__(self, grace_ms: int | None = None, partitions: int | None = None) -> None:
         # (program, basis, basis_id, action, user) -> (ts, seq, weight, in_history)
         self.recs: dict[tuple[str, ...], tuple[int, int, float | None, bool]] = {}
         # family -> ((ts, seq), name)
         self.names: dict[tuple[str, ...], tuple[tuple[int, int], str]] = {}
         self.seq = 0
+        self.grace_ms = grace_ms
+        self.partitions = partitions
+        self.max_ts: dict[int, int] = {}  # partition -> greatest ts applied
+        self.late: list[Record] = []
 
     def feed(self, records: list[Record]) -> None:
         for r in records:
@@ -38,6 +49,18 @@ class Oracle:
             fam = (doc["program_id"], doc["segment_basis"], doc["basis_id"], doc["action_type"])
             key = (*fam, doc["user_id"])
             old = self.recs.get(key)
+            if self.grace_ms is not None:
+                assert self.partitions is not None
+                partition = partition_for(family_key(fam), self.partitions)
+                if partition in self.max_ts:
+                    watermark = self.max_ts[partition] - self.grace_ms
+                    if old is not None and old[2] is None and old[0] < watermark:
+                        old = None  # a withdrawal older than the watermark is forgotten
+                        del self.recs[key]
+                    if old is None and ts < watermark:
+                        self.late.append(r)
+                        continue
+                self.max_ts[partition] = max(ts, self.max_ts.get(partition, ts))
             if old is not None and ts < old[0]:
                 continue
             self.recs[key] = (ts, self.seq, doc["weight"], doc["in_history"])
