@@ -19,6 +19,16 @@ def _kafka(args: argparse.Namespace) -> int:
         path = kafka_local.resolve_jars(quiet=not args.verbose)
         print(f"Apache Kafka {kafka_local.KAFKA_VERSION} jars in {path}")
         return 0
+    if args.kafka_cmd == "start" and args.brokers > 1:
+        if args.sasl is not None or args.tls:
+            raise SegmentStreamError("--brokers takes no --sasl or --tls (yet)")
+        cluster, started = kafka_local.start_cluster(args.brokers, port=args.port,
+                                                     data_dir=data, timeout_s=args.timeout)
+        pids = ", ".join(str(n.pid) for n in cluster.nodes)
+        print(f"Kafka {cluster.version}: {len(cluster.nodes)} brokers "
+              f"{'started' if started else 'already running'} (pids {pids}); "
+              f"bootstrap: {cluster.bootstrap}")
+        return 0
     if args.kafka_cmd == "start":
         import shlex
 
@@ -38,14 +48,23 @@ def _kafka(args: argparse.Namespace) -> int:
                 print(f"export {name}={shlex.quote(value)}")
         return 0
     if args.kafka_cmd == "status":
+        nodes = kafka_local.running_cluster((data or kafka_local.default_data_dir()).resolve())
+        if nodes is not None:
+            print(f"Kafka is running ({len(nodes.nodes)} brokers); bootstrap: "
+                  f"{nodes.bootstrap}")
+            return 0
         running = kafka_local.running_broker((data or kafka_local.default_data_dir()).resolve())
         if running is None:
             print("Kafka is not running")
             return 1
         print(f"Kafka is running (pid {running.pid}); bootstrap: {running.bootstrap}")
         return 0
+    was = kafka_local.stop_cluster(data_dir=data)
     stopped = kafka_local.stop(data_dir=data)
-    print("Kafka stopped" if stopped else "Kafka was not running")
+    if was is not None:
+        print(f"Kafka stopped ({len(was.nodes)} brokers)")
+    else:
+        print("Kafka stopped" if stopped else "Kafka was not running")
     return 0
 
 
@@ -124,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("worker", help="run one worker (Faust agents + GET /segments)").set_defaults(
         func=_worker)
 
-    kafka = sub.add_parser("kafka", help="a local single-node Apache Kafka (KRaft) on 127.0.0.1")
+    kafka = sub.add_parser("kafka", help="a local Apache Kafka (KRaft) on 127.0.0.1: one node, "
+                                          "or --brokers N")
     kafka_sub = kafka.add_subparsers(dest="kafka_cmd", required=True)
     for name, text in (("start", "start the broker (idempotent)"),
                        ("stop", "stop the broker of --data"),
@@ -133,7 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
         p = kafka_sub.add_parser(name, help=text)
         p.add_argument("--data", help="data folder (default: under the user's data directory)")
         if name == "start":
-            p.add_argument("--port", type=int, default=9092)
+            p.add_argument("--port", type=int, default=9092,
+                           help="client port (with --brokers: of the first node; the others "
+                                "take the next ones, or free ones)")
+            p.add_argument("--brokers", type=int, default=1,
+                           help="nodes (each broker and controller) of a local cluster")
             p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait")
             p.add_argument("--sasl", metavar="USER:PASSWORD",
                            help="clients must authenticate as USER with SCRAM-SHA-512 "

@@ -1,4 +1,5 @@
-"""A local single-node Apache Kafka broker (KRaft mode) on 127.0.0.1.
+"""A local single-node Apache Kafka broker (KRaft mode) on 127.0.0.1, or a cluster of several
+nodes (``start_cluster``: each broker and controller, one cluster id, in ``DIR/node-<id>``).
 
 The broker's jars are resolved from Maven Central with the machine's ``mvn`` (the pom in
 ``streams/tools/kafka/pom.xml``) and cached under ``~/.cache/segment-stream/kafka-<version>``.
@@ -316,15 +317,20 @@ def _security_properties(sec: Security) -> list[str]:
 
 
 def _server_properties(data_dir: Path, port: int, controller_port: int,
-                       security: Security | None = None) -> str:
+                       security: Security | None = None, *, node_id: int = 1,
+                       voters: str | None = None) -> str:
+    """One node's configuration; ``voters`` (``id@host:port,...``): the controller quorum of a
+    cluster of several nodes, whose internal topics are then replicated on up to three."""
     # Invariant: with `security`, every listener authenticates. The controller listener is
     # reachable too: over PLAINTEXT it would let anyone alter broker configs (KIP-919).
     client = security.protocol if security else "PLAINTEXT"
     controller = "SASL_PLAINTEXT" if security else "PLAINTEXT"
+    nodes = voters.count("@") if voters else 1
+    rf, isr = min(3, nodes), min(2, nodes)
     return "\n".join([
         "process.roles=broker,controller",
-        "node.id=1",
-        f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
+        f"node.id={node_id}",
+        f"controller.quorum.voters={voters or f'1@127.0.0.1:{controller_port}'}",
         f"listeners={client}://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
         f"advertised.listeners={client}://127.0.0.1:{port}",
         "controller.listener.names=CONTROLLER",
@@ -333,12 +339,12 @@ def _server_properties(data_dir: Path, port: int, controller_port: int,
         *(_security_properties(security) if security else []),
         f"log.dirs={data_dir / 'data'}",
         "num.partitions=8",
-        "offsets.topic.replication.factor=1",
+        f"offsets.topic.replication.factor={rf}",
         "offsets.topic.num.partitions=10",
-        "transaction.state.log.replication.factor=1",
-        "transaction.state.log.min.isr=1",
-        "share.coordinator.state.topic.replication.factor=1",
-        "share.coordinator.state.topic.min.isr=1",
+        f"transaction.state.log.replication.factor={rf}",
+        f"transaction.state.log.min.isr={isr}",
+        f"share.coordinator.state.topic.replication.factor={rf}",
+        f"share.coordinator.state.topic.min.isr={isr}",
         # A local broker: members join at once instead of waiting 3 s for more.
         "group.initial.rebalance.delay.ms=0",
         "auto.create.topics.enable=true",
@@ -350,12 +356,13 @@ def _server_properties(data_dir: Path, port: int, controller_port: int,
 
 
 def _format_storage(java: str, cp: str, data_dir: Path, props: Path,
-                    sasl: tuple[str, str] | None = None) -> None:
+                    sasl: tuple[str, str] | None = None, cluster_id: str | None = None,
+                    java_opts: list[str] | None = None) -> None:
     if (data_dir / "data" / "meta.properties").exists():
         if sasl is not None:
             _check_formatted_scram(data_dir, *sasl)
         return
-    cluster_id = _cluster_id()
+    cluster_id = cluster_id or _cluster_id()
     args = ["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props),
             "--ignore-formatted"]
     record = None
@@ -372,7 +379,8 @@ def _format_storage(java: str, cp: str, data_dir: Path, props: Path,
     argfile = data_dir / "format.args"
     _write_private(argfile, "".join(_argfile_quote(a) + "\n" for a in args))
     try:
-        proc = subprocess.run([java, *JAVA_OPTS, "-cp", cp, _log4j_flag(), f"@{argfile}"],
+        proc = subprocess.run([java, *(java_opts or JAVA_OPTS), "-cp", cp, _log4j_flag(),
+                               f"@{argfile}"],
                               capture_output=True, text=True, check=False)
     finally:
         argfile.unlink(missing_ok=True)
@@ -654,3 +662,172 @@ def stop(data_dir: Path | None = None, timeout_s: float = 30.0) -> BrokerState |
         _terminate(state.pid, timeout_s)
     (data_dir / STATE_FILE).unlink(missing_ok=True)
     return state
+
+
+# -- a cluster of several nodes on loopback ----------------------------------------------------
+
+CLUSTER_FILE = "cluster.json"
+# Several JVMs share a small machine: each node gets a small heap.
+CLUSTER_JAVA_OPTS = ["-Xms128m", "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+                     "-Djava.awt.headless=true"]
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    """The nodes of a local cluster (each broker and controller), in ``DIR/node-<id>``."""
+
+    nodes: tuple[BrokerState, ...]
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(n.bootstrap for n in self.nodes)
+
+    @property
+    def version(self) -> str:
+        return self.nodes[0].version
+
+
+def _node_dir(data_dir: Path, node_id: int) -> Path:
+    return data_dir / f"node-{node_id}"
+
+
+def read_cluster(data_dir: Path) -> ClusterState | None:
+    try:
+        raw = json.loads((data_dir / CLUSTER_FILE).read_text())
+        return ClusterState(tuple(BrokerState(int(n["pid"]), int(n["port"]),
+                                              int(n["controller_port"]), str(n["version"]))
+                                  for n in raw["nodes"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def running_cluster(data_dir: Path) -> ClusterState | None:
+    """The cluster of ``data_dir`` if every one of its nodes runs."""
+    state = read_cluster(data_dir)
+    if state is None:
+        return None
+    for i, node in enumerate(state.nodes, start=1):
+        if not (pid_alive(node.pid) and _is_our_broker(node.pid, _node_dir(data_dir, i))):
+            return None
+    return state
+
+
+def brokers_up(bootstrap: str) -> int:
+    """How many brokers the cluster's metadata lists (0 when it does not answer)."""
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def count() -> int:
+        client = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+        try:
+            await client.start()
+            return len((await client.describe_cluster())["brokers"])
+        except Exception:
+            return 0
+        finally:
+            with contextlib.suppress(Exception):
+                await client.close()
+
+    return asyncio.run(count())
+
+
+def start_cluster(brokers: int = 3, port: int = 9092, data_dir: Path | None = None,
+                  timeout_s: float = 120.0, version: str = KAFKA_VERSION
+                  ) -> tuple[ClusterState, bool]:
+    """Start ``brokers`` nodes (each broker and controller, one cluster id, a quorum of all of
+    them) on 127.0.0.1, client ports from ``port`` on where free; returns (state, started_now).
+    Ready once the metadata lists every broker."""
+    if brokers < 2:
+        raise LocalServiceError("a cluster has 2 nodes or more (one node: `kafka start`)")
+    data_dir = (data_dir or default_data_dir()).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    current = running_cluster(data_dir)
+    if current is not None:
+        return current, False
+    if running_broker(data_dir) is not None:
+        raise LocalServiceError(f"a single broker is already running for {data_dir}; stop it "
+                                f"first or use another --data folder")
+    previous = read_cluster(data_dir)
+    stop_cluster(data_dir)  # what is left of a cluster that did not fully run
+    ports: list[tuple[int, int]] = []
+    taken: set[int] = set()
+
+    def pick(wanted: int) -> int:
+        chosen = wanted if wanted and wanted not in taken and port_free(wanted) else free_port()
+        while chosen in taken:
+            chosen = free_port()
+        taken.add(chosen)
+        return chosen
+
+    for i in range(brokers):
+        old = previous.nodes[i] if previous and i < len(previous.nodes) else None
+        client = pick(port + i if port else 0)
+        ports.append((client, pick(old.controller_port if old else 0)))
+    voters = ",".join(f"{i}@127.0.0.1:{c}" for i, (_, c) in enumerate(ports, start=1))
+    java, cp = _java(), _classpath(version)
+    cluster_id_file = data_dir / "cluster.id"
+    if not cluster_id_file.exists():
+        cluster_id_file.write_text(_cluster_id() + "\n")
+    cluster_id = cluster_id_file.read_text().strip()
+    nodes = []
+    for i, (client, controller) in enumerate(ports, start=1):
+        node = _node_dir(data_dir, i)
+        node.mkdir(exist_ok=True)
+        props = node / "server.properties"
+        _write_private(props, _server_properties(node, client, controller, node_id=i,
+                                                 voters=voters))
+        _format_storage(java, cp, node, props, cluster_id=cluster_id,
+                        java_opts=CLUSTER_JAVA_OPTS)
+        log = open(node / LOG_FILE, "ab")  # noqa: SIM115 - handed to the child process
+        try:
+            proc = subprocess.Popen(
+                [java, *CLUSTER_JAVA_OPTS, "-cp", cp, _log4j_flag(), "kafka.Kafka", str(props)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, cwd=node)
+        finally:
+            log.close()
+        nodes.append(BrokerState(proc.pid, client, controller, version))
+    state = ClusterState(tuple(nodes))
+    _write_private(data_dir / CLUSTER_FILE,
+                   json.dumps({"nodes": [asdict(n) for n in state.nodes]}))
+    deadline = time.monotonic() + timeout_s
+    quiet = logging.getLogger("aiokafka")  # connections are refused while the nodes boot
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        _wait_for_brokers(state, data_dir, brokers, deadline, timeout_s)
+    finally:
+        quiet.setLevel(level)
+    return state, True
+
+
+def _wait_for_brokers(state: ClusterState, data_dir: Path, brokers: int, deadline: float,
+                      timeout_s: float) -> None:
+    while brokers_up(state.bootstrap) < brokers:
+        dead = [i for i, n in enumerate(state.nodes, start=1) if not pid_alive(n.pid)]
+        if dead or time.monotonic() > deadline:
+            stop_cluster(data_dir)
+            why = f"node {dead[0]} exited" if dead else f"not ready within {timeout_s:.0f} s"
+            node_log = _node_dir(data_dir, dead[0] if dead else 1) / LOG_FILE
+            raise LocalServiceError(f"the Kafka cluster in {data_dir}: {why}; last lines of "
+                                    f"{node_log}:\n{tail(node_log)}")
+        time.sleep(0.5)
+
+
+def stop_cluster(data_dir: Path | None = None, timeout_s: float = 30.0) -> ClusterState | None:
+    """Stop every node of the cluster of ``data_dir`` that runs (only what start started)."""
+    data_dir = (data_dir or default_data_dir()).resolve()
+    state = read_cluster(data_dir)
+    if state is None:
+        return None
+    # In parallel: a node stopping alone waits for the quorum it is leaving.
+    running = [n for i, n in enumerate(state.nodes, start=1)
+               if pid_alive(n.pid) and _is_our_broker(n.pid, _node_dir(data_dir, i))]
+    for node in running:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(node.pid, signal.SIGTERM)
+    for node in running:
+        _terminate(node.pid, timeout_s)
+    (data_dir / CLUSTER_FILE).unlink(missing_ok=True)
+    return state if running else None

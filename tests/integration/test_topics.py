@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -13,7 +14,9 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streams.codec.names import RECOMMENDATIONS
-from streams.runtime.topics import ExistingTopic, describe
+from streams.runtime.topics import ExistingTopic, describe, ensure_topics
+from streams.settings import Settings
+from streams.tools import kafka_local
 from streams.tools.kafka_local import free_port
 from streams.tools.produce import base_ts_ending_now, generate
 from tests.support.harness import SEGMENTS, Cluster, feed, final_check, get_json, wait_ready
@@ -112,3 +115,43 @@ async def test_a_changelog_that_is_not_compacted_is_named_in_a_warning_and_a_met
             worker.log_path.read_text())
     finally:
         cluster.stop_all()
+
+
+@pytest.fixture(scope="module")
+def three_brokers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A three-node KRaft cluster on loopback (`segments kafka start --brokers 3`)."""
+    data = tmp_path_factory.mktemp("kafka-3")
+    state, _ = kafka_local.start_cluster(3, port=0, data_dir=data)
+    try:
+        yield state.bootstrap
+    finally:
+        kafka_local.stop_cluster(data)
+
+
+async def test_on_three_brokers_topics_get_rf_3_and_min_insync_2_and_rf_1_is_warned_about(
+        three_brokers: str) -> None:
+    settings = Settings(bootstrap_servers=three_brokers, app_id="three", input_topic="three-in",
+                        dlq_topic="three-dlq", changes_topic="three-changes")
+    admin = AIOKafkaAdminClient(bootstrap_servers=three_brokers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic("three-dlq", 8, 1)])
+        report = await ensure_topics(settings, wait_s=30)
+        created = ["three-in", "three-changes", "three-recommendations-by-segment",
+                   *settings.names.changelog_topics]
+        assert (report.replication_factor, report.brokers, sorted(report.created)) == (
+            3, 3, sorted(created))
+        assert [(w.topic, w.setting) for w in report.warnings] == [
+            ("three-dlq", "replication.factor")]
+        for _ in range(50):  # created topics reach every broker's metadata shortly after
+            topics = await describe(admin, [*created, "three-dlq"])
+            if len(topics) == len(created) + 1:
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+    for name in created:
+        assert (topics[name].replication_factor, topics[name].min_insync_replicas) == (3, 2)
+    for name in settings.names.changelog_topics:
+        assert topics[name].cleanup_policy == "compact"
+    assert topics["three-dlq"].replication_factor == 1
