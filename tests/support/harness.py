@@ -20,7 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from streams.tools.kafka_local import free_port
-from streams.tools.probes import group_lag, partition_lags, topic_partitions
+from streams.tools.probes import partition_lags, topic_partitions
 from streams.tools.produce import Record
 
 SEGMENTS = str(Path(sys.executable).parent / "segments")
@@ -172,20 +172,23 @@ async def wait_no_lag(cluster: Cluster, timeout_s: float = 600.0) -> None:
     deadline = time.monotonic() + timeout_s
     topics = [cluster.input_topic, cluster.repartition_topic]
     lag = -1
+    caught_up: dict[TopicPartition, tuple[int, int]] | None = None
     while time.monotonic() < deadline:
         try:
-            lag = await group_lag(cluster.bootstrap, cluster.app_id, topics, **cluster.kafka)
-            if lag == 0:
-                # one more commit interval so the last batch's state is surely applied
-                await asyncio.sleep(1.5)
-                if await group_lag(cluster.bootstrap, cluster.app_id, topics,
-                                   **cluster.kafka) == 0:
-                    return
+            lags = await partition_lags(cluster.bootstrap, cluster.app_id, topics,
+                                        **cluster.kafka)
+            lag = sum(max(0, end - done) for done, end in lags.values()) if lags else 1
+            # Done when two reads in a row find every offset committed at the same end: a
+            # commit follows the writes of its batch, so nothing is left in flight.
+            if lag == 0 and lags == caught_up:
+                return
+            caught_up = lags if lag == 0 else None
         except KafkaError as exc:  # e.g. no coordinator yet, right after a broker restart
             lag = -1
+            caught_up = None
             if not getattr(exc, "retriable", False):
                 raise
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.25)
     lags = await partition_lags(cluster.bootstrap, cluster.app_id, topics, **cluster.kafka)
     behind = "\n".join(f"  {tp.topic}[{tp.partition}]: committed {done}, end {end}"
                        for tp, (done, end) in sorted(lags.items()) if done != end)
