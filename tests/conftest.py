@@ -11,6 +11,10 @@ import pytest
 from streams.tools import kafka_local
 from streams.tools.redis_local import RedisServer
 
+# Every broker the tests start, in-process or through `segments`, lives minutes: it should start
+# fast rather than run fast.
+os.environ.setdefault("SEGMENTS_KAFKA_JAVA_OPTS", " ".join(kafka_local.QUICK_JAVA_OPTS))
+
 
 @pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[kafka_local.BrokerState]:
