@@ -302,8 +302,8 @@ def test_schemathesis_against_the_authenticated_api_finds_no_5xx(
     proc = subprocess.run(
         [st, "run", f"{url}/openapi.json", "--include-path", "/segments", "--include-path",
          "/healthz", "--include-path", "/metrics", "--include-path", "/", "--checks", "all",
-         "-H", f"Authorization: Bearer {secured.keys['ops']}", "--max-examples", "60",
-         "--seed", "2", "--request-timeout", "10", "--workers", "2", "--max-time", "60",
+         "-H", f"Authorization: Bearer {secured.keys['ops']}", "--max-examples", "120",
+         "--seed", "2", "--request-timeout", "10", "--workers", "2",
          "--report-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-2000:]
