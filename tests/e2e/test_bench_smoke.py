@@ -13,9 +13,11 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 
-def test_bench_quick_runs_and_writes_results(tmp_path: Path) -> None:
+def test_bench_quick_runs_and_writes_results(kafka_bootstrap: str, tmp_path: Path) -> None:
     segments = str(Path(sys.executable).parent / "segments")
-    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+    # On the session broker: the bench's names are its own (a fresh app id per run).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAFKA_")}
+    env["KAFKA_BOOTSTRAP_SERVERS"] = kafka_bootstrap
     doc = tmp_path / "BENCHMARKS.md"
     doc.write_text("# Benchmarks\n\nprose stays\n")
     proc = subprocess.run([segments, "bench", "--quick", "--out", str(tmp_path / "out"),

@@ -1,8 +1,10 @@
 """`segments kafka start|stop|status` as a user runs them (contract section 5).
 
-Each test runs the real console script with its own data folder and free port, and never the
-session broker of tests/conftest.py: the commands themselves are under test. Whatever happens,
-the broker of the test's folder is stopped afterwards and its java process is checked gone.
+The tests run the real console script on one data folder and free port of this module, and
+never the session broker of tests/conftest.py: the commands themselves are under test. Each test
+takes that broker as it finds it (running or not) and leaves it either way, so the module needs
+few starts; each checks, as it ends, that no broker process but the running one is left, and
+the module's end stops that one and checks it gone.
 """
 
 from __future__ import annotations
@@ -78,18 +80,42 @@ class LocalKafka:
             self.pids.add(pid)
 
 
-@pytest.fixture
-def kafka(tmp_path: Path) -> Iterator[LocalKafka]:
-    broker = LocalKafka(tmp_path / "kafka", kafka_local.free_port())
+@pytest.fixture(scope="module")
+def module_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
+    broker = LocalKafka(tmp_path_factory.mktemp("cli") / "kafka", kafka_local.free_port())
     try:
         yield broker
     finally:
         broker.remember_pid()
         broker.stop()
-        left = [pid for pid in broker.pids if not _gone(pid, timeout_s=15.0)]
-        for pid in left:  # never leave a java process behind, even when the test failed
-            os.kill(pid, signal.SIGKILL)
-        assert not left, f"`segments kafka stop` left broker process(es) {left} running"
+        _no_broker_left(broker, keep=None)
+
+
+@pytest.fixture
+def kafka(module_kafka: LocalKafka) -> Iterator[LocalKafka]:
+    try:
+        yield module_kafka
+    finally:
+        module_kafka.remember_pid()
+        running = kafka_local.running_broker(module_kafka.data)
+        _no_broker_left(module_kafka, keep=running.pid if running else None)
+
+
+def _no_broker_left(broker: LocalKafka, keep: int | None) -> None:
+    """Every broker process seen but ``keep`` is gone (killed if not: never leave one behind)."""
+    left = [pid for pid in broker.pids if pid != keep and not _gone(pid, timeout_s=15.0)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    broker.pids &= {keep} if keep is not None else set()
+    assert not left, f"`segments kafka stop` left broker process(es) {left} running"
+
+
+def _stopped(kafka: LocalKafka) -> None:
+    """The module's broker stopped (the state a test that starts from nothing needs)."""
+    pid = kafka.pid()
+    _ok(kafka.stop())
+    assert pid is None or _gone(pid, timeout_s=15.0)
+    assert _port_freed(kafka.port)
 
 
 def _gone(pid: int, timeout_s: float) -> bool:
@@ -123,7 +149,24 @@ def _cluster_id(data: Path) -> str:
     raise AssertionError("meta.properties names no cluster.id")
 
 
+# In this order each test finds the broker as the one before left it, which saves starts.
+def test_port_in_use_is_a_clear_one_line_error(kafka: LocalKafka) -> None:
+    _stopped(kafka)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", kafka.port))
+        taken.listen(1)
+        proc = kafka.start()
+    assert proc.returncode == 1, proc
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("segments: error:"), lines
+    assert str(kafka.port) in lines[0] and "in use" in lines[0], lines
+    assert kafka.status().returncode == 1
+
+
 def test_start_stop_twice_reuses_the_formatted_data_folder(kafka: LocalKafka) -> None:
+    _stopped(kafka)
     cluster_id = None
     for round_ in (1, 2):
         out = _ok(kafka.start())
@@ -143,31 +186,6 @@ def test_start_stop_twice_reuses_the_formatted_data_folder(kafka: LocalKafka) ->
         status = kafka.status()
         assert status.returncode == 1, status
         assert "not running" in status.stdout
-
-
-def test_second_start_while_running_says_already_running(kafka: LocalKafka) -> None:
-    _ok(kafka.start())
-    pid = kafka.pid()
-    again = kafka.start()
-    out = _ok(again)
-    assert "already running" in out, out
-    assert kafka.bootstrap in out, out
-    assert kafka.pid() == pid
-    assert f"pid {pid}" in out
-
-
-def test_port_in_use_is_a_clear_one_line_error(kafka: LocalKafka) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
-        taken.bind(("127.0.0.1", kafka.port))
-        taken.listen(1)
-        proc = kafka.start()
-    assert proc.returncode == 1, proc
-    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("segments: error:"), lines
-    assert str(kafka.port) in lines[0] and "in use" in lines[0], lines
-    assert kafka.status().returncode == 1
 
 
 async def _produce(bootstrap: str, topic: str, value: bytes) -> None:
@@ -219,3 +237,14 @@ def test_data_survives_a_restart(kafka: LocalKafka) -> None:
     assert "started" in out and kafka.bootstrap in out, out
     assert kafka.pid() != first_pid
     assert asyncio.run(_consume_all(kafka.bootstrap, topic)) == [value]
+
+
+def test_second_start_while_running_says_already_running(kafka: LocalKafka) -> None:
+    _ok(kafka.start())
+    pid = kafka.pid()
+    again = kafka.start()
+    out = _ok(again)
+    assert "already running" in out, out
+    assert kafka.bootstrap in out, out
+    assert kafka.pid() == pid
+    assert f"pid {pid}" in out

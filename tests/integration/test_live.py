@@ -19,12 +19,14 @@ from typing import Any
 
 import aiohttp
 import pytest
+import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.tools.produce import Record, generate
 from tests.support.harness import (
     Cluster,
     Worker,
+    feed,
     get_json,
     produce_records,
     rss,
@@ -151,6 +153,22 @@ def cluster(kafka_bootstrap: str, tmp_path: Path) -> Cluster:
     return Cluster(kafka_bootstrap, tmp_path, extra_env={"SEGMENTS_STREAM_INTERVAL_MS": "300"})
 
 
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def served(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+                 ) -> AsyncIterator[Cluster]:
+    """One worker with data (``workers[0]``), shared by the tests that only read or add an event
+    of their own: none counts what another added."""
+    cluster = Cluster(kafka_bootstrap, tmp_path_factory.mktemp("live"),
+                      extra_env={"SEGMENTS_STREAM_INTERVAL_MS": "300"})
+    worker = cluster.add_worker()
+    try:
+        await feed(cluster, [worker], now_records(5_000, seed=2001, programs=2, users=800,
+                                                  labels=40))
+        yield cluster
+    finally:
+        cluster.stop_all()
+
+
 # -- the stream --------------------------------------------------------------------------------
 async def test_the_stream_equals_get_segments_under_load_and_across_a_rebalance(
         cluster: Cluster) -> None:
@@ -210,23 +228,19 @@ async def test_the_stream_equals_get_segments_under_load_and_across_a_rebalance(
         cluster.stop_all()
 
 
-async def test_invalid_streams_are_422_before_it_starts(cluster: Cluster) -> None:
-    worker = cluster.add_worker()
-    try:
-        await wait_ready(worker)
-        async with aiohttp.ClientSession() as session:
-            for params, loc in [({"min_weight": "2"}, ["query", "min_weight"]),
-                                ({"program_id": PROGRAM, "size": "1001"}, ["query", "size"]),
-                                ({"program_id": PROGRAM, "segment_type": "x"},
-                                 ["query", "segment_type"])]:
-                status, body = await get_json(session, worker.url + "/segments/stream",
-                                              params=params)
-                assert status == 422, body
-                assert loc in [e["loc"] for e in body["detail"]]
-            status, body = await get_json(session, worker.url + "/segments/stream", params={})
-            assert status == 422 and body["detail"][0]["loc"] == ["header", "program-id"]
-    finally:
-        cluster.stop_all()
+async def test_invalid_streams_are_422_before_it_starts(served: Cluster) -> None:
+    worker = served.workers[0]
+    async with aiohttp.ClientSession() as session:
+        for params, loc in [({"min_weight": "2"}, ["query", "min_weight"]),
+                            ({"program_id": PROGRAM, "size": "1001"}, ["query", "size"]),
+                            ({"program_id": PROGRAM, "segment_type": "x"},
+                             ["query", "segment_type"])]:
+            status, body = await get_json(session, worker.url + "/segments/stream",
+                                          params=params)
+            assert status == 422, body
+            assert loc in [e["loc"] for e in body["detail"]]
+        status, body = await get_json(session, worker.url + "/segments/stream", params={})
+        assert status == 422 and body["detail"][0]["loc"] == ["header", "program-id"]
 
 
 STREAM_CLIENTS = 200
@@ -399,15 +413,11 @@ async def page_rows(page: Any) -> list[tuple[str, str, int, str]]:
         r.querySelector('.strength').textContent])""")
 
 
-async def test_the_live_page_in_a_real_browser(cluster: Cluster, browser: Any,
+async def test_the_live_page_in_a_real_browser(served: Cluster, browser: Any,
                                                 tmp_path: Path) -> None:
-    worker = cluster.add_worker()
+    worker = served.workers[0]
+    page = await browser.new_page(viewport={"width": 1280, "height": 900})
     try:
-        await wait_ready(worker)
-        records = now_records(5_000, seed=2001, programs=2, users=800, labels=40)
-        await produce_records(cluster.bootstrap, cluster.input_topic, records)
-        await wait_no_lag(cluster)
-        page = await browser.new_page(viewport={"width": 1280, "height": 900})
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         query = "program_id=program-0&segment_type=base&segment_basis=labels&min_weight=0.4&size=10"
@@ -433,7 +443,7 @@ async def test_the_live_page_in_a_real_browser(cluster: Cluster, browser: Any,
         from streams.codec.keys import family_key
         key = family_key((PROGRAM, "label", top["segment_basis_id"], top["action_type"]))
         started = time.monotonic()
-        await produce_records(cluster.bootstrap, cluster.input_topic, [
+        await produce_records(served.bootstrap, served.input_topic, [
             Record(key, json.dumps(event).encode(), event["ts"], True)])
         await page.wait_for_function(
             """([id, action, count]) => [...document.querySelectorAll('#rows tr')].some(r =>
@@ -450,4 +460,4 @@ async def test_the_live_page_in_a_real_browser(cluster: Cluster, browser: Any,
         log(f"live page: rows equal GET /segments; a produced event shown after "
             f"{shown_after:.2f}s")
     finally:
-        cluster.stop_all()
+        await page.close()
