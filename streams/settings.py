@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from streams.codec.names import Names
+from streams.domain.store import DEFAULT_GRACE_MS
 from streams.exceptions import SegmentStreamError
 
 
@@ -176,6 +177,9 @@ class Settings:
     advertised_url: str = ""
     # An event's ts may lie at most this far after its record's Kafka timestamp.
     max_future_ms: int = 3_600_000
+    # Contract §2, aging: withdrawals older than a partition's greatest ts minus this are
+    # forgotten; older events of recommendations without state are late (dead letters).
+    grace_ms: int = DEFAULT_GRACE_MS
     # How long a write to Kafka may stay unacknowledged before the batch that made it fails
     # (and its records are read again).
     produce_timeout_ms: int = 30_000
@@ -256,6 +260,7 @@ class Settings:
                               ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
             advertised_url=_url(env, "SEGMENTS_ADVERTISED_URL"),
             max_future_ms=_int(env, "SEGMENTS_MAX_FUTURE_MS", 3_600_000),
+            grace_ms=_int(env, "SEGMENTS_GRACE_MS", DEFAULT_GRACE_MS),
             produce_timeout_ms=_int(env, "SEGMENTS_PRODUCE_TIMEOUT_MS", 30_000, minimum=1000),
             peer_timeout_ms=_int(env, "SEGMENTS_PEER_TIMEOUT_MS", 2_000, minimum=50),
             standby_replicas=_int(env, "SEGMENTS_STANDBY_REPLICAS", 1, maximum=16),

@@ -2,7 +2,8 @@
 
 ``recommendations``: key ``[program_id, segment_basis, basis_id, action_type, user_id]``, value
 ``[weight, in_history, ts, offset, partition, name]``: one last-writer-wins record per
-recommendation (the durable state; everything else is derived from it).
+recommendation (the durable state; everything else is derived from it); a tombstone (no value)
+once a withdrawal older than the watermark is forgotten (contract §2, aging).
 
 ``emitted-counts``: key ``[program_id, segment_basis, basis_id, action_type, segment_type,
 threshold]``, value ``[count, partition]`` once a change is published, ``[count, partition,
@@ -93,6 +94,14 @@ def decode_recommendation(key: bytes, value: bytes, partition: int
                           ) -> tuple[RecommendationKey, RecommendationValue]:
     """A recommendations record of changelog partition ``partition``."""
     return _decode(_recommendation_key, _recommendation_value, key, value, partition)
+
+
+def decode_recommendation_key(key: bytes) -> RecommendationKey:
+    """The key of a recommendations tombstone (a forgotten recommendation: no value)."""
+    try:
+        return _recommendation_key.decode(key)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise MalformedRecord(str(exc)) from None
 
 
 def emitted_key(key: SegmentKey) -> bytes:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import msgspec
+import orjson
 from msgspec import Meta
 
 from streams.domain.events import INT64, Event
@@ -56,3 +57,11 @@ def parse_event(raw: bytes | None, record_ts_ms: int,
             f"ts {ev.ts} is more than {max_future_ms} ms after the record's timestamp "
             f"{record_ts_ms} (ts must be epoch milliseconds) - at `$.ts`")
     return ev
+
+
+def encode_input(ev: Event) -> bytes:
+    """An event as an input record value (contract section 1), ``name`` and ``ts`` resolved."""
+    return orjson.dumps({"program_id": ev.program_id, "user_id": ev.user_id,
+                         "segment_basis": ev.segment_basis, "basis_id": ev.basis_id,
+                         "name": ev.name, "action_type": ev.action_type, "weight": ev.weight,
+                         "in_history": ev.in_history, "ts": ev.ts})

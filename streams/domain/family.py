@@ -33,6 +33,9 @@ class StoredRecommendation(NamedTuple):
 # timestamps and offsets are signed 64-bit ints, and so are the events' ts (validated).
 _WITHDRAWN = float("nan")
 _NO_ORDER = (INT64_MIN - 1, 0)  # before every event
+# The order of a slot whose recommendation was forgotten (a changelog tombstone read back): no
+# event has a negative offset, so it holds no state; ``sweep`` removes it.
+_FORGOTTEN_OFFSET = -1
 
 
 class Family:
@@ -72,7 +75,20 @@ class Family:
 
     def get(self, user_id: str) -> StoredRecommendation | None:
         slot = self.slots.get(user_id)
-        return None if slot is None else self._record(slot)
+        return None if slot is None or not self._held(slot) else self._record(slot)
+
+    def holds(self, user_id: str, watermark: int) -> bool:
+        """Whether the user's recommendation has state here: a weight, or a withdrawal not
+        older than ``watermark`` (an older one is forgotten, whether or not ``sweep`` has freed
+        its slot yet: what counts never depends on when sweeps run)."""
+        slot = self.slots.get(user_id)
+        if slot is None or not self._held(slot):
+            return False
+        w = self.weights[slot]
+        return w == w or self.orders[2 * slot] >= watermark
+
+    def _held(self, slot: int) -> bool:
+        return self.orders[2 * slot + 1] != _FORGOTTEN_OFFSET
 
     def _record(self, slot: int) -> StoredRecommendation:
         w = self.weights[slot]
@@ -151,6 +167,52 @@ class Family:
         orders[o + 1] = offset
         return True
 
+    def forget(self, user_id: str, indexed: bool) -> bool:
+        """A tombstone read back from the changelog: the recommendation holds no state any
+        more (``sweep`` frees its slot). ``indexed``: the indexes are built and hold it if it
+        is live. True if there was a slot to forget."""
+        slot = self.slots.get(user_id)
+        if slot is None:
+            return False
+        w = self.weights[slot]
+        if indexed and w == w:
+            self.growth.remove(w)
+            (self.base if self.hist[slot] else self.discovery).remove(w)
+        self.weights[slot] = _WITHDRAWN
+        self.orders[2 * slot] = INT64_MIN
+        self.orders[2 * slot + 1] = _FORGOTTEN_OFFSET
+        return True
+
+    def sweep(self, before: int) -> tuple[list[str], int | None]:
+        """Free the slots of withdrawals older than ``before`` (and of forgotten ones), in one
+        pass that renumbers the others. Returns the users whose withdrawals were forgotten
+        (not those forgotten before) and the oldest withdrawal kept (None if none is)."""
+        weights, orders, hist = self.weights, self.orders, self.hist
+        gone: list[str] = []
+        oldest: int | None = None
+        kept_weights, kept_orders, kept_hist = array("d"), array("q"), bytearray()
+        slots: dict[str, int] = {}
+        for user, slot in self.slots.items():
+            w = weights[slot]
+            if w != w:  # withdrawn
+                ts, offset = orders[2 * slot], orders[2 * slot + 1]
+                if offset == _FORGOTTEN_OFFSET:
+                    continue
+                if ts < before:
+                    gone.append(user)
+                    continue
+                if oldest is None or ts < oldest:
+                    oldest = ts
+            slots[user] = len(kept_weights)
+            kept_weights.append(w)
+            kept_orders.append(orders[2 * slot])
+            kept_orders.append(orders[2 * slot + 1])
+            kept_hist.append(hist[slot])
+        if len(slots) != len(self.slots):
+            self.slots, self.weights, self.orders, self.hist = (slots, kept_weights, kept_orders,
+                                                                kept_hist)
+        return gone, oldest
+
     def build_indexes(self) -> None:
         """The three indexes from the stored weights, each in one sort."""
         growth: list[float] = []
@@ -171,4 +233,5 @@ class Family:
 
     def records(self) -> Iterator[tuple[str, StoredRecommendation]]:
         for user, slot in self.slots.items():
-            yield user, self._record(slot)
+            if self._held(slot):
+                yield user, self._record(slot)

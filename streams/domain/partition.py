@@ -5,7 +5,7 @@ from __future__ import annotations
 from streams.domain.events import Event, FamilyKey
 from streams.domain.ledger import ChangeLedger, Publication
 from streams.domain.rows import SegmentRow
-from streams.domain.store import FamilyStore
+from streams.domain.store import DEFAULT_GRACE_MS, FamilyStore
 
 
 class PartitionState:
@@ -13,12 +13,12 @@ class PartitionState:
     share its number) and the ledger of their published counts."""
 
     def __init__(self, number: int, thresholds: tuple[float, ...],
-                 rebuilding: bool = False) -> None:
+                 rebuilding: bool = False, grace_ms: int = DEFAULT_GRACE_MS) -> None:
         self.number = number
-        self.store = FamilyStore(rebuilding)
+        self.store = FamilyStore(rebuilding, grace_ms)
         self.ledger = ChangeLedger(number, thresholds)
 
-    def apply(self, ev: Event, offset: int, family: FamilyKey | None = None) -> bool:
+    def apply(self, ev: Event, offset: int, family: FamilyKey | None = None) -> bool | None:
         return self.store.apply(ev, offset, family)
 
     def query(self, program_id: str, segment_type: str, segment_basis: str,

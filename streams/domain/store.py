@@ -3,10 +3,11 @@ them, the threshold indexes, served by program and basis through a bounded query
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
 from collections.abc import Iterator
 
-from streams.domain.events import Event, FamilyKey
+from streams.domain.events import INT64_MIN, Event, FamilyKey
 from streams.domain.family import Family, StoredRecommendation
 from streams.domain.rows import SegmentRow
 
@@ -20,10 +21,19 @@ _MemoKey = tuple[str, str, str, float]  # program, segment type, basis, threshol
 _NOTHING: list[SegmentRow] = []
 
 
-class FamilyStore:
-    """Every segment family of one partition."""
+# Contract §2, "Aging, bounded state": the default SEGMENTS_GRACE_MS (7 days).
+DEFAULT_GRACE_MS = 7 * 24 * 3600 * 1000
 
-    def __init__(self, rebuilding: bool = False) -> None:
+
+class FamilyStore:
+    """Every segment family of one partition.
+
+    Aging (contract §2): the *watermark* is the greatest ``ts`` applied here minus the grace.
+    Withdrawals older than it are forgotten by ``expire`` (their (family, user) queued in
+    ``forgotten`` for the owner to tombstone in the changelog); an event older than it for a
+    recommendation without state is too late (``apply`` answers None)."""
+
+    def __init__(self, rebuilding: bool = False, grace_ms: int = DEFAULT_GRACE_MS) -> None:
         # While rebuilding (a new owner loading the changelog, not yet queried): records are
         # stored without their indexes, built by finish_rebuild in one sort per index.
         self.rebuilding = rebuilding
@@ -37,6 +47,15 @@ class FamilyStore:
         self.versions: dict[tuple[str, str], list[int]] = {}
         self._memo: OrderedDict[_MemoKey, tuple[int, list[SegmentRow]]] = OrderedDict()
         self._memo_rows = 0
+        self.grace_ms = grace_ms
+        self.max_ts: int | None = None  # the greatest ts applied (or loaded)
+        # (oldest withdrawal's ts, family) per family holding withdrawals; an entry whose ts is
+        # not the one in ``_expiring`` is stale (the family was swept or rescheduled since).
+        self._expiry: list[tuple[int, FamilyKey]] = []
+        self._expiring: dict[FamilyKey, int] = {}
+        # Forgotten recommendations whose changelog records are still to be tombstoned.
+        self.forgotten: list[tuple[FamilyKey, str]] = []
+        self.forgotten_total = 0
 
     def _family(self, key: FamilyKey) -> Family:
         fam = self.families.get(key)
@@ -48,19 +67,34 @@ class FamilyStore:
             self.by_program.setdefault(key[0], {}).setdefault(key[1], {})[key] = fam
         return fam
 
-    def apply(self, ev: Event, offset: int, family: FamilyKey | None = None) -> bool:
+    @property
+    def watermark(self) -> int | None:
+        """The greatest ts applied minus the grace; None before any event."""
+        return None if self.max_ts is None else self.max_ts - self.grace_ms
+
+    def apply(self, ev: Event, offset: int, family: FamilyKey | None = None) -> bool | None:
         """Apply one event at ``offset`` (its position in the partition); True if stored,
         False if it is not newer than the stored one (older, or a replay of an offset already
-        applied). ``family``: the event's family key when the caller has it already."""
+        applied), None if it is too late: older than the watermark, for a recommendation that
+        holds no state. ``family``: the event's family key when the caller has it already."""
         if self.rebuilding:
             self.finish_rebuild()
         key: FamilyKey = family or ev.family
         fam = self.families.get(key)
+        ts = ev.ts
+        max_ts = self.max_ts
+        if max_ts is not None and ts < max_ts - self.grace_ms and (
+                fam is None or not fam.holds(ev.user_id, max_ts - self.grace_ms)):
+            return None
         if fam is None:
             fam = self._family(key)
-        changed = fam.put(ev.user_id, ev.weight, ev.in_history, ev.ts, offset, ev.name)
+        changed = fam.put(ev.user_id, ev.weight, ev.in_history, ts, offset, ev.name)
         if changed is None:
             return False
+        if max_ts is None or ts > max_ts:
+            self.max_ts = ts
+        if ev.weight is None:
+            self._expire_later(key, ts)
         fam.version[0] += 1
         if changed:
             self.dirty.add(key)
@@ -74,6 +108,78 @@ class FamilyStore:
             fam.load(user_id, weight, in_history, ts, offset, name)
         elif fam.put(user_id, weight, in_history, ts, offset, name) is not None:
             fam.version[0] += 1
+        if self.max_ts is None or ts > self.max_ts:
+            self.max_ts = ts
+        if weight is None:
+            self._expire_later(family, ts)
+
+    def load_tombstone(self, family: FamilyKey, user_id: str) -> None:
+        """Rebuild path: a recommendation forgotten by the owner; no state from now on."""
+        fam = self.families.get(family)
+        if fam is not None and fam.forget(user_id, indexed=not self.rebuilding):
+            fam.version[0] += 1
+            self._expire_later(family, INT64_MIN)
+
+    def _expire_later(self, family: FamilyKey, ts: int) -> None:
+        """``family`` holds a withdrawal at ``ts``: look at it once the watermark passes it."""
+        due = self._expiring.get(family)
+        if due is None or ts < due:
+            self._expiring[family] = ts
+            heapq.heappush(self._expiry, (ts, family))
+
+    def expire(self) -> int:
+        """Forget the withdrawals older than the watermark: their slots freed, each queued in
+        ``forgotten``, a family left without recommendation removed (once its last count
+        change is taken). Returns how many were forgotten."""
+        watermark = self.watermark
+        expiry = self._expiry
+        if watermark is None or not expiry or expiry[0][0] >= watermark:
+            return 0
+        n = 0
+        later: list[FamilyKey] = []
+        while expiry and expiry[0][0] < watermark:
+            ts, key = heapq.heappop(expiry)
+            if self._expiring.get(key) != ts:
+                continue  # stale
+            del self._expiring[key]
+            fam = self.families.get(key)
+            if fam is None:
+                continue
+            gone, oldest = fam.sweep(watermark)
+            if gone:
+                n += len(gone)
+                self.forgotten.extend((key, user) for user in gone)
+            if oldest is not None:
+                self._expire_later(key, oldest)
+            elif not fam.slots:
+                if key in self.dirty:
+                    later.append(key)  # its count change is still to be published
+                else:
+                    self._drop(key)
+        for key in later:
+            self._expire_later(key, watermark - 1)
+        self.forgotten_total += n
+        return n
+
+    def take_forgotten(self) -> list[tuple[FamilyKey, str]]:
+        forgotten, self.forgotten = self.forgotten, []
+        return forgotten
+
+    def _drop(self, key: FamilyKey) -> None:
+        """Remove an empty family (no version bump: it lists no segment)."""
+        del self.families[key]
+        bases = self.by_program[key[0]]
+        families = bases[key[1]]
+        del families[key]
+        if not families:
+            del bases[key[1]]
+            if not bases:
+                del self.by_program[key[0]]
+            # No family of this program and basis is left: its query counter goes, and with it
+            # the answers memoised under it (a new counter starts again at 0).
+            del self.versions[(key[0], key[1])]
+            for memo_key in [k for k in self._memo if k[0] == key[0] and k[2] == key[1]]:
+                self._memo_rows -= len(self._memo.pop(memo_key)[1])
 
     def finish_rebuild(self) -> None:
         """End of a rebuild: build every family's indexes; from now on loads and events

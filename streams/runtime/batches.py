@@ -158,7 +158,8 @@ class BatchProcessor:
             for source, outcome in out.outcomes.items():
                 if source not in failures.sources:
                     self.metrics.handled(outcome.applied, outcome.ignored, outcome.invalid,
-                                         outcome.applied_timestamps)
+                                         outcome.applied_timestamps, outcome.late,
+                                         outcome.forgotten)
             if failures:
                 self._failed(failures)
                 done = [r for r in done if (r.topic, r.partition) not in failures.sources]

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from streams.codec.durable import encode_applied, recommendation_key
-from streams.codec.input import parse_event
+from streams.codec.input import encode_input, parse_event
 from streams.codec.keys import family_key
 from streams.codec.names import Names
 from streams.codec.partitioner import partition_for
 from streams.codec.wire import decode_event, encode_event
-from streams.domain.events import FamilyKey
+from streams.domain.events import Event, FamilyKey
 from streams.domain.exceptions import InvalidEvent
 from streams.domain.partition import PartitionState
 
@@ -43,6 +43,19 @@ class InputRecord(Protocol):
     def value(self) -> bytes | None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class LateRecord:
+    """A repartitioned event too late to apply, as its dead letter shows it: the event as an
+    input record value, and where the repartitioned record was."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+
+
 @dataclass(slots=True)
 class Outcome:
     """What became of one partition's records in a batch."""
@@ -50,6 +63,8 @@ class Outcome:
     applied: int = 0
     ignored: int = 0  # not newer than the stored state
     invalid: int = 0
+    late: int = 0  # older than the watermark, for a recommendation without state
+    forgotten: int = 0  # withdrawals older than the watermark, forgotten after the batch
     applied_timestamps: list[int] = field(default_factory=list)  # of the input records, ms
 
 
@@ -57,8 +72,9 @@ class Outcome:
 class BatchOutput:
     """What handling a batch produces."""
 
-    # Durable writes per changelog partition: recommendation key -> value (the last one wins).
-    writes: dict[int, dict[bytes, bytes]] = field(default_factory=dict)
+    # Durable writes per changelog partition: recommendation key -> value (the last one wins;
+    # None: a tombstone).
+    writes: dict[int, dict[bytes, bytes | None]] = field(default_factory=dict)
     dead: list[tuple[InputRecord, str]] = field(default_factory=list)  # record, reason
     # Repartitioned events per destination partition (each source's events in their order),
     # and the input partitions they come from.
@@ -66,7 +82,7 @@ class BatchOutput:
     sources: dict[int, set[int]] = field(default_factory=dict)
     outcomes: dict[tuple[str, int], Outcome] = field(default_factory=dict)
 
-    def writes_for(self, partition: int) -> dict[bytes, bytes]:
+    def writes_for(self, partition: int) -> dict[bytes, bytes | None]:
         writes = self.writes.get(partition)
         if writes is None:
             writes = self.writes[partition] = {}
@@ -94,15 +110,32 @@ class IngestHandler:
     def handle(self, topic: str, partition: int, state: PartitionState | None,
                records: Iterable[InputRecord], out: BatchOutput) -> None:
         """Records of one partition of ``topic``, in offset order, into ``out`` (``state`` may be
-        None for the input only: see :meth:`ingest`)."""
+        None for the input only: see :meth:`ingest`); then the withdrawals the watermark passed
+        are forgotten, their changelog records tombstoned."""
         if topic == self.input_topic:
-            self.ingest(partition, state, records, out)
+            outcome = self.ingest(partition, state, records, out)
         else:
             assert state is not None, "repartitioned records need their partition's state"
-            self.aggregate(topic, partition, state, records, out)
+            outcome = self.aggregate(topic, partition, state, records, out)
+        if state is None:
+            return
+        store = state.store
+        outcome.forgotten = store.expire()
+        if store.forgotten:
+            writes = out.writes_for(partition)
+            for family, user in store.take_forgotten():
+                writes[recommendation_key(family, user)] = None
+
+    @staticmethod
+    def late(ev: Event, partition: int, state: PartitionState | None) -> str:
+        """The dead-letter reason of an event too late to apply."""
+        store = state.store if state is not None else None
+        return (f"late: ts {ev.ts} is older than partition {partition}'s watermark "
+                f"{store and store.watermark} (greatest ts applied minus SEGMENTS_GRACE_MS "
+                f"{store and store.grace_ms}) and the recommendation holds no state")
 
     def ingest(self, partition: int, state: PartitionState | None,
-               records: Iterable[InputRecord], out: BatchOutput) -> None:
+               records: Iterable[InputRecord], out: BatchOutput) -> Outcome:
         """Input records: validate each, then aggregate it into ``state`` when it is keyed by
         its family on its family's partition, else repartition it. ``state`` None: the input
         partition is not co-assigned with the state partition of the same number (the input
@@ -116,7 +149,7 @@ class IngestHandler:
         max_future_ms = self.max_future_ms
         outcome = out.outcomes[(self.input_topic, partition)] = Outcome()
         applied_ts = outcome.applied_timestamps
-        invalid = ignored = 0
+        invalid = ignored = late = 0
         for r in records:
             try:
                 ev = parse_event(r.value, r.timestamp, max_future_ms)
@@ -128,10 +161,14 @@ class IngestHandler:
             fkey, fpart = route(family)
             if apply is not None and fpart == partition and r.key == fkey:
                 offset = r.offset
-                if apply(ev, offset, family):
+                stored = apply(ev, offset, family)
+                if stored:
                     writes[recommendation_key(family, ev.user_id)] = encode_applied(
                         ev, offset, partition)
                     applied_ts.append(r.timestamp)
+                elif stored is None:
+                    dead.append((r, self.late(ev, partition, state)))
+                    late += 1
                 else:
                     ignored += 1
             else:
@@ -143,14 +180,16 @@ class IngestHandler:
         outcome.applied = len(applied_ts)
         outcome.ignored = ignored
         outcome.invalid = invalid
+        outcome.late = late
         for destination in destinations:
             sources = out.sources.get(destination)
             if sources is None:
                 sources = out.sources[destination] = set()
             sources.add(partition)
+        return outcome
 
     def aggregate(self, topic: str, partition: int, state: PartitionState,
-                  records: Iterable[InputRecord], out: BatchOutput) -> None:
+                  records: Iterable[InputRecord], out: BatchOutput) -> Outcome:
         """Repartitioned events: apply each to the partition's state. The topic is writable by
         anyone: a record that is not a compact event, or that belongs to another partition, is
         a dead letter."""
@@ -160,7 +199,7 @@ class IngestHandler:
         route = self.route
         outcome = out.outcomes[(topic, partition)] = Outcome()
         applied_ts = outcome.applied_timestamps
-        invalid = ignored = 0
+        invalid = ignored = late = 0
         for r in records:
             try:
                 ev, record_ts = decode_event(r.value or b"")
@@ -176,12 +215,19 @@ class IngestHandler:
                 invalid += 1
                 continue
             offset = r.offset
-            if apply(ev, offset, family):
+            stored = apply(ev, offset, family)
+            if stored:
                 writes[recommendation_key(family, ev.user_id)] = encode_applied(ev, offset,
                                                                                 partition)
                 applied_ts.append(r.timestamp if record_ts is None else record_ts)
+            elif stored is None:
+                dead.append((LateRecord(topic, partition, r.offset, r.timestamp, r.key,
+                                        encode_input(ev)), self.late(ev, partition, state)))
+                late += 1
             else:
                 ignored += 1
         outcome.applied = len(applied_ts)
         outcome.ignored = ignored
         outcome.invalid = invalid
+        outcome.late = late
+        return outcome

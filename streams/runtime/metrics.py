@@ -69,6 +69,7 @@ class Holdings:
     active_partitions: int = 0
     standby_partitions: int = 0
     lag: dict[tuple[str, int], int] = field(default_factory=dict)  # (topic, partition) -> lag
+    watermarks: dict[int, int] = field(default_factory=dict)  # active partition -> epoch ms
 
 
 class _Gauges(Collector):
@@ -98,6 +99,14 @@ class _Gauges(Collector):
         assigned.add_metric(["active"], h.active_partitions)
         assigned.add_metric(["standby"], h.standby_partitions)
         yield assigned
+        watermark = GaugeMetricFamily(
+            "segments_watermark_ms",
+            "Per active partition: the greatest event ts applied minus SEGMENTS_GRACE_MS "
+            "(epoch ms); older withdrawals are forgotten, older events without state are late",
+            labels=["partition"])
+        for partition, value in sorted(h.watermarks.items()):
+            watermark.add_metric([str(partition)], value)
+        yield watermark
 
 
 class RuntimeMetrics:
@@ -111,6 +120,13 @@ class RuntimeMetrics:
         self.applied = events.labels("applied")
         self.ignored = events.labels("ignored")
         self.invalid = events.labels("invalid")
+        self.late = Counter("segments_late_events",
+                            "Events older than their partition's watermark for a recommendation "
+                            "without state: dead letters (reason late), not applied",
+                            registry=self.registry)
+        self.forgotten = Counter("segments_forgotten_withdrawals",
+                                 "Withdrawals older than the watermark forgotten (memory freed, "
+                                 "changelog tombstoned)", registry=self.registry)
         self.freshness = BulkHistogram(
             "segments_event_freshness_seconds",
             "From an applied event's Kafka timestamp to its being applied", FRESHNESS_BUCKETS)
@@ -139,8 +155,12 @@ class RuntimeMetrics:
             self.topic_warnings.labels(topic, setting).set(1)
 
     def handled(self, applied: int, ignored: int, invalid: int,
-                applied_timestamps_ms: list[int]) -> None:
+                applied_timestamps_ms: list[int], late: int = 0, forgotten: int = 0) -> None:
         """A batch's records of one partition were handled."""
+        if late:
+            self.late.inc(late)
+        if forgotten:
+            self.forgotten.inc(forgotten)
         if applied:
             self.applied.inc(applied)
         if ignored:

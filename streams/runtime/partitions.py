@@ -21,6 +21,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from streams.domain.partition import PartitionState
+from streams.domain.store import DEFAULT_GRACE_MS
 from streams.runtime.stalls import StallGuard
 
 logger = logging.getLogger(__name__)
@@ -51,8 +52,10 @@ class Fence:
 class PartitionRegistry:
     """The partition states of one worker."""
 
-    def __init__(self, thresholds: tuple[float, ...], stalls: StallGuard | None = None) -> None:
+    def __init__(self, thresholds: tuple[float, ...], stalls: StallGuard | None = None,
+                 grace_ms: int = DEFAULT_GRACE_MS) -> None:
         self.thresholds = thresholds
+        self.grace_ms = grace_ms
         self.stalls = stalls
         self.phase = Phase.STARTING
         self.generation = 0  # rebalances begun
@@ -69,7 +72,7 @@ class PartitionRegistry:
         return self.phase is Phase.SERVING and not (self.stalls and self.stalls.holding())
 
     def new_state(self, partition: int, rebuilding: bool = False) -> PartitionState:
-        return PartitionState(partition, self.thresholds, rebuilding)
+        return PartitionState(partition, self.thresholds, rebuilding, self.grace_ms)
 
     # -- rebalances ------------------------------------------------------------------------------
     def begin_rebalance(self) -> None:

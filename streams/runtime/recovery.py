@@ -21,7 +21,11 @@ from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams.codec.durable import decode_emitted, decode_recommendation
+from streams.codec.durable import (
+    decode_emitted,
+    decode_recommendation,
+    decode_recommendation_key,
+)
 from streams.codec.exceptions import MalformedRecord
 from streams.codec.names import RECOMMENDATIONS, TABLES, Names
 from streams.domain.partition import PartitionState
@@ -219,9 +223,14 @@ def load_record(state: PartitionState, table: str, partition: int, key: bytes | 
                 skipped: Callable[[str, int, MalformedRecord], None]) -> None:
     """One changelog record of ``table`` into ``state``; a record that is not what this product
     writes goes to ``skipped``."""
-    if key is None or value is None:
+    if key is None:
         return
     try:
+        if value is None:  # a tombstone: the owner forgot that recommendation
+            if table == RECOMMENDATIONS:
+                k = decode_recommendation_key(key)
+                state.store.load_tombstone(k.family, k.user_id)
+            return
         if table == RECOMMENDATIONS:
             k, v = decode_recommendation(key, value, partition)
             state.store.load((k.program_id, k.segment_basis, k.basis_id, k.action_type),

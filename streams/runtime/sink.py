@@ -23,6 +23,8 @@ from streams.runtime.ingest import BatchOutput, InputRecord
 logger = logging.getLogger(__name__)
 
 Source = tuple[str, int]  # (topic, partition) of input records
+# One partition's records: (key, value) pairs, or values by key (None: a tombstone).
+Records = list[tuple[bytes, bytes]] | Mapping[bytes, bytes | None]
 
 
 class Producer(Protocol):
@@ -104,7 +106,7 @@ class Sink:
         return failures
 
     async def _queue(self, topic: str, partition: int,
-                     records: list[tuple[bytes, bytes]] | dict[bytes, bytes],
+                     records: Records,
                      sources: frozenset[Source], changelog_partition: int | None,
                      waits: list[_Wait], failures: Failures) -> None:
         """Queue records for one partition; their deliveries join ``waits``, a failure to
@@ -118,13 +120,13 @@ class Sink:
 
     async def send_partitions(
             self, topic: str,
-            by_partition: Mapping[int, list[tuple[bytes, bytes]] | dict[bytes, bytes]],
+            by_partition: Mapping[int, Records],
             futures: list[asyncio.Future[Any]] | None = None,
     ) -> list[asyncio.Future[Any]]:
-        """Queue records, per partition ``(key, value)`` pairs (a list, or a dict of values by
-        key), in this order per partition, as whole record batches. Returns their delivery
-        futures, appended to ``futures`` when given (so that the caller has those queued
-        before a failure to queue the rest)."""
+        """Queue records, per partition ``(key, value)`` pairs (a list, or a mapping of values
+        by key; a None value is a tombstone), in this order per partition, as whole record
+        batches. Returns their delivery futures, appended to ``futures`` when given (so that
+        the caller has those queued before a failure to queue the rest)."""
         producer = self._producer()
         futures = [] if futures is None else futures
         for partition, items in by_partition.items():
@@ -133,7 +135,7 @@ class Sink:
                 continue
             batch = producer.create_batch()
             append = batch.append
-            for key, value in (items.items() if isinstance(items, dict) else items):
+            for key, value in (items if isinstance(items, list) else items.items()):
                 if append(key=key, value=value, timestamp=None) is None:  # full
                     futures.append(await producer.send_batch(batch, topic, partition=partition))
                     batch = producer.create_batch()

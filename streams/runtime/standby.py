@@ -246,6 +246,9 @@ class StandbyReplicas:
                     load_record(standby.state, table, tp.partition, r.key, r.value,
                                 self._skipped)
                 standby.positions[table] = records[-1].offset + 1
+                # A copy ages as its owner does; the owner writes the tombstones.
+                if standby.state.store.expire():
+                    standby.state.store.forgotten.clear()
             for p, standby in self.standbys.items():
                 if not standby.ready and standby.ends is not None and all(
                         standby.positions.get(t, 0) >= end for t, end in standby.ends.items()):

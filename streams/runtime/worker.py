@@ -137,7 +137,7 @@ def build_worker(settings: Settings, topics: TopicReport | None = None) -> Worke
     app = _faust_app(settings)
     # A pause of half the session might have cost the membership: writes wait for a heartbeat.
     stalls = StallGuard(threshold_s=SESSION_TIMEOUT_S / 2, hold_s=2 * HEARTBEAT_S)
-    registry = PartitionRegistry(settings.watch_thresholds, stalls)
+    registry = PartitionRegistry(settings.watch_thresholds, stalls, settings.grace_ms)
 
     self_url = str(app.conf.canonical_url)
     kafka = {"bootstrap_servers": settings.bootstrap_servers,
@@ -256,7 +256,9 @@ def holdings(registry: PartitionRegistry, lag: dict[tuple[str, int], int],
     return Holdings(recommendations=sum(s.recommendations() for s in states),
                     segments=sum(len(s.store.families) for s in states),
                     programs=len(programs), active_partitions=len(states),
-                    standby_partitions=len(standbys.standbys) if standbys else 0, lag=lag)
+                    standby_partitions=len(standbys.standbys) if standbys else 0, lag=lag,
+                    watermarks={p: wm for p, s in registry.active.items()
+                                if (wm := s.store.watermark) is not None})
 
 
 class Background(mode.Service):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from streams.codec.names import EMITTED_COUNTS, RECOMMENDATIONS
 from streams.codec.partitioner import partition_for
 from streams.domain.rows import SegmentRow, contract_order
+from streams.domain.store import DEFAULT_GRACE_MS
 from streams.runtime.ingest import BatchOutput, IngestHandler, InputRecord
 from streams.runtime.partitions import PartitionRegistry
 from streams.runtime.recovery import Recovery
@@ -41,15 +42,17 @@ class _Topic:
 
 
 class MemoryRuntime:
-    def __init__(self, partitions: int = 4, thresholds: tuple[float, ...] = (0.5,)) -> None:
+    def __init__(self, partitions: int = 4, thresholds: tuple[float, ...] = (0.5,),
+                 grace_ms: int = DEFAULT_GRACE_MS) -> None:
         self.partitions = partitions
         self.thresholds = thresholds
+        self.grace_ms = grace_ms
         self.handler = IngestHandler(NAMES, partitions, MAX_FUTURE_MS)
         self.reader = FakeReader()
         self.input = _Topic()
         self.repartition = _Topic()
         self.dead: list[tuple[InputRecord, str]] = []
-        self.registry = PartitionRegistry(thresholds)
+        self.registry = PartitionRegistry(thresholds, None, grace_ms)
         self.crashes = 0
 
     # -- producing -------------------------------------------------------------------------
@@ -67,7 +70,7 @@ class MemoryRuntime:
     # -- running ---------------------------------------------------------------------------
     async def start(self) -> None:
         """Rebuild every partition from the changelog, as a worker assigned all of them."""
-        self.registry = PartitionRegistry(self.thresholds)
+        self.registry = PartitionRegistry(self.thresholds, None, self.grace_ms)
         recovery = Recovery(self.registry, self.reader, NAMES, self.reader.highwaters)
         assigned = set(range(self.partitions))
         for table in (RECOMMENDATIONS, EMITTED_COUNTS):
@@ -118,6 +121,11 @@ class MemoryRuntime:
             self.commit()
 
     # -- answers ---------------------------------------------------------------------------
+    def held(self) -> int:
+        """Slots held in memory, forgotten ones not yet swept included."""
+        return sum(len(fam.slots) for state in self.registry.active.values()
+                   for fam in state.store.families.values())
+
     def rows(self, program: str, segment_type: str, basis: str, m: float) -> list[SegmentRow]:
         rows: list[SegmentRow] = []
         for state in self.registry.active.values():

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streams.codec.keys import family_key
+from streams.codec.partitioner import partition_for
 from streams.domain.rows import SegmentRow
 from streams.tools.produce import Record
 from tests.support.memory_runtime import MemoryRuntime
@@ -130,3 +131,64 @@ def test_the_issues_minimal_case() -> None:
         return runtime.rows("p1", "growth", "label", 0.0)
 
     assert asyncio.run(go()) == []
+
+
+@st.composite
+def _aging_deliveries(draw: st.DrawFn) -> list[Record]:
+    """Like ``_deliveries``, over a wider span of event time than the grace."""
+    history = draw(st.lists(
+        st.tuples(_events, st.integers(0, 120)).map(
+            lambda pair: dict(pair[0], ts=BASE_TS + pair[1])), min_size=1, max_size=40))
+    order = draw(st.permutations(history))
+    extra = draw(st.lists(st.tuples(st.integers(0, len(order) - 1),
+                                    st.integers(0, len(order))), max_size=10))
+    delivered = list(order)
+    for source, at in extra:
+        delivered.insert(max(at, source + 1), order[source])
+    return [_record(doc) for doc in delivered]
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(records=_aging_deliveries(), grace=st.integers(0, 60), batch=st.integers(1, 7),
+       crashes=st.lists(st.tuples(st.integers(0, 60), st.booleans()), max_size=3))
+def test_aging_forgets_old_withdrawals_and_refuses_late_events_as_the_oracle_does(
+        records: list[Record], grace: int, batch: int, crashes: list[tuple[int, bool]]) -> None:
+    asyncio.run(_run_aging(records, grace, batch, crashes))
+
+
+async def _run_aging(records: list[Record], grace: int, batch: int,
+                     crashes: list[tuple[int, bool]]) -> None:
+    oracle = Oracle(grace_ms=grace, partitions=3)
+    oracle.feed(records)
+    runtime = MemoryRuntime(partitions=3, thresholds=(0.5,), grace_ms=grace)
+    await runtime.start()
+    for r in records:
+        runtime.produce(r)
+    crash_at = dict(crashes)
+    step = 0
+    while runtime.poll(batch):
+        step += 1
+        if step in crash_at:
+            if crash_at[step]:
+                runtime.commit()
+            await runtime.crash()
+        elif step % 2:
+            runtime.commit()
+    _check(runtime, oracle, f"live, {runtime.crashes} crashes")
+    # Every event the oracle finds late is a dead letter with reason late (replays after a
+    # crash may add more: an event applied once, then forgotten, is late when read again).
+    late = [reason for _, reason in runtime.dead if reason.startswith("late: ")]
+    assert len(late) >= len(oracle.late)
+    if not runtime.crashes:
+        assert len(late) == len(oracle.late)
+    runtime.commit()
+    await runtime.crash()
+    _check(runtime, oracle, "rebuilt from the changelog")
+    # Once swept, memory holds exactly the recommendations the oracle says hold state.
+    for state in runtime.registry.active.values():
+        state.store.expire()
+    holding = 0
+    for (program, basis, basis_id, action, _), (ts, _, weight, _) in oracle.recs.items():
+        partition = partition_for(family_key((program, basis, basis_id, action)), 3)
+        holding += weight is not None or ts >= oracle.max_ts[partition] - grace
+    assert runtime.held() == holding

@@ -1,0 +1,87 @@
+"""Aging (contract §2, "Aging, bounded state") in the family store: the watermark, withdrawals
+forgotten, late events refused, and what a rebuild from the changelog makes of them."""
+
+from __future__ import annotations
+
+from streams.domain.events import Event
+from streams.domain.store import FamilyStore
+
+FAMILY = ("p", "label", "l1", "view")
+
+
+def _ev(user: str, weight: float | None, ts: int, basis_id: str = "l1") -> Event:
+    return Event("p", user, "label", basis_id, "Label", "view", weight, False, ts)
+
+
+def test_the_watermark_is_the_greatest_ts_applied_minus_the_grace() -> None:
+    store = FamilyStore(grace_ms=100)
+    assert store.watermark is None
+    store.apply(_ev("u1", 0.5, 1_000), 0)
+    store.apply(_ev("u2", 0.5, 900), 1)  # older: the watermark does not move back
+    assert store.watermark == 900
+    assert store.apply(_ev("u1", 0.9, 10), 2) is False  # ignored: not newer than its state
+    assert store.watermark == 900
+
+
+def test_withdrawals_older_than_the_watermark_are_forgotten_and_queued_for_tombstones() -> None:
+    store = FamilyStore(grace_ms=100)
+    assert store.apply(_ev("u1", 0.5, 1_000), 0)
+    assert store.apply(_ev("u2", None, 1_000), 1)  # never seen: kept with its ts
+    assert store.apply(_ev("u3", None, 1_050, basis_id="l2"), 2)
+    assert store.expire() == 0
+    assert store.apply(_ev("u1", 0.6, 1_120), 3)  # watermark 1,020: u2's withdrawal is older
+    assert store.expire() == 1
+    assert store.take_forgotten() == [(FAMILY, "u2")]
+    assert set(store.families[FAMILY].slots) == {"u1"}
+    assert store.apply(_ev("u4", 0.7, 1_200), 4)  # watermark 1,100: u3's family empties
+    assert store.expire() == 1
+    assert store.take_forgotten() == [(("p", "label", "l2", "view"), "u3")]
+    assert ("p", "label", "l2", "view") not in store.families
+    assert [r.user_count for r in store.query("p", "growth", "label", 0)] == [2]
+
+
+def test_an_event_older_than_the_watermark_without_state_is_late() -> None:
+    store = FamilyStore(grace_ms=100)
+    store.apply(_ev("u1", 0.5, 1_000), 0)
+    assert store.apply(_ev("u2", 0.5, 899), 1) is None  # no state, older than 900: late
+    assert store.apply(_ev("u2", 0.5, 900), 2) is True  # at the watermark: applied
+    assert store.apply(_ev("u1", 0.7, 800), 3) is False  # state held: judged by ts, older
+    assert store.apply(_ev("u3", None, 950), 4)
+    assert store.apply(_ev("u1", 0.7, 1_100), 5)  # watermark 1,000
+    # u3's withdrawal is older than the watermark: forgotten, swept or not, so an event of it
+    # older than the watermark is late and one at or after it applies.
+    assert store.apply(_ev("u3", 0.4, 990), 6) is None
+    assert store.apply(_ev("u3", 0.4, 1_000), 7) is True
+    assert store.query("p", "growth", "label", 0)[0].user_count == 3
+
+
+def test_a_rebuild_restores_the_watermark_and_reads_tombstones_as_no_state() -> None:
+    store = FamilyStore(rebuilding=True, grace_ms=100)
+    store.load(FAMILY, "u1", 0.5, False, 1_000, 0, "Label")
+    store.load(FAMILY, "u2", None, False, 950, 1, "Label")
+    store.load(FAMILY, "u2", None, False, 960, 2, "Label")
+    store.load_tombstone(FAMILY, "u2")
+    store.load(FAMILY, "u3", None, False, 800, 3, "Label")  # older than the watermark
+    store.finish_rebuild()
+    assert store.watermark == 900
+    assert store.apply(_ev("u2", 0.5, 899), 4) is None  # the tombstone: no state, late
+    assert store.expire() == 1  # u3; u2 was forgotten before (its tombstone is written)
+    assert store.take_forgotten() == [(FAMILY, "u3")]
+    assert set(store.families[FAMILY].slots) == {"u1"}
+
+
+def test_made_up_withdrawals_spread_over_event_time_hold_bounded_state() -> None:
+    grace = 2_000
+    store = FamilyStore(grace_ms=grace)
+    peak = 0
+    for i in range(100_000):
+        ts = 1_000_000 + i  # one withdrawal per ms of event time, each a new user and family
+        assert store.apply(_ev(f"ghost-{i}", None, ts, basis_id=f"l{i % 1000}"), i)
+        if i % 500 == 0:
+            store.expire()
+            store.take_forgotten()
+            peak = max(peak, store.recommendations())
+    store.expire()
+    assert store.forgotten_total >= 100_000 - grace - 1
+    assert peak <= grace + 500 + 1
+    assert store.recommendations() <= grace + 1
