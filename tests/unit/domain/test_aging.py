@@ -85,3 +85,13 @@ def test_made_up_withdrawals_spread_over_event_time_hold_bounded_state() -> None
     assert store.forgotten_total >= 100_000 - grace - 1
     assert peak <= grace + 500 + 1
     assert store.recommendations() <= grace + 1
+
+
+def test_a_withdrawal_at_the_watermark_is_kept_and_one_just_older_is_forgotten() -> None:
+    store = FamilyStore(grace_ms=100)
+    assert store.apply(_ev("old", None, 899), 0)
+    assert store.apply(_ev("edge", None, 900), 1)
+    assert store.apply(_ev("u1", 0.5, 1_000), 2)  # watermark 900
+    assert store.expire() == 1
+    assert store.take_forgotten() == [(FAMILY, "old")]
+    assert set(store.families[FAMILY].slots) == {"edge", "u1"}
