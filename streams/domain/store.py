@@ -23,6 +23,9 @@ _NOTHING: list[SegmentRow] = []
 
 # Contract §2, "Aging, bounded state": the default SEGMENTS_GRACE_MS (7 days).
 DEFAULT_GRACE_MS = 7 * 24 * 3600 * 1000
+# A family is swept at most this many times per grace period of event time (so a forgotten
+# withdrawal's memory is freed at most grace / SWEEPS_PER_GRACE after it is forgotten).
+SWEEPS_PER_GRACE = 16
 
 
 class FamilyStore:
@@ -150,7 +153,10 @@ class FamilyStore:
                 n += len(gone)
                 self.forgotten.extend((key, user) for user in gone)
             if oldest is not None:
-                self._expire_later(key, oldest)
+                # Not before another slice of the grace has passed: a large family with a
+                # steady trickle of withdrawals is swept (one pass over it) a bounded number
+                # of times per grace period, not once per batch.
+                self._expire_later(key, max(oldest, watermark + self.grace_ms // SWEEPS_PER_GRACE))
             elif not fam.slots:
                 if key in self.dirty:
                     later.append(key)  # its count change is still to be published

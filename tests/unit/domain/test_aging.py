@@ -3,8 +3,11 @@ forgotten, late events refused, and what a rebuild from the changelog makes of t
 
 from __future__ import annotations
 
+import pytest
+
 from streams.domain.events import Event
-from streams.domain.store import FamilyStore
+from streams.domain.family import Family
+from streams.domain.store import SWEEPS_PER_GRACE, FamilyStore
 
 FAMILY = ("p", "label", "l1", "view")
 
@@ -95,3 +98,27 @@ def test_a_withdrawal_at_the_watermark_is_kept_and_one_just_older_is_forgotten()
     assert store.expire() == 1
     assert store.take_forgotten() == [(FAMILY, "old")]
     assert set(store.families[FAMILY].slots) == {"edge", "u1"}
+
+
+def test_a_large_family_with_a_trickle_of_withdrawals_is_swept_a_bounded_number_of_times(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    grace = 1_600
+    store = FamilyStore(grace_ms=grace)
+    for i in range(5_000):
+        store.apply(_ev(f"member-{i}", 0.5, 0), i)
+    sweeps = 0
+    sweep = Family.sweep
+
+    def counted(self: Family, before: int) -> tuple[list[str], int | None]:
+        nonlocal sweeps
+        sweeps += 1
+        return sweep(self, before)
+
+    monkeypatch.setattr(Family, "sweep", counted)
+    for t in range(1, 16_001):  # ten grace periods, a withdrawal and a batch every ms
+        store.apply(_ev(f"member-{t % 5_000}", None, t), 5_000 + t)
+        store.expire()
+    assert sweeps <= 10 * SWEEPS_PER_GRACE + 2
+    # Memory: what is older than the watermark by more than a slice of the grace is freed.
+    withdrawn = sum(1 for _, rec in store.families[FAMILY].records() if rec.weight is None)
+    assert withdrawn <= grace + grace // SWEEPS_PER_GRACE + 1
