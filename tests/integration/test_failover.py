@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
@@ -56,8 +57,10 @@ pytestmark = pytest.mark.integration
 
 FROZEN = "frozen-program"
 FROZEN_EVENTS = 4_000
-LIVE_EVENTS = 22_000
-LIVE_RATE = 400.0  # events/s: the input flows during the whole run (~55 s)
+# At most this many: the input flows at LIVE_RATE during the whole run and stops once the last
+# fault's phase is over (it lasts longer on a slower machine; the oracle takes what was sent).
+LIVE_EVENTS = 40_000
+LIVE_RATE = 400.0  # events/s
 POLLERS = 3  # per consistency
 # After a fault, before its partitions could move: the 6 s session counts from the member's
 # last heartbeat, up to 1 s before the fault. An answer is judged by when it came back: one
@@ -265,9 +268,7 @@ async def test_reads_survive_a_kill_and_a_stop(kafka_bootstrap: str, redis_serve
     live_records = list(generate(LIVE_EVENTS, seed=602 + n_workers, programs=2, users=3000))
     frozen = Oracle()
     frozen.feed(frozen_records)
-    oracle = Oracle()
-    oracle.feed(frozen_records + live_records)
-    live_programs = sorted(oracle.programs() - {FROZEN})
+    live_programs = sorted({orjson.loads(r.value)["program_id"] for r in live_records})
     cluster = Cluster(kafka_bootstrap, tmp_path, redis_url=redis_server.url)
     workers = [cluster.add_worker() for _ in range(n_workers)]
     targets: list[Worker] = []
@@ -320,7 +321,10 @@ async def test_reads_survive_a_kill_and_a_stop(kafka_bootstrap: str, redis_serve
         log(f"  continued; ready again at {time.monotonic() - t0:.1f}s")
         await asyncio.sleep(3)
 
+        stop_input.set()
         sent = await producer
+        oracle = Oracle()
+        oracle.feed(frozen_records + live_records[:sent])
         stop_reads.set()
         await asyncio.gather(*tasks)
         end = time.monotonic()
@@ -366,7 +370,7 @@ async def test_reads_survive_a_kill_and_a_stop(kafka_bootstrap: str, redis_serve
         assert len(failed) <= MAX_FAILED * len(any_reads), Counter(r.status for r in failed)
         assert all(f.fresh_after is not None for f in faults)
         assert sum(r.mode == "strict" and r.status == 200 for r in reads) > 0
-        assert sent == LIVE_EVENTS
+        assert sent < LIVE_EVENTS, "the input ran out before the last fault's phase was over"
     except BaseException:
         for w in cluster.workers:  # each live worker logs its offsets and tasks
             if w.proc is not None and w.proc.poll() is None:

@@ -343,7 +343,9 @@ async def test_after_all_of_it_every_answer_is_exact_and_the_workers_alive(
 
 
 # -- faults that need a deployment of their own --------------------------------------------------
-PAUSE_EVENTS = 200_000
+# A backlog that keeps both workers writing well past the pause's start (they pause right after
+# they are ready), and a pause four produce timeouts long.
+PAUSE_EVENTS = 120_000
 PAUSED_S = 8.0
 
 
