@@ -21,9 +21,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from streams.domain.events import SEGMENT_TYPES, FamilyKey, SegmentBasis, SegmentType
-from streams.domain.family import Family, SegmentKey
+from streams.domain.family import SegmentKey
 from streams.domain.store import FamilyStore
-from streams.domain.threshold_index import ThresholdIndex
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ is slower (thousands a tick)
@@ -111,8 +110,9 @@ class ChangeLedger:
         """After a rebuild: the families whose counts differ from the last published ones, or
         whose last publication is uncertain, are dirty; unchanged ones are not."""
         for key, fam in store.families.items():
-            for sk, idx, m in self._segments(key, fam):
-                if sk in self.uncertain or idx.count_at_least(m) != self.emitted.get(sk, 0):
+            for sk in self._segments(key):
+                if sk in self.uncertain or fam.count_at_least(sk[1], sk[2]) != self.emitted.get(
+                        sk, 0):
                     store.dirty.add(key)
                     break
 
@@ -128,14 +128,15 @@ class ChangeLedger:
             fam = families.get(key)
             if fam is None:
                 continue
-            for sk, idx, m in self._segments(key, fam):
-                count = idx.count_at_least(m)
+            for sk in self._segments(key):
+                _, segment_type, m = sk
+                count = fam.count_at_least(segment_type, m)
                 previous = emitted.get(sk, 0)
                 if count == previous:
                     if sk not in uncertain:
                         continue
                     previous = uncertain[sk]
-                count, mean = idx.stats_at_least(m)
+                count, mean = fam.stats_at_least(segment_type, m)
                 changes.append(CountChange(sk, fam.name, count, previous, mean))
         confirmations = self.take_confirmations()
         if not changes and not confirmations:
@@ -162,16 +163,9 @@ class ChangeLedger:
                 self.unconfirmed.setdefault(key, count)
         store.dirty.update(c.family for c in publication.changes)
 
-    def _segments(self, key: FamilyKey, fam: Family
-                  ) -> Iterator[tuple[SegmentKey, ThresholdIndex, float]]:
-        """The family's watched segments: key, index and threshold, per segment type and then
-        per threshold (the keys memoised in the family)."""
-        keys = fam.watch_keys
-        if keys is None:
-            keys = fam.watch_keys = tuple((key, t, m) for t in SEGMENT_TYPES
-                                          for m in self.thresholds)
-        i = 0
-        for idx in (fam.growth, fam.base, fam.discovery):
+    def _segments(self, key: FamilyKey) -> Iterator[SegmentKey]:
+        """The keys of the family's watched segments, per segment type and then per threshold
+        (made when asked: the published ones are kept in ``emitted``)."""
+        for t in SEGMENT_TYPES:
             for m in self.thresholds:
-                yield keys[i], idx, m
-                i += 1
+                yield key, t, m

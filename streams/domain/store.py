@@ -4,6 +4,7 @@ them, the threshold indexes, served by program and basis through a bounded query
 from __future__ import annotations
 
 import heapq
+import sys
 from collections import OrderedDict
 from collections.abc import Iterator
 
@@ -63,10 +64,14 @@ class FamilyStore:
     def _family(self, key: FamilyKey) -> Family:
         fam = self.families.get(key)
         if fam is None:
+            # One key object per family, its program, basis and action interned (few values,
+            # each in thousands of families): the store, its queues and the ledger share it.
+            intern = sys.intern
+            key = (intern(key[0]), intern(key[1]), key[2], intern(key[3]))
             version = self.versions.get((key[0], key[1]))
             if version is None:
                 version = self.versions[(key[0], key[1])] = [0]
-            fam = self.families[key] = Family(version)
+            fam = self.families[key] = Family(key, version)
             self.by_program.setdefault(key[0], {}).setdefault(key[1], {})[key] = fam
         return fam
 
@@ -97,10 +102,10 @@ class FamilyStore:
         if max_ts is None or ts > max_ts:
             self.max_ts = ts
         if ev.weight is None:
-            self._expire_later(key, ts)
+            self._expire_later(fam.key, ts)
         fam.version[0] += 1
         if changed:
-            self.dirty.add(key)
+            self.dirty.add(fam.key)
         return True
 
     def load(self, family: FamilyKey, user_id: str, weight: float | None, in_history: bool,
@@ -114,14 +119,14 @@ class FamilyStore:
         if self.max_ts is None or ts > self.max_ts:
             self.max_ts = ts
         if weight is None:
-            self._expire_later(family, ts)
+            self._expire_later(fam.key, ts)
 
     def load_tombstone(self, family: FamilyKey, user_id: str) -> None:
         """Rebuild path: a recommendation forgotten by the owner; no state from now on."""
         fam = self.families.get(family)
         if fam is not None and fam.forget(user_id, indexed=not self.rebuilding):
             fam.version[0] += 1
-            self._expire_later(family, INT64_MIN)
+            self._expire_later(fam.key, INT64_MIN)
 
     def _expire_later(self, family: FamilyKey, ts: int) -> None:
         """``family`` holds a withdrawal at ``ts``: look at it once the watermark passes it."""
@@ -220,7 +225,7 @@ class FamilyStore:
         families = self.by_program.get(program_id, {}).get(segment_basis)
         if families:
             for (_, basis, basis_id, action), fam in families.items():
-                count, mean = fam.index(segment_type).stats_at_least(min_weight)
+                count, mean = fam.stats_at_least(segment_type, min_weight)
                 if count:
                     out.append(SegmentRow(segment_type, basis, basis_id, action, fam.name, count,
                                           mean))

@@ -149,7 +149,7 @@ def test_order_is_ts_then_offset(ts: int, offset: int, ts2: int, offset2: int) -
     assert (stored is not None) == newer
     assert fam.get("u") == ((0.25, False, ts2, offset2) if newer else (0.5, True, ts, offset))
     assert fam.name == ("second" if newer else "first")
-    assert fam.growth.count_at_least(0) == 1
+    assert fam.count_at_least("growth", 0) == 1
 
 
 def _ev(user: str, weight: float | None, ts: int = 100, basis_id: str = "l1") -> Event:
