@@ -17,7 +17,6 @@ tick needs no confirmation record of its own.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from streams.domain.events import SEGMENT_TYPES, FamilyKey, SegmentBasis, SegmentType
@@ -84,23 +83,57 @@ class Publication:
         return out
 
 
+# Distinct count tuples the ledger shares at most (most families of a partition have published
+# the same few small counts).
+SHARED_COUNTS_MAX = 4096
+
+
 class ChangeLedger:
     """The published counts of one partition's segments at the watched thresholds."""
 
     def __init__(self, partition: int, thresholds: tuple[float, ...]) -> None:
         self.partition = partition
         self.thresholds = thresholds
-        self.emitted: dict[SegmentKey, int] = {}
+        # The watched segments of a family (type, threshold), per segment type and then per
+        # threshold, and the position of each.
+        self._watched = tuple((t, m) for t in SEGMENT_TYPES for m in thresholds)
+        self._position = {w: i for i, w in enumerate(self._watched)}
+        # Family -> the last published count of each watched segment, in ``_watched``'s order
+        # (0 when none was published); equal tuples are shared (``_shared``).
+        self.emitted: dict[FamilyKey, tuple[int, ...]] = {}
+        self._none_published = (0,) * len(self._watched)
+        self._shared: dict[tuple[int, ...], tuple[int, ...]] = {}
         # Key -> previous count of a change recorded as about to be published whose publication
         # was never confirmed (its worker died in between): published again once.
         self.uncertain: dict[SegmentKey, int] = {}
         # Key -> count of changes published but not yet recorded as published.
         self.unconfirmed: dict[SegmentKey, int] = {}
 
+    def emitted_count(self, key: SegmentKey) -> int:
+        """The last published count of a segment at a watched threshold (0 if none)."""
+        counts = self.emitted.get(key[0])
+        position = self._position.get((key[1], key[2]))
+        return 0 if counts is None or position is None else counts[position]
+
+    def _emit(self, key: SegmentKey, count: int) -> None:
+        position = self._position.get((key[1], key[2]))
+        if position is None:  # a threshold no longer watched: never compared again
+            return
+        family = key[0]
+        counts = list(self.emitted.get(family, self._none_published))
+        counts[position] = count
+        made = tuple(counts)
+        shared = self._shared.get(made)
+        if shared is None:
+            shared = made
+            if len(self._shared) < SHARED_COUNTS_MAX:
+                self._shared[made] = made
+        self.emitted[family] = shared
+
     def load(self, key: SegmentKey, count: int, previous: int | None = None) -> None:
         """Rebuild path: the last record of one segment and threshold. With ``previous``, it is
         an intent (``previous -> count``): the change may or may not have reached the topic."""
-        self.emitted[key] = count
+        self._emit(key, count)
         if previous is None:
             self.uncertain.pop(key, None)
         else:
@@ -109,10 +142,17 @@ class ChangeLedger:
     def settle(self, store: FamilyStore) -> None:
         """After a rebuild: the families whose counts differ from the last published ones, or
         whose last publication is uncertain, are dirty; unchanged ones are not."""
+        emitted = self.emitted
+        uncertain = self.uncertain
         for key, fam in store.families.items():
-            for sk in self._segments(key):
-                if sk in self.uncertain or fam.count_at_least(sk[1], sk[2]) != self.emitted.get(
-                        sk, 0):
+            counts = emitted.pop(key, None)
+            if counts is None:
+                counts = self._none_published
+            else:
+                emitted[key] = counts  # keyed by the store's key object from now on (shared)
+            for (segment_type, m), published in zip(self._watched, counts, strict=True):
+                if fam.count_at_least(segment_type, m) != published or (
+                        uncertain and (key, segment_type, m) in uncertain):
                     store.dirty.add(key)
                     break
 
@@ -124,20 +164,25 @@ class ChangeLedger:
         uncertain = self.uncertain
         emitted = self.emitted
         families = store.families
+        watched = self._watched
         for key in store.take_dirty():
             fam = families.get(key)
             if fam is None:
                 continue
-            for sk in self._segments(key):
-                _, segment_type, m = sk
+            for (segment_type, m), previous in zip(
+                    watched, emitted.get(key, self._none_published), strict=True):
                 count = fam.count_at_least(segment_type, m)
-                previous = emitted.get(sk, 0)
+                sk: SegmentKey | None = None
                 if count == previous:
+                    if not uncertain:
+                        continue
+                    sk = (key, segment_type, m)
                     if sk not in uncertain:
                         continue
                     previous = uncertain[sk]
                 count, mean = fam.stats_at_least(segment_type, m)
-                changes.append(CountChange(sk, fam.name, count, previous, mean))
+                changes.append(CountChange(sk or (key, segment_type, m), fam.name, count,
+                                           previous, mean))
         confirmations = self.take_confirmations()
         if not changes and not confirmations:
             return None
@@ -151,7 +196,7 @@ class ChangeLedger:
     def published(self, publication: Publication) -> None:
         """Step 3: the changes reached the topic; they are the last published counts now."""
         for c in publication.changes:
-            self.emitted[c.key] = c.user_count
+            self._emit(c.key, c.user_count)
             self.uncertain.pop(c.key, None)
             self.unconfirmed[c.key] = c.user_count
 
@@ -162,10 +207,3 @@ class ChangeLedger:
             for key, count in publication.confirmations.items():
                 self.unconfirmed.setdefault(key, count)
         store.dirty.update(c.family for c in publication.changes)
-
-    def _segments(self, key: FamilyKey) -> Iterator[SegmentKey]:
-        """The keys of the family's watched segments, per segment type and then per threshold
-        (made when asked: the published ones are kept in ``emitted``)."""
-        for t in SEGMENT_TYPES:
-            for m in self.thresholds:
-                yield key, t, m

@@ -156,3 +156,38 @@ def test_records_of_a_publication() -> None:
     change = CountChange(key, "L", 3, 2, 0.7)
     publication = Publication(0, [change], {key: 2, other: 5})
     assert publication.records() == {key: (3, 2), other: (5, None)}
+
+
+def test_published_counts_per_family_at_every_watched_segment() -> None:
+    state = PartitionState(0, (0.5, 0.8))
+    state.apply(_event("u1", 0.9, 1), 0)
+    state.apply(_event("u2", 0.6, 1), 1)
+    publication = state.take_publication()
+    assert publication is not None
+    state.ledger.published(publication)
+    ledger = state.ledger
+    assert {(t, m): ledger.emitted_count((FAMILY, t, m))
+            for t in ("growth", "base", "discovery") for m in (0.5, 0.8)} == {
+        ("growth", 0.5): 2, ("growth", 0.8): 1, ("base", 0.5): 0, ("base", 0.8): 0,
+        ("discovery", 0.5): 2, ("discovery", 0.8): 1}
+    assert ledger.emitted_count((FAMILY, "growth", 0.3)) == 0  # not watched
+    # Families that published the same counts share one tuple; the key is the store's.
+    other = ("p", "label", "l2", "view")
+    state.apply(Event("p", "u1", "label", "l2", "L", "view", 0.9, False, 1), 2)
+    state.apply(Event("p", "u2", "label", "l2", "L", "view", 0.6, False, 1), 3)
+    publication = state.take_publication()
+    assert publication is not None
+    state.ledger.published(publication)
+    assert ledger.emitted[other] is ledger.emitted[FAMILY]
+    (key,) = [k for k in ledger.emitted if k == other]
+    assert key is state.store.families[other].key
+
+
+def test_a_rebuilt_ledger_ignores_thresholds_no_longer_watched() -> None:
+    state = PartitionState(0, WATCHED)
+    state.apply(_event("u1", 0.9, 1), 0)
+    rebuilt = _rebuilt_with(state, [((FAMILY, "growth", 0.5), 1), ((FAMILY, "discovery", 0.5), 1),
+                                    ((FAMILY, "growth", 0.3), 7, 6)])
+    assert rebuilt.take_publication() is None  # 0.3's intent is not watched: nothing to redo
+    (key,) = rebuilt.ledger.emitted
+    assert key is rebuilt.store.families[FAMILY].key
