@@ -127,8 +127,9 @@ def _bench(args: argparse.Namespace) -> int:
     if args.quick:
         cfg.events, cfg.api_recommendations, cfg.api_segments = 3_000, 20_000, 200
         cfg.api_requests, cfg.probes, cfg.stream_clients = 160, 10, 20
+        cfg.long_tail_recommendations = 20_000
     for name in ("events", "api_recommendations", "api_segments", "clients", "api_requests",
-                 "probes", "stream_clients"):
+                 "probes", "stream_clients", "long_tail_recommendations"):
         value = getattr(args, name)
         if value is not None:
             setattr(cfg, name, value)
@@ -198,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--probes", type=int, help="freshness probes (100)")
     bench.add_argument("--stream-clients", type=int,
                        help="live streams open while ingesting, against none (200)")
+    bench.add_argument("--long-tail-recommendations", type=int,
+                       help="recommendations in families of 2-5 users (1000000)")
     bench.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     bench.add_argument("--out", default="benchmarks", help="folder for results.json")
     bench.add_argument("--doc", default="BENCHMARKS.md", help="markdown file with the table")
