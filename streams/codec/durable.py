@@ -7,7 +7,8 @@ once a withdrawal older than the watermark is forgotten (contract §2, aging).
 
 ``emitted-counts``: key ``[program_id, segment_basis, basis_id, action_type, segment_type,
 threshold]``, value ``[count, partition]`` once a change is published, ``[count, partition,
-previous]`` while it is about to be (domain/ledger.py).
+previous]`` while it is about to be (domain/ledger.py); a tombstone once a count of 0 is
+published.
 
 Decoding checks every field (types, ranges, arity, the partition the record belongs to) and
 raises MalformedRecord for anything else.
@@ -112,6 +113,15 @@ def emitted_key(key: SegmentKey) -> bytes:
 def encode_emitted(count: int, partition: int, previous: int | None = None) -> bytes:
     """``[count, partition]``, or for an intent ``[count, partition, previous]``."""
     return encode_exact([count, partition] if previous is None else [count, partition, previous])
+
+
+def decode_emitted_key(key: bytes) -> SegmentKey:
+    """The key of an emitted-counts tombstone (a segment last published at 0)."""
+    try:
+        k = _emitted_key.decode(key)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise MalformedRecord(str(exc)) from None
+    return (k.program_id, k.segment_basis, k.basis_id, k.action_type), k.segment_type, k.threshold
 
 
 def decode_emitted(key: bytes, value: bytes, partition: int

@@ -248,12 +248,16 @@ class Family:
     def sweep(self, before: int) -> tuple[list[str], int | None]:
         """Free the slots of withdrawals older than ``before`` (and of forgotten ones), in one
         pass that renumbers the others. Returns the users whose withdrawals were forgotten
-        (not those forgotten before) and the oldest withdrawal kept (None if none is)."""
+        (not those forgotten before) and the oldest withdrawal kept (None if none is; the
+        withdrawal the name comes from is kept while the family has members, uncounted)."""
         weights, orders, hist = self.weights, self.orders, self.hist
         gone: list[str] = []
         oldest: int | None = None
         kept_weights, kept_orders, kept_hist = array("d"), array("q", orders[:2]), bytearray()
         kept: list[str] = []
+        namer: int | None = None  # the slot of the forgotten withdrawal the name comes from
+        namer_user = ""
+        live = False
         for user, slot in self._pairs():
             w = weights[slot]
             if w != w:  # withdrawn
@@ -261,15 +265,33 @@ class Family:
                 if offset == _FORGOTTEN_OFFSET:
                     continue
                 if ts < before:
-                    gone.append(user)
+                    if ts == orders[0] and offset == orders[1]:
+                        namer, namer_user = slot, user
+                    else:
+                        gone.append(user)
                     continue
                 if oldest is None or ts < oldest:
                     oldest = ts
+            else:
+                live = True
             kept.append(user)
             kept_weights.append(w)
             kept_orders.append(orders[2 * slot + 2])
             kept_orders.append(orders[2 * slot + 3])
             kept_hist.append(hist[slot])
+        if namer is not None:
+            user = namer_user
+            if live:
+                # The family's name comes from this withdrawal: its record stays (not
+                # tombstoned), so that a rebuild from the changelog names the family as this
+                # state does. One per family; freed once a newer event names it.
+                kept.append(user)
+                kept_weights.append(_WITHDRAWN)
+                kept_orders.append(orders[0])
+                kept_orders.append(orders[1])
+                kept_hist.append(hist[namer])
+            else:
+                gone.append(user)
         if len(kept) != len(self.slots):
             self.weights, self.orders, self.hist = kept_weights, kept_orders, kept_hist
             # Tiny again at half the bound, so that a family near it does not flip back and

@@ -123,6 +123,9 @@ class ChangeLedger:
         counts = list(self.emitted.get(family, self._none_published))
         counts[position] = count
         made = tuple(counts)
+        if made == self._none_published:  # the default: nothing kept for a family at 0
+            self.emitted.pop(family, None)
+            return
         shared = self._shared.get(made)
         if shared is None:
             shared = made
@@ -155,6 +158,14 @@ class ChangeLedger:
                         uncertain and (key, segment_type, m) in uncertain):
                     store.dirty.add(key)
                     break
+        # Families gone from the store (aged out, or never rebuilt: a compacted changelog)
+        # whose last published counts are not 0: their segments are published at 0.
+        families = store.families
+        for key in [k for k in emitted if k not in families]:
+            store.dirty.add(key)
+        for sk in uncertain:
+            if sk[0] not in families:
+                store.dirty.add(sk[0])
 
     def take(self, store: FamilyStore) -> Publication | None:
         """Step 1: the counts that differ from the last published ones (dirty families only),
@@ -168,6 +179,7 @@ class ChangeLedger:
         for key in store.take_dirty():
             fam = families.get(key)
             if fam is None:
+                self._take_gone(key, changes)
                 continue
             for (segment_type, m), previous in zip(
                     watched, emitted.get(key, self._none_published), strict=True):
@@ -187,6 +199,19 @@ class ChangeLedger:
         if not changes and not confirmations:
             return None
         return Publication(self.partition, changes, confirmations)
+
+    def _take_gone(self, key: FamilyKey, changes: list[CountChange]) -> None:
+        """A family the store no longer holds (aged out): each of its segments last published
+        above 0, or whose publication is uncertain, is published at 0."""
+        for (segment_type, m), previous in zip(
+                self._watched, self.emitted.get(key, self._none_published), strict=True):
+            sk = (key, segment_type, m)
+            if not previous:
+                if sk not in self.uncertain:
+                    continue
+                previous = self.uncertain[sk]
+            # The name is gone with the family; the contract's default name is the basis id.
+            changes.append(CountChange(sk, key[2], 0, previous, 0.0))
 
     def take_confirmations(self) -> dict[SegmentKey, int]:
         """Published changes not yet recorded as published (for a revocation or a stop)."""

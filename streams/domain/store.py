@@ -9,7 +9,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 
 from streams.domain.events import INT64_MIN, Event, FamilyKey
-from streams.domain.family import Family, StoredRecommendation
+from streams.domain.family import TINY_MAX, Family, StoredRecommendation
 from streams.domain.rows import SegmentRow
 
 # Rows and answers the query memo holds at most (least recently used first).
@@ -27,6 +27,8 @@ DEFAULT_GRACE_MS = 7 * 24 * 3600 * 1000
 # A family is swept at most this many times per grace period of event time (so a forgotten
 # withdrawal's memory is freed at most grace / SWEEPS_PER_GRACE after it is forgotten).
 SWEEPS_PER_GRACE = 16
+# Slots one call of FamilyStore.expire sweeps at most (then the event loop gets a turn).
+SWEEP_BUDGET = 200_000
 
 
 class FamilyStore:
@@ -57,6 +59,8 @@ class FamilyStore:
         # not the one in ``_expiring`` is stale (the family was swept or rescheduled since).
         self._expiry: list[tuple[int, FamilyKey]] = []
         self._expiring: dict[FamilyKey, int] = {}
+        # Large families swept lately -> the event time before which they are not swept again.
+        self._not_before: dict[FamilyKey, int] = {}
         # Forgotten recommendations whose changelog records are still to be tombstoned.
         self.forgotten: list[tuple[FamilyKey, str]] = []
         self.forgotten_total = 0
@@ -129,39 +133,51 @@ class FamilyStore:
             self._expire_later(fam.key, INT64_MIN)
 
     def _expire_later(self, family: FamilyKey, ts: int) -> None:
-        """``family`` holds a withdrawal at ``ts``: look at it once the watermark passes it."""
+        """``family`` holds a withdrawal at ``ts``: look at it once the watermark passes it
+        (a large family not before its next slice of the grace)."""
+        not_before = self._not_before.get(family) if self._not_before else None
+        if not_before is not None and ts < not_before:
+            ts = not_before
         due = self._expiring.get(family)
         if due is None or ts < due:
             self._expiring[family] = ts
             heapq.heappush(self._expiry, (ts, family))
 
-    def expire(self) -> int:
+    def expire(self, budget: int = SWEEP_BUDGET) -> int:
         """Forget the withdrawals older than the watermark: their slots freed, each queued in
         ``forgotten``, a family left without recommendation removed (once its last count
-        change is taken). Returns how many were forgotten."""
+        change is taken). Sweeps families of about ``budget`` slots in all, the oldest due
+        first; the others stay due for the next call (what holds state does not depend on it:
+        ``Family.holds``). Returns how many were forgotten."""
         watermark = self.watermark
         expiry = self._expiry
         if watermark is None or not expiry or expiry[0][0] >= watermark:
             return 0
         n = 0
         later: list[FamilyKey] = []
-        while expiry and expiry[0][0] < watermark:
+        slice_ms = self.grace_ms // SWEEPS_PER_GRACE
+        while expiry and expiry[0][0] < watermark and budget > 0:
             ts, key = heapq.heappop(expiry)
             if self._expiring.get(key) != ts:
                 continue  # stale
             del self._expiring[key]
             fam = self.families.get(key)
             if fam is None:
+                self._not_before.pop(key, None)
                 continue
+            budget -= len(fam.slots)
             gone, oldest = fam.sweep(watermark)
             if gone:
                 n += len(gone)
                 self.forgotten.extend((key, user) for user in gone)
+            # A large family is swept (one pass over it) a bounded number of times per grace
+            # period, whatever the timestamps of the withdrawals it gets meanwhile.
+            if len(fam.slots) > TINY_MAX:
+                self._not_before[key] = watermark + slice_ms
+            else:
+                self._not_before.pop(key, None)
             if oldest is not None:
-                # Not before another slice of the grace has passed: a large family with a
-                # steady trickle of withdrawals is swept (one pass over it) a bounded number
-                # of times per grace period, not once per batch.
-                self._expire_later(key, max(oldest, watermark + self.grace_ms // SWEEPS_PER_GRACE))
+                self._expire_later(key, max(oldest, watermark + slice_ms))
             elif not fam.slots:
                 if key in self.dirty:
                     later.append(key)  # its count change is still to be published
@@ -179,6 +195,7 @@ class FamilyStore:
     def _drop(self, key: FamilyKey) -> None:
         """Remove an empty family (no version bump: it lists no segment)."""
         del self.families[key]
+        self._not_before.pop(key, None)
         bases = self.by_program[key[0]]
         families = bases[key[1]]
         del families[key]

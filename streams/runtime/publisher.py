@@ -99,12 +99,16 @@ class ChangePublisher:
 
     async def _record(self, publications: list[Publication]) -> None:
         """Step 1: each partition's intents and confirmations, acknowledged by the broker."""
-        records: dict[int, dict[bytes, bytes]] = {}
+        records: dict[int, dict[bytes, bytes | None]] = {}
         for publication in publications:
-            out = records[publication.partition] = {}
+            out: dict[bytes, bytes | None] = {}
+            records[publication.partition] = out
             p = publication.partition
             for key, (count, previous) in publication.records().items():
-                out[self._key(key)] = encode_emitted(count, p, previous)
+                # A confirmed 0 is what no record says: a tombstone, so that segments that
+                # emptied leave nothing behind once compacted.
+                out[self._key(key)] = (None if count == 0 and previous is None
+                                       else encode_emitted(count, p, previous))
             await asyncio.sleep(0)  # between partitions (see tick)
         if records:
             await all_delivered(await self.sink.send_partitions(

@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.codec.durable import (
     decode_emitted,
+    decode_emitted_key,
     decode_recommendation,
     decode_recommendation_key,
 )
@@ -226,10 +227,12 @@ def load_record(state: PartitionState, table: str, partition: int, key: bytes | 
     if key is None:
         return
     try:
-        if value is None:  # a tombstone: the owner forgot that recommendation
+        if value is None:  # a tombstone: a forgotten recommendation, a count published at 0
             if table == RECOMMENDATIONS:
                 k = decode_recommendation_key(key)
                 state.store.load_tombstone(k.family, k.user_id)
+            else:
+                state.ledger.load(decode_emitted_key(key), 0)
             return
         if table == RECOMMENDATIONS:
             k, v = decode_recommendation(key, value, partition)

@@ -122,3 +122,38 @@ def test_a_large_family_with_a_trickle_of_withdrawals_is_swept_a_bounded_number_
     # Memory: what is older than the watermark by more than a slice of the grace is freed.
     withdrawn = sum(1 for _, rec in store.families[FAMILY].records() if rec.weight is None)
     assert withdrawn <= grace + grace // SWEEPS_PER_GRACE + 1
+
+
+def test_withdrawals_just_inside_the_grace_do_not_make_a_large_family_swept_every_batch(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each batch brings a withdrawal of a large family's member timed just above the watermark
+    # (late, or a backfill): it must not reschedule the family's sweep to that time.
+    grace = 1_600
+    store = FamilyStore(grace_ms=grace)
+    for i in range(5_000):
+        store.apply(_ev(f"member-{i}", 0.5, 0), i)
+    sweeps = 0
+    sweep = Family.sweep
+
+    def counted(self: Family, before: int) -> tuple[list[str], int | None]:
+        nonlocal sweeps
+        sweeps += 1
+        return sweep(self, before)
+
+    monkeypatch.setattr(Family, "sweep", counted)
+    store.apply(_ev("clock", 0.5, 2_000, basis_id="l2"), 5_000)
+    for t in range(2_001, 6_001):
+        store.apply(_ev("clock", 0.5, t, basis_id="l2"), 5_000 + t)  # event time moves on
+        watermark = t - grace
+        store.apply(_ev(f"member-{t % 5_000}", None, watermark + 1), 10_000 + t)
+        store.expire()
+    assert sweeps <= 3 * SWEEPS_PER_GRACE + 2
+
+
+def test_one_expire_sweeps_about_its_budget_and_leaves_the_rest_due() -> None:
+    store = FamilyStore(grace_ms=10)
+    for i in range(100):
+        store.apply(_ev(f"u{i}", None, 0, basis_id=f"l{i}"), i)
+    store.apply(_ev("clock", 0.5, 100, basis_id="clock"), 100)
+    assert store.expire(budget=30) == 30
+    assert store.expire(budget=1_000) == 70

@@ -104,6 +104,7 @@ def test_a_family_grows_out_of_tiny_and_is_swept_back() -> None:
     fam.put("last", 1.0, True, 1, TINY_MAX, "n")
     assert isinstance(fam.slots, dict) and fam.indexes is not None
     assert fam.count_at_least("growth", 0.0) == TINY_MAX + 1
+    fam.put("last", 1.0, True, 3, 99, "n")  # the newest event: the name comes from it
     for i in range(TINY_MAX):
         fam.put(f"u{i}", None, False, 2, 100 + i, "n")
     assert fam.sweep(3) == ([f"u{i}" for i in range(TINY_MAX)], None)
@@ -122,3 +123,17 @@ def test_a_weight_out_of_range_stores_nothing() -> None:
         else:
             raise AssertionError(weight)
     assert len(fam) == 0 and fam.name == ""
+
+
+def test_the_withdrawal_the_name_comes_from_is_kept_while_the_family_has_members() -> None:
+    fam = Family()
+    fam.put("member", 0.5, True, 1, 0, "Old name")
+    fam.put("gone", None, False, 2, 1, "New name")  # the newest event names the family
+    assert fam.sweep(10) == ([], None)  # older than the watermark, but it names the family
+    assert fam.name == "New name" and set(fam.slots) == {"member", "gone"}
+    assert not fam.holds("gone", 10)  # forgotten all the same
+    fam.put("member", 0.6, True, 11, 2, "Newest")
+    assert fam.sweep(10) == (["gone"], None)  # no longer the name's source
+    lonely = Family()
+    lonely.put("gone", None, False, 2, 1, "n")
+    assert lonely.sweep(10) == (["gone"], None)  # no member to name: freed

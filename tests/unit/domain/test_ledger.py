@@ -191,3 +191,38 @@ def test_a_rebuilt_ledger_ignores_thresholds_no_longer_watched() -> None:
     assert rebuilt.take_publication() is None  # 0.3's intent is not watched: nothing to redo
     (key,) = rebuilt.ledger.emitted
     assert key is rebuilt.store.families[FAMILY].key
+
+
+def test_a_family_aged_out_while_its_change_to_0_fails_is_still_published_at_0() -> None:
+    # The reviewer's case: the change 1 -> 0 is taken, its publication fails after a batch has
+    # aged the family out of the store.
+    state = PartitionState(0, WATCHED, grace_ms=10)
+    state.apply(_event("u1", 0.9, 1), 0)
+    first = state.take_publication()
+    assert first is not None
+    state.ledger.published(first)
+    state.apply(_event("u1", None, 2), 1)
+    to_zero = state.take_publication()
+    assert to_zero is not None and _growth(to_zero.changes) == [(0, 1)]
+    # Another family's event moves the watermark past u1's withdrawal: l1 is emptied.
+    state.apply(Event("p", "u2", "label", "l2", "L2", "view", 0.1, False, 100), 2)
+    state.store.take_dirty()
+    state.store.expire()
+    assert FAMILY not in state.store.families
+    state.ledger.failed(to_zero, state.store, recorded=True)
+    again = state.take_publication()
+    assert again is not None and _growth(again.changes) == [(0, 1)]
+    assert again.changes[0].name == "l1"  # the family's name went with it: the basis id
+    state.ledger.published(again)
+    assert FAMILY not in state.ledger.emitted  # nothing kept for a family at 0
+
+
+def test_a_new_owner_publishes_0_for_a_family_it_no_longer_holds() -> None:
+    # A standby copy or a rebuild from a compacted changelog may hold no family where the last
+    # published count was not 0 (the old owner aged it out before its next tick).
+    state = PartitionState(0, WATCHED)
+    rebuilt = _rebuilt_with(state, [((FAMILY, "growth", 0.5), 2), ((FAMILY, "base", 0.5), 0)])
+    assert _growth(_take(rebuilt)) == [(0, 2)]
+    uncertain = _rebuilt_with(state, [((FAMILY, "discovery", 0.5), 0, 3)])
+    assert [(c.segment_type, c.user_count, c.previous_user_count)
+            for c in _take(uncertain)] == [("discovery", 0, 3)]

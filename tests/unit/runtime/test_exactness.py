@@ -184,11 +184,21 @@ async def _run_aging(records: list[Record], grace: int, batch: int,
     runtime.commit()
     await runtime.crash()
     _check(runtime, oracle, "rebuilt from the changelog")
-    # Once swept, memory holds exactly the recommendations the oracle says hold state.
+    # Once swept, memory holds exactly the recommendations the oracle says hold state, plus,
+    # in a family with members, the forgotten withdrawal its name comes from (kept so that a
+    # rebuild names it alike).
     for state in runtime.registry.active.values():
         state.store.expire()
     holding = 0
+    members: set[tuple[str, ...]] = set()
     for (program, basis, basis_id, action, _), (ts, _, weight, _) in oracle.recs.items():
-        partition = partition_for(family_key((program, basis, basis_id, action)), 3)
+        family = (program, basis, basis_id, action)
+        partition = partition_for(family_key(family), 3)
         holding += weight is not None or ts >= oracle.max_ts[partition] - grace
+        if weight is not None:
+            members.add(family)
+    for family, ((ts, seq), _) in oracle.names.items():
+        source = orjson.loads(records[seq - 1].value)  # the oracle counts records from 1
+        watermark = oracle.max_ts[partition_for(family_key(family), 3)] - grace
+        holding += family in members and source["weight"] is None and ts < watermark
     assert runtime.held() == holding

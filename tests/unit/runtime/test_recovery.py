@@ -91,6 +91,21 @@ async def test_malformed_records_are_skipped_and_counted() -> None:
     assert counts(registry, 0) == [1]
 
 
+async def test_tombstones_read_back_as_no_state_and_a_count_of_0() -> None:
+    registry, reader, recovery = setup()
+    write_recommendation(reader, 0, "u1", 0.7)
+    write_recommendation(reader, 0, "u2", 0.8)
+    reader.write(RECS, 0, rkey(FAMILY, "u2"), None)  # forgotten by its owner
+    key = (FAMILY, "growth", 0.5)
+    reader.write(EMITTED, 0, emitted_key(key), encode_emitted(1, 0, 2))  # an intent 2 -> 1
+    reader.write(EMITTED, 0, emitted_key(key), None)  # then published at 0
+    await rebalance(recovery, {0})
+    assert counts(registry, 0) == [1]
+    ledger = registry.active[0].ledger
+    assert ledger.emitted_count(key) == 0 and key not in ledger.uncertain
+    assert recovery.stats.malformed_records == 0
+
+
 async def test_a_stale_partition_is_rebuilt_from_its_changelog() -> None:
     registry, reader, recovery = setup()
     write_recommendation(reader, 0, "u1", 0.7)
