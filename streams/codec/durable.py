@@ -3,7 +3,11 @@
 ``recommendations``: key ``[program_id, segment_basis, basis_id, action_type, user_id]``, value
 ``[weight, in_history, ts, offset, partition, name]``: one last-writer-wins record per
 recommendation (the durable state; everything else is derived from it); a tombstone (no value)
-once a withdrawal older than the watermark is forgotten (contract §2, aging).
+once a withdrawal older than the watermark is forgotten (contract §2, aging). ``offset`` is the
+position of the event's input record (codec/position.py: input partition and offset in one
+integer), which orders events of equal ``ts``; values written before positions were introduced
+hold the offset the event was applied at (of the input or of the repartition topic).
+``partition`` is the changelog partition the record belongs to.
 
 ``emitted-counts``: key ``[program_id, segment_basis, basis_id, action_type, segment_type,
 threshold]``, value ``[count, partition]`` once a change is published, ``[count, partition,
@@ -81,9 +85,9 @@ def recommendation_key(family: FamilyKey, user_id: str) -> bytes:
     return encode_exact([*family, user_id])
 
 
-def encode_applied(ev: Event, offset: int, partition: int) -> bytes:
-    """Value of the recommendation an event applied at ``offset`` of ``partition`` stored."""
-    return encode_exact([ev.weight, ev.in_history, ev.ts, offset, partition, ev.name])
+def encode_applied(ev: Event, position: int, partition: int) -> bytes:
+    """Value of the recommendation an event at input ``position`` stored on ``partition``."""
+    return encode_exact([ev.weight, ev.in_history, ev.ts, position, partition, ev.name])
 
 
 def encode_recommendation(weight: float | None, in_history: bool, ts: int, offset: int,

@@ -18,6 +18,7 @@ from streams.codec.input import encode_input, parse_event
 from streams.codec.keys import family_key
 from streams.codec.names import Names
 from streams.codec.partitioner import partition_for
+from streams.codec.position import input_position
 from streams.codec.wire import decode_event, encode_event
 from streams.domain.events import Event, FamilyKey
 from streams.domain.exceptions import InvalidEvent
@@ -139,7 +140,9 @@ class IngestHandler:
         """Input records: validate each, then aggregate it into ``state`` when it is keyed by
         its family on its family's partition, else repartition it. ``state`` None: the input
         partition is not co-assigned with the state partition of the same number (the input
-        has another partition count), so every record is repartitioned."""
+        has another partition count), so every record is repartitioned. Either way an event is
+        ordered by its input position (codec/position.py), which the repartitioned record
+        carries."""
         route = self.route
         dead = out.dead
         repartition = out.repartition
@@ -157,14 +160,20 @@ class IngestHandler:
                 dead.append((r, exc.reason))
                 invalid += 1
                 continue
+            offset = r.offset
+            try:
+                position = input_position(partition, offset)
+            except InvalidEvent as exc:
+                dead.append((r, exc.reason))
+                invalid += 1
+                continue
             family = ev.family
             fkey, fpart = route(family)
             if apply is not None and fpart == partition and r.key == fkey:
-                offset = r.offset
-                stored = apply(ev, offset, family)
+                stored = apply(ev, position, family)
                 if stored:
                     writes[recommendation_key(family, ev.user_id)] = encode_applied(
-                        ev, offset, partition)
+                        ev, position, partition)
                     applied_ts.append(r.timestamp)
                 elif stored is None:
                     dead.append((r, self.late(ev, partition, state)))
@@ -175,7 +184,7 @@ class IngestHandler:
                 group = repartition.get(fpart)
                 if group is None:
                     group = repartition[fpart] = []
-                group.append((fkey, encode_event(ev, r.timestamp)))
+                group.append((fkey, encode_event(ev, r.timestamp, partition, offset)))
                 destinations.add(fpart)
         outcome.applied = len(applied_ts)
         outcome.ignored = ignored
@@ -190,9 +199,10 @@ class IngestHandler:
 
     def aggregate(self, topic: str, partition: int, state: PartitionState,
                   records: Iterable[InputRecord], out: BatchOutput) -> Outcome:
-        """Repartitioned events: apply each to the partition's state. The topic is writable by
-        anyone: a record that is not a compact event, or that belongs to another partition, is
-        a dead letter."""
+        """Repartitioned events: apply each to the partition's state, ordered by the input
+        position it carries (records written before it was carried: by their offset here). The
+        topic is writable by anyone: a record that is not a compact event, or that belongs to
+        another partition, is a dead letter."""
         dead = out.dead
         writes = out.writes_for(partition)
         apply = state.store.apply
@@ -202,7 +212,8 @@ class IngestHandler:
         invalid = ignored = late = 0
         for r in records:
             try:
-                ev, record_ts = decode_event(r.value or b"")
+                ev, record_ts, source = decode_event(r.value or b"")
+                position = r.offset if source is None else input_position(*source)
             except InvalidEvent as exc:  # not written by an ingest
                 dead.append((r, f"bad repartition record: {exc.reason}"))
                 invalid += 1
@@ -214,10 +225,9 @@ class IngestHandler:
                                 f"partition {partition}"))
                 invalid += 1
                 continue
-            offset = r.offset
-            stored = apply(ev, offset, family)
+            stored = apply(ev, position, family)
             if stored:
-                writes[recommendation_key(family, ev.user_id)] = encode_applied(ev, offset,
+                writes[recommendation_key(family, ev.user_id)] = encode_applied(ev, position,
                                                                                 partition)
                 applied_ts.append(r.timestamp if record_ts is None else record_ts)
             elif stored is None:

@@ -56,15 +56,17 @@ class MemoryRuntime:
         self.crashes = 0
 
     # -- producing -------------------------------------------------------------------------
-    def produce(self, record: Record, partition: int | None = None) -> None:
-        """``record`` onto the input topic: on ``partition`` if given (then unkeyed), else on
-        its key's partition, as Kafka's default partitioner puts it."""
+    def produce(self, record: Record, partition: int | None = None, keyed: bool = False
+                ) -> None:
+        """``record`` onto the input topic: on ``partition`` if given (with its key if
+        ``keyed``, else unkeyed), else keyed on its key's partition, as Kafka's default
+        partitioner puts it."""
         if partition is None:
             assert record.key is not None
             partition = partition_for(record.key, self.partitions)
-            key = record.key
+            key: bytes | None = record.key
         else:
-            key = None
+            key = record.key if keyed else None
         self.input.append(NAMES.input_topic, partition, key, record.value, record.timestamp_ms)
 
     # -- running ---------------------------------------------------------------------------

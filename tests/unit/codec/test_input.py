@@ -169,15 +169,19 @@ def test_any_valid_event_is_accepted_as_is(program_id: str, user_id: str, basis:
         assert ev.weight is None
     else:
         assert ev.weight == weight and not math.isnan(ev.weight)
-    # The repartition form carries the same event, and the input record's timestamp.
-    decoded, record_ts = decode_event(encode_event(ev, RECORD_TS))
-    assert {k: v for k, v in fields(decoded).items() if k != "record_ts"} == fields(ev)
-    assert record_ts == RECORD_TS
+    # The repartition form carries the same event, and the input record's timestamp,
+    # partition and offset.
+    decoded, record_ts, source = decode_event(encode_event(ev, RECORD_TS, 3, 1 << 46))
+    extra = ("record_ts", "source_partition", "source_offset")
+    assert {k: v for k, v in fields(decoded).items() if k not in extra} == fields(ev)
+    assert (record_ts, source) == (RECORD_TS, (3, 1 << 46))
 
 
-def test_repartition_records_of_before_the_timestamp_still_decode() -> None:
-    ev, record_ts = decode_event(b'["p","u","label","b","n","a",0.5,true,17]')
-    assert (ev.ts, record_ts) == (17, None)
+def test_repartition_records_of_before_the_position_still_decode() -> None:
+    ev, record_ts, source = decode_event(b'["p","u","label","b","n","a",0.5,true,17]')
+    assert (ev.ts, record_ts, source) == (17, None, None)
+    ev, record_ts, source = decode_event(b'["p","u","label","b","n","a",0.5,true,17,18]')
+    assert (ev.ts, record_ts, source) == (17, 18, None)
 
 
 def test_repartition_records_are_checked_too() -> None:
@@ -185,3 +189,7 @@ def test_repartition_records_are_checked_too() -> None:
         decode_event(b"[" * 100_000 + b"]" * 100_000)
     with pytest.raises(InvalidEvent):
         decode_event(b'["p","u","label","b","n","a",0.5,true,"not an int"]')
+    with pytest.raises(InvalidEvent):  # a partition without its offset
+        decode_event(b'["p","u","label","b","n","a",0.5,true,17,18,2]')
+    with pytest.raises(InvalidEvent):
+        decode_event(b'["p","u","label","b","n","a",0.5,true,17,18,2,"5"]')
