@@ -18,7 +18,7 @@ import pytest
 import pytest_asyncio
 import redis
 
-from streams.tools.produce import Record, generate
+from streams.tools.produce import BASE_TS, Record, generate
 from streams.tools.redis_local import RedisServer
 from tests.support.harness import (
     Cluster,
@@ -301,9 +301,9 @@ async def test_force_refresh_sees_what_the_cache_does_not(api: Setup) -> None:
     program = "program-cache"
     event = {"program_id": program, "user_id": "u1", "segment_basis": "label",
              "basis_id": "fresh", "action_type": "view", "weight": 0.9, "in_history": True,
-             "ts": 1}
+             "ts": BASE_TS}  # within the grace of the deployment's event time (§2, aging)
     await produce_records(api.cluster.bootstrap, api.cluster.input_topic,
-                          [Record(None, orjson.dumps(event), 1, True)])
+                          [Record(None, orjson.dumps(event), BASE_TS, True)])
     await wait_no_lag(api.cluster)
     status, first = await api.get(program=program)
     assert status == 200 and first["total"] == 1 and first["items"][0]["user_count"] == 1
@@ -312,9 +312,9 @@ async def test_force_refresh_sees_what_the_cache_does_not(api: Setup) -> None:
                                 worker=1)
     assert status == 200 and own["items"][0]["user_count"] == 1
 
-    event.update(user_id="u2", ts=2)
+    event.update(user_id="u2", ts=BASE_TS + 1)
     await produce_records(api.cluster.bootstrap, api.cluster.input_topic,
-                          [Record(None, orjson.dumps(event), 2, True)])
+                          [Record(None, orjson.dumps(event), BASE_TS + 1, True)])
     await wait_no_lag(api.cluster)
     status, cached = await api.get(program=program)
     assert cached == first, "the cached answer (TTL 30 s) should not have moved yet"
