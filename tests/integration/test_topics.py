@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -117,6 +118,19 @@ async def test_a_changelog_that_is_not_compacted_is_named_in_a_warning_and_a_met
         cluster.stop_all()
 
 
+async def _wait_listed(bootstrap: str, topic: str, timeout_s: float = 30.0) -> None:
+    """Until the broker(s) at ``bootstrap`` list ``topic`` in their metadata."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while topic not in await admin.list_topics():
+            assert time.monotonic() < deadline, f"{bootstrap} never listed {topic}"
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+
+
 @pytest.fixture(scope="module")
 def three_brokers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A three-node KRaft cluster on loopback (`segments kafka start --brokers 3`)."""
@@ -136,6 +150,9 @@ async def test_on_three_brokers_topics_get_rf_3_and_min_insync_2_and_rf_1_is_war
     await admin.start()
     try:
         await admin.create_topics([NewTopic("three-dlq", 8, 1)])
+        # Every broker knows the topic before the worker's check asks any of them.
+        for node in three_brokers.split(","):
+            await _wait_listed(node, "three-dlq")
         report = await ensure_topics(settings, wait_s=30)
         created = ["three-in", "three-changes", "three-recommendations-by-segment",
                    *settings.names.changelog_topics]
