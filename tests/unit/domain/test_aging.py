@@ -100,25 +100,30 @@ def test_a_withdrawal_at_the_watermark_is_kept_and_one_just_older_is_forgotten()
     assert set(store.families[FAMILY].slots) == {"edge", "u1"}
 
 
+def _count_sweeps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """From now on, Family.sweep calls are counted in the list's one item."""
+    sweeps = [0]
+    sweep = Family.sweep
+
+    def counted(self: Family, before: int) -> tuple[list[str], int | None]:
+        sweeps[0] += 1
+        return sweep(self, before)
+
+    monkeypatch.setattr(Family, "sweep", counted)
+    return sweeps
+
+
 def test_a_large_family_with_a_trickle_of_withdrawals_is_swept_a_bounded_number_of_times(
         monkeypatch: pytest.MonkeyPatch) -> None:
     grace = 1_600
     store = FamilyStore(grace_ms=grace)
     for i in range(5_000):
         store.apply(_ev(f"member-{i}", 0.5, 0), i)
-    sweeps = 0
-    sweep = Family.sweep
-
-    def counted(self: Family, before: int) -> tuple[list[str], int | None]:
-        nonlocal sweeps
-        sweeps += 1
-        return sweep(self, before)
-
-    monkeypatch.setattr(Family, "sweep", counted)
+    sweeps = _count_sweeps(monkeypatch)
     for t in range(1, 16_001):  # ten grace periods, a withdrawal and a batch every ms
         store.apply(_ev(f"member-{t % 5_000}", None, t), 5_000 + t)
         store.expire()
-    assert sweeps <= 10 * SWEEPS_PER_GRACE + 2
+    assert sweeps[0] <= 10 * SWEEPS_PER_GRACE + 2
     # Memory: what is older than the watermark by more than a slice of the grace is freed.
     withdrawn = sum(1 for _, rec in store.families[FAMILY].records() if rec.weight is None)
     assert withdrawn <= grace + grace // SWEEPS_PER_GRACE + 1
@@ -132,22 +137,14 @@ def test_withdrawals_just_inside_the_grace_do_not_make_a_large_family_swept_ever
     store = FamilyStore(grace_ms=grace)
     for i in range(5_000):
         store.apply(_ev(f"member-{i}", 0.5, 0), i)
-    sweeps = 0
-    sweep = Family.sweep
-
-    def counted(self: Family, before: int) -> tuple[list[str], int | None]:
-        nonlocal sweeps
-        sweeps += 1
-        return sweep(self, before)
-
-    monkeypatch.setattr(Family, "sweep", counted)
+    sweeps = _count_sweeps(monkeypatch)
     store.apply(_ev("clock", 0.5, 2_000, basis_id="l2"), 5_000)
     for t in range(2_001, 6_001):
         store.apply(_ev("clock", 0.5, t, basis_id="l2"), 5_000 + t)  # event time moves on
         watermark = t - grace
         store.apply(_ev(f"member-{t % 5_000}", None, watermark + 1), 10_000 + t)
         store.expire()
-    assert sweeps <= 3 * SWEEPS_PER_GRACE + 2
+    assert sweeps[0] <= 3 * SWEEPS_PER_GRACE + 2
 
 
 def test_one_expire_sweeps_about_its_budget_and_leaves_the_rest_due() -> None:

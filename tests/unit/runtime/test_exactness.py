@@ -32,9 +32,7 @@ _events = st.fixed_dictionaries({
     "weight": st.one_of(st.none(), st.sampled_from((0.0, 0.25, 0.5, 0.731, 1.0)),
                         st.floats(0, 1)),
     "in_history": st.booleans(),
-    # A narrow range: equal timestamps (ties broken by position) are common.
-    "ts": st.integers(0, 20).map(lambda d: BASE_TS + d),
-})
+})  # ts: drawn by _deliveries
 
 
 def _record(doc: dict[str, object]) -> Record:
@@ -44,10 +42,13 @@ def _record(doc: dict[str, object]) -> Record:
 
 
 @st.composite
-def _deliveries(draw: st.DrawFn) -> list[Record]:
-    """A history, then the order it arrives in: shuffled, with duplicates of any event at any
-    later point (at-least-once producers resend)."""
-    history = draw(st.lists(_events, min_size=1, max_size=40))
+def _deliveries(draw: st.DrawFn, span_ms: int = 20) -> list[Record]:
+    """A history over ``span_ms`` of event time (a narrow one makes equal timestamps common),
+    then the order it arrives in: shuffled, with duplicates of any event at any later point
+    (at-least-once producers resend)."""
+    history = draw(st.lists(
+        st.tuples(_events, st.integers(0, span_ms)).map(
+            lambda pair: dict(pair[0], ts=BASE_TS + pair[1])), min_size=1, max_size=40))
     order = draw(st.permutations(history))
     extra = draw(st.lists(st.tuples(st.integers(0, len(order) - 1),
                                     st.integers(0, len(order))), max_size=10))
@@ -66,6 +67,22 @@ def _expected(oracle: Oracle, program: str, segment_type: str, basis: str, m: fl
               ) -> list[tuple[object, ...]]:
     return [(*row[:6], round(row[6], 9)) for row in oracle.segments(program, segment_type, basis,
                                                                       m)]
+
+
+async def _drive(runtime: MemoryRuntime, batch: int, crashes: list[tuple[int, bool]]) -> None:
+    """Poll until the input is read; at each crash step (committing first or not) crash, so
+    that a suffix of the input is read again and what it repartitions re-sent; between
+    crashes, commit every other batch."""
+    crash_at = dict(crashes)
+    step = 0
+    while runtime.poll(batch):
+        step += 1
+        if step in crash_at:
+            if crash_at[step]:
+                runtime.commit()
+            await runtime.crash()
+        elif step % 2:
+            runtime.commit()
 
 
 def _check(runtime: MemoryRuntime, oracle: Oracle, context: str) -> None:
@@ -115,17 +132,7 @@ async def _run(records: list[Record], batch: int, crashes: list[tuple[int, bool]
         partition = partition_for(r.key, PARTITIONS) if route is None else route
         # Keyed on its family's partition: applied there; otherwise repartitioned.
         runtime.produce(r, partition=partition, keyed=is_keyed)
-    crash_at = {at: committed for at, committed in crashes}
-    step = 0
-    while runtime.poll(batch):
-        step += 1
-        if step in crash_at:
-            if crash_at[step]:
-                runtime.commit()
-            # A replay reads a suffix of the input again, and re-sends what it repartitions.
-            await runtime.crash()
-        elif step % 2:
-            runtime.commit()
+    await _drive(runtime, batch, crashes)
     _check(runtime, oracle, f"live, {runtime.crashes} crashes")
     runtime.commit()
     await runtime.crash()  # everything rebuilt from the changelog alone
@@ -150,23 +157,8 @@ def test_the_issues_minimal_case() -> None:
     assert asyncio.run(go()) == []
 
 
-@st.composite
-def _aging_deliveries(draw: st.DrawFn) -> list[Record]:
-    """Like ``_deliveries``, over a wider span of event time than the grace."""
-    history = draw(st.lists(
-        st.tuples(_events, st.integers(0, 120)).map(
-            lambda pair: dict(pair[0], ts=BASE_TS + pair[1])), min_size=1, max_size=40))
-    order = draw(st.permutations(history))
-    extra = draw(st.lists(st.tuples(st.integers(0, len(order) - 1),
-                                    st.integers(0, len(order))), max_size=10))
-    delivered = list(order)
-    for source, at in extra:
-        delivered.insert(max(at, source + 1), order[source])
-    return [_record(doc) for doc in delivered]
-
-
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(records=_aging_deliveries(), grace=st.integers(0, 60), batch=st.integers(1, 7),
+@given(records=_deliveries(span_ms=120), grace=st.integers(0, 60), batch=st.integers(1, 7),
        crashes=st.lists(st.tuples(st.integers(0, 60), st.booleans()), max_size=3))
 def test_aging_forgets_old_withdrawals_and_refuses_late_events_as_the_oracle_does(
         records: list[Record], grace: int, batch: int, crashes: list[tuple[int, bool]]) -> None:
@@ -181,16 +173,7 @@ async def _run_aging(records: list[Record], grace: int, batch: int,
     await runtime.start()
     for r in records:
         runtime.produce(r)
-    crash_at = dict(crashes)
-    step = 0
-    while runtime.poll(batch):
-        step += 1
-        if step in crash_at:
-            if crash_at[step]:
-                runtime.commit()
-            await runtime.crash()
-        elif step % 2:
-            runtime.commit()
+    await _drive(runtime, batch, crashes)
     _check(runtime, oracle, f"live, {runtime.crashes} crashes")
     # Every event the oracle finds late is a dead letter with reason late (replays after a
     # crash may add more: an event applied once, then forgotten, is late when read again).
