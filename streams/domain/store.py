@@ -85,7 +85,8 @@ class FamilyStore:
         return None if self.max_ts is None else self.max_ts - self.grace_ms
 
     def apply(self, ev: Event, offset: int, family: FamilyKey | None = None) -> bool | None:
-        """Apply one event at ``offset`` (its position in the partition); True if stored,
+        """Apply one event at ``offset`` (its order among events of equal ts: the input
+        record's position, as the runtime computes it); True if stored,
         False if it is not newer than the stored one (older, or a replay of an offset already
         applied), None if it is too late: older than the watermark, for a recommendation that
         holds no state. ``family``: the event's family key when the caller has it already."""
