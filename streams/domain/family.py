@@ -255,8 +255,7 @@ class Family:
         oldest: int | None = None
         kept_weights, kept_orders, kept_hist = array("d"), array("q", orders[:2]), bytearray()
         kept: list[str] = []
-        namer: int | None = None  # the slot of the forgotten withdrawal the name comes from
-        namer_user = ""
+        namer: tuple[str, int] | None = None  # the forgotten withdrawal the name comes from
         live = False
         for user, slot in self._pairs():
             w = weights[slot]
@@ -266,7 +265,7 @@ class Family:
                     continue
                 if ts < before:
                     if ts == orders[0] and offset == orders[1]:
-                        namer, namer_user = slot, user
+                        namer = user, slot
                     else:
                         gone.append(user)
                     continue
@@ -280,7 +279,7 @@ class Family:
             kept_orders.append(orders[2 * slot + 3])
             kept_hist.append(hist[slot])
         if namer is not None:
-            user = namer_user
+            user, slot = namer
             if live:
                 # The family's name comes from this withdrawal: its record stays (not
                 # tombstoned), so that a rebuild from the changelog names the family as this
@@ -289,7 +288,7 @@ class Family:
                 kept_weights.append(_WITHDRAWN)
                 kept_orders.append(orders[0])
                 kept_orders.append(orders[1])
-                kept_hist.append(hist[namer])
+                kept_hist.append(hist[slot])
             else:
                 gone.append(user)
         if len(kept) != len(self.slots):

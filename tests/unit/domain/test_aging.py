@@ -113,12 +113,21 @@ def _count_sweeps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return sweeps
 
 
-def test_a_large_family_with_a_trickle_of_withdrawals_is_swept_a_bounded_number_of_times(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    grace = 1_600
+LARGE_GRACE_MS = 1_600
+
+
+def _large_family(grace: int) -> FamilyStore:
+    """A store whose family FAMILY has 5,000 members (weights at ts 0, offsets 0-4,999)."""
     store = FamilyStore(grace_ms=grace)
     for i in range(5_000):
         store.apply(_ev(f"member-{i}", 0.5, 0), i)
+    return store
+
+
+def test_a_large_family_with_a_trickle_of_withdrawals_is_swept_a_bounded_number_of_times(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    grace = LARGE_GRACE_MS
+    store = _large_family(grace)
     sweeps = _count_sweeps(monkeypatch)
     for t in range(1, 16_001):  # ten grace periods, a withdrawal and a batch every ms
         store.apply(_ev(f"member-{t % 5_000}", None, t), 5_000 + t)
@@ -133,10 +142,8 @@ def test_withdrawals_just_inside_the_grace_do_not_make_a_large_family_swept_ever
         monkeypatch: pytest.MonkeyPatch) -> None:
     # Each batch brings a withdrawal of a large family's member timed just above the watermark
     # (late, or a backfill): it must not reschedule the family's sweep to that time.
-    grace = 1_600
-    store = FamilyStore(grace_ms=grace)
-    for i in range(5_000):
-        store.apply(_ev(f"member-{i}", 0.5, 0), i)
+    grace = LARGE_GRACE_MS
+    store = _large_family(grace)
     sweeps = _count_sweeps(monkeypatch)
     store.apply(_ev("clock", 0.5, 2_000, basis_id="l2"), 5_000)
     for t in range(2_001, 6_001):
