@@ -202,8 +202,10 @@ class Family:
     def _append(self, user_id: str, weight: float | None, in_history: bool, ts: int,
                 offset: int) -> None:
         """A new user's slot."""
-        # Interned: a user appears in many segments; they then share one string.
-        user = sys.intern(user_id)
+        # Interned: a user appears in many segments; they then share one string. Not for a
+        # withdrawal, often of a made-up user that ages out: churning the interpreter's intern
+        # table with short-lived strings leaves it twice its size (BENCHMARKS.md, memory).
+        user = user_id if weight is None else sys.intern(user_id)
         slots = self.slots
         slot = len(self.weights)
         if isinstance(slots, dict):

@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.codec.names import Names
+from streams.runtime.kafka_clients import start_consumer
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ class GroupLag:
             async with asyncio.timeout(READ_TIMEOUT_S):
                 if self._offsets is None:
                     self._offsets = self._make_consumer()
-                    await self._offsets.start()
+                    await start_consumer(self._offsets)
                 inputs = self._input_partitions() or self._partitions
                 tps = [TopicPartition(self._input_topic, p) for p in range(inputs)]
                 tps += [TopicPartition(self._repartition_topic, p)

@@ -4,11 +4,13 @@ clients (recovery, standbys, lag) and the tools (produce, demo, bench), from one
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import ssl
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaConsumer
 from aiokafka.helpers import create_ssl_context
 
 from streams.settings import KafkaSecurity
@@ -49,3 +51,15 @@ def faust_options(security: KafkaSecurity) -> dict[str, Any]:
     if security.tls:
         return {"broker_credentials": faust.SSLCredentials(ssl_context(security))}
     return {}
+
+
+async def start_consumer(consumer: AIOKafkaConsumer) -> None:
+    """``consumer.start()`` for a consumer without a group, safe to stop at once.
+
+    aiokafka 0.14: such a consumer's ``stop()`` cancels and awaits a coordinator task
+    (``NoGroupCoordinator._reset_committed_routine``); cancelled before its first step, that
+    task re-raises ``CancelledError`` out of ``stop()``, e.g. when the first request after
+    ``start()`` fails at once. One step of the loop lets the task enter its ``try``.
+    Guarded by tests/integration/test_foundation.py."""
+    await consumer.start()
+    await asyncio.sleep(0)

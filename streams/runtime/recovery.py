@@ -31,6 +31,7 @@ from streams.codec.exceptions import MalformedRecord
 from streams.codec.names import RECOMMENDATIONS, TABLES, Names
 from streams.domain.partition import PartitionState
 from streams.runtime.batches import Backoff
+from streams.runtime.kafka_clients import start_consumer
 from streams.runtime.metrics import RuntimeMetrics
 from streams.runtime.partitions import PartitionRegistry
 
@@ -70,7 +71,7 @@ class ChangelogReader:
                    ) -> dict[int, int]:
         """Hand every record to ``on_record``; return, per partition, the last offset read."""
         consumer = self._make_consumer()
-        await consumer.start()
+        await start_consumer(consumer)
         try:
             tps = [TopicPartition(topic, p) for p in sorted(partitions)]
             consumer.assign(tps)

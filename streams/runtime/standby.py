@@ -31,6 +31,7 @@ from streams.codec.names import TABLES, Names
 from streams.domain.partition import PartitionState
 from streams.domain.rows import SegmentRow
 from streams.runtime.group_lag import GroupLag
+from streams.runtime.kafka_clients import start_consumer
 from streams.runtime.partitions import PartitionRegistry
 from streams.runtime.recovery import READ_BATCH, load_record
 
@@ -102,7 +103,7 @@ class StandbyReplicas:
         try:
             if self._lookup is None:
                 self._lookup = self._make_consumer()
-                await self._lookup.start()
+                await start_consumer(self._lookup)
             ends = await asyncio.wait_for(self._lookup.end_offsets(tps), LOOKUP_TIMEOUT_S)
         except Exception as exc:  # the copies of these partitions start from scratch instead
             logger.warning("changelog ends unknown at the revocation (%r)", exc)
@@ -222,7 +223,7 @@ class StandbyReplicas:
     async def _step(self) -> None:
         if self._tail is None:
             self._tail = self._make_consumer()
-            await self._tail.start()
+            await start_consumer(self._tail)
             self._changed.set()
         consumer = self._tail
         if self._changed.is_set():

@@ -41,7 +41,7 @@ from rich.console import Console
 from rich.table import Table
 
 from streams.codec.keys import family_key
-from streams.runtime.kafka_clients import client_options
+from streams.runtime.kafka_clients import client_options, start_consumer
 from streams.settings import KafkaSecurity
 from streams.tools import kafka_local
 from streams.tools.probes import group_lag, wait_http_ready
@@ -120,7 +120,7 @@ async def raw_consume(bootstrap: str, topic: str, n: int, **kafka: Any) -> float
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                                 enable_auto_commit=False,
                                 max_partition_fetch_bytes=4 * 1024 * 1024, **kafka)
-    await consumer.start()
+    await start_consumer(consumer)
     try:
         consumer.assign([TopicPartition(topic, p) for p in range(PARTITIONS)])
         count = 0

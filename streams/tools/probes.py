@@ -12,6 +12,7 @@ import aiohttp
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from streams.runtime.kafka_clients import start_consumer
 from streams.tools.exceptions import LocalServiceError
 
 
@@ -47,7 +48,7 @@ async def partition_lags(bootstrap: str, group: str, topics: list[str], **kafka:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kafka)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **kafka)
     await admin.start()
-    await consumer.start()
+    await start_consumer(consumer)
     try:
         committed = await admin.list_consumer_group_offsets(group)
         tps = [TopicPartition(t, p) for t in topics for p in await topic_partitions(admin, t)]

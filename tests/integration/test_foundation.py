@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from streams.runtime.kafka_clients import start_consumer
 from streams.tools.redis_local import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -43,6 +46,21 @@ async def test_produce_and_consume_10000_records(kafka_bootstrap: str) -> None:
     finally:
         await consumer.stop()
     assert seen == {f"value-{i}".encode() for i in range(10_000)}
+
+
+async def test_a_consumer_without_a_group_stopped_at_once_stops_cleanly(
+        kafka_bootstrap: str) -> None:
+    """The aiokafka 0.14 defect ``start_consumer`` works around: stopped before its first step,
+    a group-less consumer's coordinator task re-raises CancelledError out of ``stop()``. When
+    the raw case stops raising, aiokafka fixed it and the workaround can go."""
+    raw = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap)
+    await raw.start()
+    with pytest.raises(asyncio.CancelledError):
+        await raw.stop()
+    for _ in range(5):
+        consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap)
+        await start_consumer(consumer)
+        await consumer.stop()
 
 
 async def test_compacted_topic_is_created_with_its_policy(kafka_bootstrap: str) -> None:

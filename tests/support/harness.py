@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from streams.runtime.kafka_clients import start_consumer
 from streams.tools.kafka_local import free_port
 from streams.tools.probes import partition_lags, topic_partitions
 from streams.tools.produce import Record
@@ -206,7 +207,7 @@ async def read_topic(bootstrap: str, topic: str, timeout_s: float = 20.0
     """Every record of ``topic`` from the beginning up to its current end."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                                 enable_auto_commit=False)
-    await consumer.start()
+    await start_consumer(consumer)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
@@ -297,7 +298,7 @@ async def read_topic_complete(bootstrap: str, topic: str, timeout_s: float = 120
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                                 enable_auto_commit=False, max_partition_fetch_bytes=4 << 20,
                                 fetch_max_bytes=16 << 20, **kafka)
-    await consumer.start()
+    await start_consumer(consumer)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kafka)
     await admin.start()
     try:
