@@ -169,16 +169,36 @@ async def feed(cluster: Cluster, workers: list[Worker], records: list[Record],
     await wait_no_lag(cluster, timeout_s)
 
 
+STUCK_S = 30.0
+
+
+def _report_offsets(cluster: Cluster) -> None:
+    """Each live worker logs its offsets report (SIGUSR1)."""
+    for w in cluster.workers:
+        if w.proc is not None and w.proc.poll() is None:
+            w.proc.send_signal(signal.SIGUSR1)
+
+
 async def wait_no_lag(cluster: Cluster, timeout_s: float = 600.0) -> None:
     deadline = time.monotonic() + timeout_s
     topics = [cluster.input_topic, cluster.repartition_topic]
     lag = -1
     caught_up: dict[TopicPartition, tuple[int, int]] | None = None
+    # Lag unchanged for STUCK_S: each live worker logs its offsets report once (a stall's
+    # evidence, in the worker logs that a failing test prints).
+    last_lags: dict[TopicPartition, tuple[int, int]] | None = None
+    moved = time.monotonic()
+    reported = False
     while time.monotonic() < deadline:
         try:
             lags = await partition_lags(cluster.bootstrap, cluster.app_id, topics,
                                         **cluster.kafka)
             lag = sum(max(0, end - done) for done, end in lags.values()) if lags else 1
+            if lags != last_lags:
+                last_lags, moved = lags, time.monotonic()
+            elif lag > 0 and not reported and time.monotonic() - moved > STUCK_S:
+                reported = True
+                _report_offsets(cluster)
             # Done when two reads in a row find every offset committed at the same end: a
             # commit follows the writes of its batch, so nothing is left in flight.
             if lag == 0 and lags == caught_up:
@@ -193,9 +213,7 @@ async def wait_no_lag(cluster: Cluster, timeout_s: float = 600.0) -> None:
     lags = await partition_lags(cluster.bootstrap, cluster.app_id, topics, **cluster.kafka)
     behind = "\n".join(f"  {tp.topic}[{tp.partition}]: committed {done}, end {end}"
                        for tp, (done, end) in sorted(lags.items()) if done != end)
-    for w in cluster.workers:  # each live worker logs its offsets report
-        if w.proc is not None and w.proc.poll() is None:
-            w.proc.send_signal(signal.SIGUSR1)
+    _report_offsets(cluster)
     await asyncio.sleep(1.0)
     logs = "\n".join(w.log() for w in cluster.workers)
     raise AssertionError(f"consumer group {cluster.app_id} still has lag {lag}:\n{behind}\n"

@@ -415,8 +415,13 @@ def offsets_report(app: Any) -> str:
     try:
         subscription = consumer._thread._consumer._subscription.subscription
         assignment = subscription.assignment if subscription is not None else None
+        fetcher = consumer._thread._consumer._fetcher
+        fetched = fetcher._records
+        lines[0] += f", fetches in flight to nodes {sorted(fetcher._in_flight)}"
     except AttributeError:  # not started, or not the aiokafka driver
         assignment = None
+        fetched = {}
+    active = consumer._active_partitions
     for tp in sorted(consumer.assignment()):
         acked = consumer._acked.get(tp) or []
         gaps = consumer._gap.get(tp)
@@ -432,5 +437,8 @@ def offsets_report(app: Any) -> str:
             + (f" ({min(acked)}..{max(acked)})" if acked else "")
             + (f", gaps {sorted((g.begin, g.end) for g in gaps)[:3]}" if gaps else "")
             + f", position {position}"
-            + (", paused" if tp in consumer._paused_partitions else ""))
+            + (", paused" if tp in consumer._paused_partitions else "")
+            + (", inactive" if active is not None and tp not in active else "")
+            + (", buffered" if tp in consumer._buffered_partitions else "")
+            + (", fetched" if TopicPartition(tp.topic, tp.partition) in fetched else ""))
     return "\n".join(lines)
