@@ -100,6 +100,10 @@ class Cluster:
         return f"{self.app_id}-changes"
 
     @property
+    def counts_topic(self) -> str:
+        return f"{self.app_id}-counts"
+
+    @property
     def repartition_topic(self) -> str:
         return f"{self.app_id}-recommendations-by-segment"
 
@@ -112,6 +116,7 @@ class Cluster:
             "SEGMENTS_INPUT_TOPIC": self.input_topic,
             "SEGMENTS_DLQ_TOPIC": self.dlq_topic,
             "SEGMENTS_CHANGES_TOPIC": self.changes_topic,
+            "SEGMENTS_COUNTS_TOPIC": self.counts_topic,
             "SEGMENTS_WEB_PORT": str(port),
             "SEGMENTS_CHANGE_INTERVAL_MS": "300",
             "SEGMENTS_WATCH_THRESHOLDS": "0.5",
@@ -326,14 +331,45 @@ async def read_topic_complete(bootstrap: str, topic: str, timeout_s: float = 120
 
 
 def last_change_events(records: list[Any]) -> dict[tuple[Any, ...], dict[str, Any]]:
-    """The latest change event per (program, type, basis, basis_id, action, min_weight), in
-    partition order (changes of one program share its key, hence its partition)."""
+    """The latest change event per (program, type, basis, basis_id, action, min_weight), as a
+    consumer keeps it (contract §4): the greatest ``version``, in partition order (the changes
+    of one segment share its key, hence its partition); a record whose version is not greater
+    than the one kept is dropped."""
     last: dict[tuple[Any, ...], dict[str, Any]] = {}
     for r in sorted(records, key=lambda r: (r.partition, r.offset)):
         c = json.loads(r.value)
-        last[(c["program_id"], c["segment_type"], c["segment_basis"], c["segment_basis_id"],
-              c["action_type"], c["min_weight"])] = c
+        key = (c["program_id"], c["segment_type"], c["segment_basis"], c["segment_basis_id"],
+               c["action_type"], c["min_weight"])
+        kept = last.get(key)
+        if kept is None or c["version"] > kept["version"]:
+            last[key] = c
     return last
+
+
+def versioned_counts(records: list[Any]) -> tuple[dict[bytes, dict[str, Any] | None], list[str]]:
+    """The records of ``segment-counts`` (or of the change topic) as a consumer keeps them:
+    per key, the value of the greatest version (None: a tombstone, which carries none, so it
+    is kept when it comes after the value it deletes, in partition order). Also the problems:
+    a key whose record sits on the wrong partition, versions of one key that do not grow in
+    partition order... no: late versions are allowed and dropped; only keys that do not
+    match their value are problems."""
+    kept: dict[bytes, dict[str, Any] | None] = {}
+    versions: dict[bytes, int] = {}
+    problems: list[str] = []
+    for r in sorted(records, key=lambda r: (r.partition, r.offset)):
+        if r.value is None:
+            kept[r.key] = None
+            continue
+        c = json.loads(r.value)
+        want = json.dumps([c["program_id"], c["segment_type"], c["segment_basis"],
+                           c["segment_basis_id"], c["action_type"], c["min_weight"]],
+                          separators=(",", ":"), ensure_ascii=False).encode()
+        if r.key != want:
+            problems.append(f"key {r.key!r} of value {c}")
+        if c["version"] > versions.get(r.key, -1):
+            versions[r.key] = c["version"]
+            kept[r.key] = c
+    return kept, problems
 
 
 @dataclass
