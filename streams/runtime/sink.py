@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 Source = tuple[str, int]  # (topic, partition) of input records
 # One partition's records: (key, value) pairs, or values by key (None: a tombstone).
 Records = Sequence[tuple[bytes, bytes | None]] | Mapping[bytes, bytes | None]
-Headers = Mapping[bytes, Sequence[tuple[str, bytes]]]  # of some records, by key
+Headers = Mapping[bytes, list[tuple[str, bytes]]]  # of some records, by key
 
 
 class Producer(Protocol):
@@ -160,7 +160,8 @@ class Sink:
             append = batch.append
             n = 0
             for key, value in (items.items() if isinstance(items, Mapping) else items):
-                extra = {} if headers is None else {"headers": headers.get(key, ())}
+                # (aiokafka's C record builder takes a list, no other sequence)
+                extra = {} if headers is None else {"headers": headers.get(key, [])}
                 if append(key=key, value=value, timestamp=None, **extra) is None:  # full
                     futures.append(await producer.send_batch(batch, topic, partition=partition))
                     if placed is not None:

@@ -61,10 +61,11 @@ class _Batch:
         self.capacity = capacity
 
     def append(self, *, key: bytes | None, value: bytes | None, timestamp: int | None,
-               headers: Any = ()) -> Any:
+               headers: list[tuple[str, bytes]] | None = None) -> Any:
+        assert headers is None or isinstance(headers, list)  # as aiokafka's builder demands
         if len(self.records) >= self.capacity:
             return None
-        self.records.append((key, value, list(headers)))
+        self.records.append((key, value, headers or []))
         return object()
 
 
