@@ -263,3 +263,35 @@ async def test_a_worker_the_group_no_longer_knew_confirms_nothing_and_forgets_it
     await release(s.registry, s.publisher, nothing_to_flush, still_member=False)
     assert s.producer.sent == []
     assert (s.registry.active, s.registry.read_upto) == ({}, {})
+
+
+async def test_a_new_owner_continues_the_versions_from_the_changelog() -> None:
+    """The new owner rebuilds from the changelogs (as the broker has them) and knows the offset
+    of its next record: its first change follows the old owner's with a greater version."""
+    a = Setup()
+    a.apply("u1", 0.9, 1)
+    await a.publisher.tick()
+    a.apply("u2", 0.9, 2)
+    await a.publisher.tick()
+    await a.publisher.tick()  # the confirmations
+    old = max(c["version"] for c in a.changes())
+    b = Setup()
+    b.producer = a.producer  # one broker
+    b.reader = a.reader
+    b.reader.logs.pop(EMITTED, None)
+    b.reader.write_sent(a.producer.to(EMITTED))
+    b.registry = PartitionRegistry((0.5,))
+    b.publisher = ChangePublisher(b.registry, Sink(lambda: b.producer, NAMES, 1_000_000), NAMES)
+    recovery = Recovery(b.registry, b.reader, NAMES, b.reader.highwaters)
+    for table in (RECOMMENDATIONS, EMITTED_COUNTS):
+        await recovery.on_rebalance(table, set(range(PARTITIONS)))
+    for table in (RECOMMENDATIONS, EMITTED_COUNTS):
+        recovery.on_recovered(table, set(range(PARTITIONS)))
+    assert b.registry.active[1].ledger.next_offset == a.producer.ends[(EMITTED, 1)]
+    a.producer.sent.clear()
+    b.apply("u3", 0.9, 3)
+    await b.publisher.tick()
+    assert 1 not in b.registry.stale
+    growth_changes = [c for c in b.changes() if c["segment_type"] == "growth"]
+    assert [c["user_count"] for c in growth_changes] == [3]
+    assert growth_changes[0]["version"] > old
