@@ -96,6 +96,13 @@ class CountsTable:
         while len(self._removed) > self._max_removed:
             self._removed.popitem(last=False)
 
+    def settle(self) -> None:
+        """Forget how counts moved so far (at the end of the bootstrap: only moves seen live
+        are news)."""
+        for slot, held in self._rows.items():
+            if held.delta:
+                self._rows[slot] = WatchedRow(held.row, 0, held.version)
+
     def top(self, n: int) -> list[WatchedRow]:
         """The first ``n`` segments in the contract's order of `GET /segments`."""
         return heapq.nsmallest(n, self._rows.values(), key=lambda held: sort_key(held.row))

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from rich.console import Console, Group, JustifyMethod
 from rich.live import Live
 from rich.table import Table
@@ -21,6 +22,7 @@ from rich.text import Text
 
 from streams.runtime.kafka_clients import start_consumer
 from streams.tools.counts_table import CountsTable
+from streams.tools.probes import topic_partitions
 
 REDRAW_S = 0.25
 POLL_MS = 250
@@ -71,14 +73,8 @@ async def follow(bootstrap: str, topic: str, table: CountsTable,
                                 auto_offset_reset="earliest", **(kafka or {}))
     await start_consumer(consumer)
     try:
-        partitions = None
-        while not partitions:
-            await consumer.topics()  # (refreshes the metadata)
-            partitions = consumer.partitions_for_topic(topic)
-            if not partitions:
-                on_change("waiting for the topic to exist")
-                await asyncio.sleep(TOPIC_WAIT_S)
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        tps = [TopicPartition(topic, p) for p in await _partitions(bootstrap, topic, on_change,
+                                                                    kafka or {})]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
@@ -97,6 +93,7 @@ async def follow(bootstrap: str, topic: str, table: CountsTable,
                     if await consumer.position(tp) >= ends[tp]:
                         reading.discard(tp)
                 if not reading:
+                    table.settle()
                     phase = "live"
                     on_change(phase)
                     drawn_at, dirty = time.monotonic(), False
@@ -107,6 +104,20 @@ async def follow(bootstrap: str, topic: str, table: CountsTable,
                 drawn_at, dirty = time.monotonic(), False
     finally:
         await consumer.stop()
+
+
+async def _partitions(bootstrap: str, topic: str, on_change: Callable[[str], None],
+                      kafka: dict[str, Any]) -> list[int]:
+    """The topic's partitions, once it exists."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kafka)
+    await admin.start()
+    try:
+        while not (partitions := await topic_partitions(admin, topic)):
+            on_change("waiting for the topic to exist")
+            await asyncio.sleep(TOPIC_WAIT_S)
+        return partitions
+    finally:
+        await admin.close()
 
 
 async def watch(bootstrap: str, topic: str, table: CountsTable, size: int, *, once: bool,

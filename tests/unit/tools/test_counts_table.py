@@ -55,6 +55,8 @@ def test_latest_value_per_key_and_a_tombstone_removes_it() -> None:
     assert table.apply(key("l1"), value("l1", 7, 2))
     assert shown(table) == [("l1", "view", 7), ("l2", "view", 5)]
     assert table.top(1)[0].delta == 4
+    table.settle()
+    assert [held.delta for held in table.top(2)] == [0, 0]
     assert table.apply(key("l2"), None)
     assert shown(table) == [("l1", "view", 7)]
     assert not table.apply(key("l9"), None)  # a tombstone of a key never seen: nothing to do

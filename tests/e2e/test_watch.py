@@ -1,0 +1,131 @@
+"""`segments watch` in a terminal (contract 4c), as a user runs it: it reads `segment-counts`
+from the beginning, shows the top segments of the program in the contract's order, and moves
+when new records arrive (a tombstone removes a segment; a late, older version changes
+nothing). The records are written here in the contract's format (the worker's own:
+tests/integration/test_schemas.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from tests.support.pty_process import PtyProcess
+from tests.support.terminal import last_frame, plain, table_rows
+
+SEGMENTS = str(Path(sys.executable).parent / "segments")
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+
+def key(program: str, basis_id: str, m: float = 0.5, segment_type: str = "growth") -> bytes:
+    return orjson.dumps([program, segment_type, "label", basis_id, "view", m])
+
+
+def value(program: str, basis_id: str, count: int, version: int, m: float = 0.5,
+          segment_type: str = "growth") -> bytes:
+    return orjson.dumps({
+        "program_id": program, "segment_type": segment_type, "segment_basis": "label",
+        "segment_basis_id": basis_id, "action_type": "view", "name": f"Label {basis_id}",
+        "min_weight": m, "user_count": count, "strength": 0.8, "as_of": 1_767_225_600_000,
+        "version": version})
+
+
+async def write(bootstrap: str, topic: str, records: list[tuple[bytes, bytes | None]],
+                create: bool = False) -> None:
+    if create:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(topic, 3, 1, topic_configs={
+                "cleanup.policy": "compact"})])
+        finally:
+            await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
+    await producer.start()
+    try:
+        for k, v in records:
+            await producer.send_and_wait(topic, v, key=k)
+    finally:
+        await producer.stop()
+
+
+@pytest.fixture
+def watch_env(kafka_bootstrap: str) -> Iterator[tuple[dict[str, str], str]]:
+    topic = f"watch-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+           "SEGMENTS_COUNTS_TOPIC": topic, "SEGMENTS_WATCH_THRESHOLDS": "0.5,0.7"}
+    yield env, topic
+
+
+TITLE = "program p · growth labels · min_weight 0.5"
+
+
+def shown(output: bytes) -> tuple[list[list[str]], str]:
+    """The rows (basis_id, count, moved) and the status line of the last frame drawn."""
+    frame = last_frame(plain(output), TITLE)
+    rows = [[cells[1], cells[4], cells[6]] for cells in table_rows(frame)]
+    return rows, frame.strip().splitlines()[-1] if frame.strip() else ""
+
+
+async def test_watch_shows_the_top_segments_and_follows_new_records(
+        kafka_bootstrap: str, watch_env: tuple[dict[str, str], str]) -> None:
+    env, topic = watch_env
+    await write(kafka_bootstrap, topic, [
+        (key("p", "l1"), value("p", "l1", 10, 1)),
+        (key("p", "l2"), value("p", "l2", 30, 1)),
+        (key("p", "l3"), value("p", "l3", 20, 1)),
+        (key("p", "l4"), value("p", "l4", 20, 1)),
+        (key("p", "l2"), value("p", "l2", 40, 2)),
+        (key("p", "l4"), None),  # emptied at 0.5: not shown
+        (key("p", "l9", m=0.7), value("p", "l9", 99, 1, m=0.7)),  # another threshold
+        (key("q", "l9"), value("q", "l9", 99, 1)),  # another program
+        (key("p", "l9", segment_type="base"),  # another type
+         value("p", "l9", 99, 1, segment_type="base")),
+    ], create=True)
+    watcher = PtyProcess([SEGMENTS, "watch", "--program", "p", "--size", "3"], env)
+    try:
+        def bootstrapped(output: bytes) -> bool:
+            rows, status = shown(output)
+            return status.endswith("live") and len(rows) == 3
+
+        assert await asyncio.to_thread(watcher.wait_for, bootstrapped, 60), plain(
+            bytes(watcher.output))[-3000:]
+        rows, status = shown(bytes(watcher.output))
+        assert rows == [["l2", "40", ""], ["l3", "20", ""], ["l1", "10", ""]]
+        assert "3 segments" in status and "0 skipped" in status
+
+        await write(kafka_bootstrap, topic, [
+            (key("p", "l1"), value("p", "l1", 55, 2)),  # up to the top
+            (key("p", "l3"), None),  # emptied
+            (key("p", "l2"), value("p", "l2", 1, 1)),  # a late write of an older version
+            (key("p", "l5"), value("p", "l5", 5, 1)),
+            (key("p", "l2"), value("p", "l2", 35, 3)),
+        ])
+
+        def moved(output: bytes) -> bool:
+            return shown(output)[0] == [["l1", "55", "+45"], ["l2", "35", "-5"],
+                                        ["l5", "5", ""]]
+
+        assert await asyncio.to_thread(watcher.wait_for, moved, 30), shown(
+            bytes(watcher.output))
+        assert await asyncio.to_thread(watcher.interrupt) in (0, 130)
+    finally:
+        watcher.close()
+    assert b"Traceback" not in watcher.output
+
+    # --once: the same table printed once the topic is read to its end, for scripts
+    once = await asyncio.to_thread(
+        subprocess.run, [SEGMENTS, "watch", "--program", "p", "--threshold", "0.5", "--size", "2",
+                         "--once"], env=env, capture_output=True, timeout=60, check=False)
+    assert once.returncode == 0, once.stderr
+    assert [[c[1], c[4]] for c in table_rows(once.stdout.decode())] == [["l1", "55"],
+                                                                        ["l2", "35"]]
