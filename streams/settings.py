@@ -163,6 +163,7 @@ class Settings:
     input_topic: str = "recommendation-weights"
     dlq_topic: str = "recommendation-weights.dlq"
     changes_topic: str = "segment-count-changes"
+    counts_topic: str = "segment-counts"
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     cache_ttl_s: float = 5.0
@@ -231,7 +232,8 @@ class Settings:
     @property
     def names(self) -> Names:
         """The names of the product's topics and tables."""
-        return Names(self.app_id, self.input_topic, self.dlq_topic, self.changes_topic)
+        return Names(self.app_id, self.input_topic, self.dlq_topic, self.changes_topic,
+                     self.counts_topic)
 
     @property
     def kafka_url(self) -> str:
@@ -249,6 +251,7 @@ class Settings:
             input_topic=_name(env, "SEGMENTS_INPUT_TOPIC", "recommendation-weights"),
             dlq_topic=_name(env, "SEGMENTS_DLQ_TOPIC", "recommendation-weights.dlq"),
             changes_topic=_name(env, "SEGMENTS_CHANGES_TOPIC", "segment-count-changes"),
+            counts_topic=_name(env, "SEGMENTS_COUNTS_TOPIC", "segment-counts"),
             web_host=(env.get("SEGMENTS_WEB_HOST") or "").strip() or "127.0.0.1",
             web_port=_int(env, "SEGMENTS_WEB_PORT", 6066, minimum=1, maximum=65535),
             cache_ttl_s=_float(env, "SEGMENTS_CACHE_TTL_S", 5.0, maximum=86_400.0),

@@ -1,22 +1,49 @@
-"""Count-change events (contract section 4): JSON values keyed by program_id."""
+"""The two outputs of the change publisher (contract §4 and §4b), both keyed by the segment key.
+
+Key: ``["<program_id>","<segment_type>","<segment_basis>","<segment_basis_id>","<action_type>",
+<min_weight>]``, compact UTF-8 JSON (what ``json.dumps(..., separators=(",", ":"),
+ensure_ascii=False)`` writes), so every change of one segment at one threshold lands on one
+partition, in order.
+
+``segment-count-changes`` values: the change, with ``ts`` (when it was published), ``as_of`` (the
+greatest event ``ts`` applied on its partition when it was computed) and ``version``.
+``segment-counts`` values: the current count with ``as_of`` and ``version``; a tombstone (None)
+when the segment has no member at that threshold.
+"""
 
 from __future__ import annotations
 
 import orjson
 
+from streams.codec.exact import encode_exact
+from streams.domain.family import SegmentKey
 from streams.domain.ledger import CountChange
 
 
-def change_key(change: CountChange) -> bytes:
-    return change.program_id.encode()
+def segment_key(key: SegmentKey) -> bytes:
+    (program_id, basis, basis_id, action_type), segment_type, min_weight = key
+    return encode_exact([program_id, segment_type, basis, basis_id, action_type, min_weight])
 
 
-def change_payload(change: CountChange, now_ms: int) -> bytes:
+def change_payload(change: CountChange, now_ms: int, as_of: int) -> bytes:
     return orjson.dumps({
         "program_id": change.program_id, "segment_type": change.segment_type,
         "segment_basis": change.segment_basis, "segment_basis_id": change.segment_basis_id,
         "action_type": change.action_type, "name": change.name,
         "min_weight": change.min_weight, "user_count": change.user_count,
         "previous_user_count": change.previous_user_count, "strength": change.strength,
-        "ts": now_ms,
+        "ts": now_ms, "as_of": as_of, "version": change.version,
+    })
+
+
+def count_payload(change: CountChange, as_of: int) -> bytes | None:
+    """The segment's current count; None (a tombstone) when it has no member."""
+    if change.user_count == 0:
+        return None
+    return orjson.dumps({
+        "program_id": change.program_id, "segment_type": change.segment_type,
+        "segment_basis": change.segment_basis, "segment_basis_id": change.segment_basis_id,
+        "action_type": change.action_type, "name": change.name,
+        "min_weight": change.min_weight, "user_count": change.user_count,
+        "strength": change.strength, "as_of": as_of, "version": change.version,
     })

@@ -17,6 +17,7 @@ class Names:
     input_topic: str
     dlq_topic: str
     changes_topic: str
+    counts_topic: str = "segment-counts"
 
     @property
     def repartition_topic(self) -> str:

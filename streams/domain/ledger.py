@@ -8,6 +8,14 @@ Publication is write-ahead, in three steps the runtime performs with what ``take
 2. publish the change events, and wait for the broker;
 3. ``published``: the changes are now the last emitted counts, to be confirmed at the next tick
    (or by ``take_confirmations`` at a revocation or a stop).
+
+Versions (contract §4): a change's ``version`` is the changelog offset of its intent. Offsets of
+one partition only grow, whoever writes, so versions of a segment grow across restarts,
+rebalances and workers. While a worker owns a partition it is the changelog partition's only
+writer, so it knows the offset its next record gets (``next_offset``, from the rebuild and its
+own acknowledgements); ``recorded`` checks the offsets the broker gave. Another offset means
+someone else wrote meanwhile (a new owner, while this one was paused past its session): the
+changes are not published, so no version an old owner publishes exceeds the new owner's.
 A worker that dies between 1 and 3 leaves an intent as the last record of its segment: the next
 owner, rebuilding from those records, publishes that change again (the same one if the count has
 not moved since), so the last change of a segment always reaches the topic. An intent names the
@@ -33,6 +41,7 @@ class CountChange:
     user_count: int
     previous_user_count: int
     strength: float
+    version: int = -1  # the changelog offset of its intent, once recorded
 
     @property
     def family(self) -> FamilyKey:
@@ -72,6 +81,7 @@ class Publication:
     partition: int
     changes: list[CountChange]
     confirmations: dict[SegmentKey, int]
+    as_of: int = 0  # the greatest event ts applied on the partition when it was taken
 
     def records(self) -> dict[SegmentKey, tuple[int, int | None]]:
         """Step 1's records: per segment key, (count, previous count) for an intent and
@@ -108,6 +118,25 @@ class ChangeLedger:
         self.uncertain: dict[SegmentKey, int] = {}
         # Key -> count of changes published but not yet recorded as published.
         self.unconfirmed: dict[SegmentKey, int] = {}
+        # The offset the partition's next emitted-counts record gets, while this worker is its
+        # only writer; None: not known (a write failed), so nothing may be published.
+        self.next_offset: int | None = None
+
+    def recorded(self, publication: Publication, offsets: list[int]) -> bool:
+        """Step 1 was acknowledged at ``offsets`` (of ``publication.records()``, in order):
+        True when they follow this worker's own last record with no other writer in between;
+        then each change's ``version`` is its intent's offset. False (nothing may be published
+        from this state any more) otherwise."""
+        expected = self.next_offset
+        if expected is None or offsets != list(range(expected, expected + len(offsets))):
+            self.next_offset = None
+            return False
+        self.next_offset = expected + len(offsets)
+        if publication.changes:
+            position = {key: i for i, key in enumerate(publication.records())}
+            for c in publication.changes:
+                c.version = offsets[position[c.key]]
+        return True
 
     def emitted_count(self, key: SegmentKey) -> int:
         """The last published count of a segment at a watched threshold (0 if none)."""
@@ -198,7 +227,7 @@ class ChangeLedger:
         confirmations = self.take_confirmations()
         if not changes and not confirmations:
             return None
-        return Publication(self.partition, changes, confirmations)
+        return Publication(self.partition, changes, confirmations, store.max_ts or 0)
 
     def _take_gone(self, key: FamilyKey, changes: list[CountChange]) -> None:
         """A family the store no longer holds (aged out): each of its segments last published

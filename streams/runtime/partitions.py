@@ -20,6 +20,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 
+from streams.codec.names import EMITTED_COUNTS
 from streams.domain.partition import PartitionState
 from streams.domain.store import DEFAULT_GRACE_MS
 from streams.runtime.stalls import StallGuard
@@ -135,8 +136,12 @@ class PartitionRegistry:
     def install(self, states: dict[int, PartitionState]) -> None:
         """Put rebuilt partitions in service."""
         n = 0
-        for state in states.values():
+        emitted = self.read_upto.get(EMITTED_COUNTS, {})
+        for p, state in states.items():
             state.settle()
+            # The rebuild read its emitted-counts changelog partition up to this offset (none
+            # remembered: an empty partition); this worker writes the next one (domain/ledger.py).
+            state.ledger.next_offset = emitted.get(p, -1) + 1
             n += state.recommendations()
         self.active.update(states)
         if states:

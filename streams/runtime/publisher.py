@@ -1,11 +1,14 @@
 """The change publisher: every ``SEGMENTS_CHANGE_INTERVAL_MS``, the count changes of every active
-partition go to the change topic, write-ahead (domain/ledger.py):
+partition go to the change topic and the counts topic, write-ahead (domain/ledger.py):
 
-1. record intents and confirmations in the emitted-counts changelog; wait for the broker;
-2. publish the change events, keyed by program; wait for the broker;
+1. record intents and confirmations in the emitted-counts changelog; wait for the broker; the
+   offsets it gave are the changes' versions, and say whether anyone else wrote to the
+   partition meanwhile (then it is not published: its state goes stale and is rebuilt);
+2. publish the change events and the current counts, keyed by segment; wait for the broker;
 3. tell the ledgers they are published.
 
-A failure at 1 or 2 gives the changes back to their ledgers: the next tick takes them again.
+A failure at 1 or 2 gives the changes back to their ledgers: the next tick takes them again (a
+failure at 1 also makes the partition's next offset unknown: it is rebuilt first).
 At a revocation or a stop, ``confirm`` records what was published as published.
 """
 
@@ -16,10 +19,10 @@ import logging
 import time
 from collections.abc import Callable
 
-from streams.codec.changes import change_key, change_payload
+from streams.codec.changes import change_payload, count_payload, segment_key
 from streams.codec.durable import emitted_key, encode_emitted
 from streams.codec.names import EMITTED_COUNTS, Names
-from streams.codec.partitioner import partition_for
+from streams.codec.partitioner import murmur2
 from streams.domain.family import SegmentKey
 from streams.domain.ledger import Publication
 from streams.domain.partition import PartitionState
@@ -45,7 +48,8 @@ class ChangePublisher:
         self.clock = clock
         self.publications = 0  # ticks that wrote something
         self.changes = 0  # change events published
-        self._keys: dict[SegmentKey, bytes] = {}
+        self._keys: dict[SegmentKey, bytes] = {}  # emitted-counts keys
+        self._segment_keys: dict[SegmentKey, bytes] = {}  # output keys
 
     async def tick(self) -> None:
         """Timer body. An exception escaping a Faust timer stops the worker, so every failure
@@ -57,6 +61,10 @@ class ChangePublisher:
             if not registry.serving:
                 return
             taken: list[tuple[PartitionState, Publication]] = []
+            unknown = {p for p, state in registry.active.items()
+                       if state.ledger.next_offset is None}
+            if unknown:
+                self._give_up(unknown, "its emitted-counts offset is not known (a write failed)")
             for state in list(registry.active.values()):
                 publication = state.take_publication()
                 if publication is not None:
@@ -68,7 +76,7 @@ class ChangePublisher:
                 return
             recorded = False
             try:
-                await self._record([p for _, p in taken])
+                taken = await self._record(taken)
                 recorded = True
                 await self._publish([p for _, p in taken])
             except Exception:
@@ -91,16 +99,20 @@ class ChangePublisher:
         taken = [(state, Publication(state.number, [], state.ledger.take_confirmations()))
                  for state in self.registry.active.values()]
         try:
-            await self._record([p for _, p in taken if p.confirmations])
+            await self._record([(s, p) for s, p in taken if p.confirmations])
         except Exception:
             logger.exception("recording published changes as published failed")
             for state, publication in taken:
                 state.ledger.failed(publication, state.store, recorded=False)
 
-    async def _record(self, publications: list[Publication]) -> None:
-        """Step 1: each partition's intents and confirmations, acknowledged by the broker."""
+    async def _record(self, taken: list[tuple[PartitionState, Publication]]
+                      ) -> list[tuple[PartitionState, Publication]]:
+        """Step 1: each partition's intents and confirmations, acknowledged by the broker; returns
+        the publications whose records follow their partition's own last ones (the others'
+        partitions were written to by someone else: given up). Raises when a write failed
+        (then every partition's next offset is unknown)."""
         records: dict[int, dict[bytes, bytes | None]] = {}
-        for publication in publications:
+        for _, publication in taken:
             out: dict[bytes, bytes | None] = {}
             records[publication.partition] = out
             p = publication.partition
@@ -110,29 +122,61 @@ class ChangePublisher:
                 out[self._key(key)] = (None if count == 0 and previous is None
                                        else encode_emitted(count, p, previous))
             await asyncio.sleep(0)  # between partitions (see tick)
-        if records:
-            await all_delivered(await self.sink.send_partitions(
-                self.names.changelog_topic(EMITTED_COUNTS), records))
+        if not records:
+            return taken
+        try:
+            offsets = await self.sink.send_located(
+                self.names.changelog_topic(EMITTED_COUNTS), records)
+        except Exception:
+            for state, _ in taken:
+                state.ledger.next_offset = None
+            raise
+        kept = []
+        fenced = set()
+        for state, publication in taken:
+            if state.ledger.recorded(publication, offsets.get(publication.partition, [])):
+                kept.append((state, publication))
+            else:
+                fenced.add(publication.partition)
+        if fenced:
+            self._give_up(fenced, "another worker wrote to its emitted-counts changelog")
+        return kept
+
+    def _give_up(self, partitions: set[int], why: str) -> None:
+        """Partitions whose state may no longer be the latest: nothing more is published from
+        it; they are out of service until rebuilt from their changelogs (or moved away)."""
+        logger.warning("not publishing partitions %s: %s; rebuilding them", sorted(partitions),
+                       why)
+        self.registry.mark_stale(partitions)
 
     async def _publish(self, publications: list[Publication]) -> None:
-        """Step 2: the change events, keyed by program_id, on the partition Kafka's default
-        partitioner picks for that key."""
-        topic = self.names.changes_topic
-        partitions = await self.sink.partitions_for(topic)
+        """Step 2: the change events and the current counts, keyed by segment key, on the
+        partition Kafka's default partitioner picks for that key."""
+        changes_topic = self.names.changes_topic
+        counts_topic = self.names.counts_topic
+        change_partitions = await self.sink.partitions_for(changes_topic)
+        count_partitions = await self.sink.partitions_for(counts_topic)
         now_ms = int(self.clock() * 1000)
-        events: dict[int, list[tuple[bytes, bytes]]] = {}
-        routes: dict[str, tuple[list[tuple[bytes, bytes]], bytes]] = {}  # few programs
+        changes: dict[int, list[tuple[bytes, bytes | None]]] = {}
+        counts: dict[int, list[tuple[bytes, bytes | None]]] = {}
+        tombstones: dict[bytes, list[tuple[str, bytes]]] = {}
         for publication in publications:
+            as_of = publication.as_of
             for c in publication.changes:
-                route = routes.get(c.program_id)
-                if route is None:
-                    key = change_key(c)
-                    partition = partitions[partition_for(key, len(partitions))]
-                    route = routes[c.program_id] = (events.setdefault(partition, []), key)
-                route[0].append((route[1], change_payload(c, now_ms)))
+                key = self._segment_key(c.key)
+                hashed = murmur2(key) & 0x7FFFFFFF
+                changes.setdefault(change_partitions[hashed % len(change_partitions)], []
+                                   ).append((key, change_payload(c, now_ms, as_of)))
+                value = count_payload(c, as_of)
+                counts.setdefault(count_partitions[hashed % len(count_partitions)], []
+                                  ).append((key, value))
+                if value is None:  # a tombstone has no value: its version is in a header
+                    tombstones[key] = [("version", str(c.version).encode())]
             await asyncio.sleep(0)
-        if events:
-            await all_delivered(await self.sink.send_partitions(topic, events))
+        if changes:
+            deliveries = await self.sink.send_partitions(changes_topic, changes)
+            await all_delivered(await self.sink.send_partitions(counts_topic, counts,
+                                                                deliveries, tombstones))
 
     def _key(self, key: SegmentKey) -> bytes:
         data = self._keys.get(key)
@@ -140,4 +184,12 @@ class ChangePublisher:
             if len(self._keys) >= KEY_MEMO_MAX:
                 self._keys.clear()
             data = self._keys[key] = emitted_key(key)
+        return data
+
+    def _segment_key(self, key: SegmentKey) -> bytes:
+        data = self._segment_keys.get(key)
+        if data is None:
+            if len(self._segment_keys) >= KEY_MEMO_MAX:
+                self._segment_keys.clear()
+            data = self._segment_keys[key] = segment_key(key)
         return data

@@ -119,10 +119,14 @@ class Recovery:
     def persisted_offset(self, table: str, partition: int) -> int | None:
         return self.registry.persisted_offset(table, partition)
 
-    def load(self, table: str, partition: int, key: bytes | None, value: bytes | None) -> None:
-        """One changelog record into the (re)built state."""
+    def load(self, table: str, partition: int, key: bytes | None, value: bytes | None,
+             offset: int | None = None) -> None:
+        """One changelog record into the (re)built state; ``offset``: of a record Faust's
+        recovery replays (after what was read here), remembered as read too."""
         load_record(self.registry.target(partition), table, partition, key, value,
                     self.skipped)
+        if offset is not None:
+            self.registry.remember(table, partition, offset)
 
     def skipped(self, table: str, partition: int, error: MalformedRecord) -> None:
         """A changelog record that is not what this product writes: skipped and counted."""

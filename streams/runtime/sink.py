@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 
 Source = tuple[str, int]  # (topic, partition) of input records
 # One partition's records: (key, value) pairs, or values by key (None: a tombstone).
-Records = list[tuple[bytes, bytes]] | Mapping[bytes, bytes | None]
+Records = Sequence[tuple[bytes, bytes | None]] | Mapping[bytes, bytes | None]
+Headers = Mapping[bytes, list[tuple[str, bytes]]]  # of some records, by key
 
 
 class Producer(Protocol):
@@ -122,26 +123,57 @@ class Sink:
             self, topic: str,
             by_partition: Mapping[int, Records],
             futures: list[asyncio.Future[Any]] | None = None,
+            headers: Headers | None = None,
     ) -> list[asyncio.Future[Any]]:
         """Queue records, per partition ``(key, value)`` pairs (a list, or a mapping of values
         by key; a None value is a tombstone), in this order per partition, as whole record
         batches. Returns their delivery futures, appended to ``futures`` when given (so that
         the caller has those queued before a failure to queue the rest)."""
+        return await self._send(topic, by_partition,
+                                [] if futures is None else futures, None, headers)
+
+    async def send_located(self, topic: str, by_partition: Mapping[int, Records]
+                           ) -> dict[int, list[int]]:
+        """Like ``send_partitions``, then wait for every delivery (raising the first failure);
+        returns, per partition, the offset the broker gave each record, in order."""
+        placed: list[tuple[int, int]] = []
+        futures = await self._send(topic, by_partition, [], placed)
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        offsets: dict[int, list[int]] = {}
+        for result, (partition, n) in zip(results, placed, strict=True):
+            if isinstance(result, BaseException):
+                raise result
+            offsets.setdefault(partition, []).extend(range(result.offset, result.offset + n))
+        return offsets
+
+    async def _send(self, topic: str, by_partition: Mapping[int, Records],
+                    futures: list[asyncio.Future[Any]], placed: list[tuple[int, int]] | None,
+                    headers: Headers | None = None) -> list[asyncio.Future[Any]]:
+        """``placed`` (when given) gets (partition, records) of each batch, as ``futures``
+        its delivery (whose result is the batch's base offset); ``headers``: by record key."""
         producer = self._producer()
-        futures = [] if futures is None else futures
         for partition, items in by_partition.items():
             self._check()
             if not items:
                 continue
             batch = producer.create_batch()
             append = batch.append
-            for key, value in (items if isinstance(items, list) else items.items()):
-                if append(key=key, value=value, timestamp=None) is None:  # full
+            n = 0
+            for key, value in (items.items() if isinstance(items, Mapping) else items):
+                # (aiokafka's C record builder takes a list, no other sequence)
+                extra = {} if headers is None else {"headers": headers.get(key, [])}
+                if append(key=key, value=value, timestamp=None, **extra) is None:  # full
                     futures.append(await producer.send_batch(batch, topic, partition=partition))
+                    if placed is not None:
+                        placed.append((partition, n))
                     batch = producer.create_batch()
                     append = batch.append
-                    append(key=key, value=value, timestamp=None)
+                    append(key=key, value=value, timestamp=None, **extra)
+                    n = 0
+                n += 1
             futures.append(await producer.send_batch(batch, topic, partition=partition))
+            if placed is not None:
+                placed.append((partition, n))
             await asyncio.sleep(0)  # thousands of appends per partition: let others in
         return futures
 

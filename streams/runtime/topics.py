@@ -93,6 +93,8 @@ def wanted_topics(names: Names) -> list[WantedTopic]:
     return [WantedTopic(names.input_topic, False, False),
             WantedTopic(names.dlq_topic, False, False),
             WantedTopic(names.changes_topic, False, False),
+            # A table of current counts (contract §4b): compacted, one record per segment key.
+            WantedTopic(names.counts_topic, False, True),
             WantedTopic(names.repartition_topic, True, False),
             *(WantedTopic(t, True, True) for t in names.changelog_topics)]
 

@@ -34,7 +34,7 @@ from streams.runtime import faust_ext
 from streams.runtime.batches import BatchProcessor
 from streams.runtime.exceptions import TopicMismatch
 from streams.runtime.faust_ext.consumer import consumer_lag, install, offsets_report, still_member
-from streams.runtime.faust_ext.producer import raw_producer
+from streams.runtime.faust_ext.producer import idempotent, raw_producer
 from streams.runtime.faust_ext.tables import ChangelogTable, NoDelayTableManager
 from streams.runtime.faust_ext.worker import quiet_worker
 from streams.runtime.group_lag import GroupLag, GroupOffsets
@@ -135,6 +135,7 @@ def build_worker(settings: Settings, topics: TopicReport | None = None) -> Worke
     what the check of the topics at start found."""
     names: Names = settings.names
     app = _faust_app(settings)
+    idempotent(app)
     # A pause of half the session might have cost the membership: writes wait for a heartbeat.
     stalls = StallGuard(threshold_s=SESSION_TIMEOUT_S / 2, hold_s=2 * HEARTBEAT_S)
     registry = PartitionRegistry(settings.watch_thresholds, stalls, settings.grace_ms)

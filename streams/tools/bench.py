@@ -90,6 +90,7 @@ class Run:
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, "SEGMENTS_APP_ID": self.app_id,
             "SEGMENTS_INPUT_TOPIC": self.topic, "SEGMENTS_DLQ_TOPIC": f"{self.app_id}-dlq",
             "SEGMENTS_CHANGES_TOPIC": f"{self.app_id}-changes",
+            "SEGMENTS_COUNTS_TOPIC": f"{self.app_id}-counts",
             "SEGMENTS_PARTITIONS": str(PARTITIONS), "SEGMENTS_WEB_PORT": str(port),
             "SEGMENTS_DATA_DIR": str(self.work / "worker"), "SEGMENTS_LOG_LEVEL": "WARNING",
         })

@@ -14,7 +14,9 @@ one worker, restart it; later SIGSTOP another for 15 s, then SIGCONT. What must 
   since the fault on its partitions (acknowledged before the read was sent): the records it
   cannot reflect;
 - ``strict``: never a stale answer (503 instead);
-- after the faults, the exact final check on every worker.
+- after the faults, the exact final check on every worker, and of both count topics as a
+  consumer keeping the greatest version per segment holds them (contract §4, §4b): no late
+  write of the stopped worker outranks what the new owner published.
 
 Each run prints its figures (reads served and failed per phase, time until answers are fresh
 again); RELIABILITY.md quotes them.
@@ -330,6 +332,9 @@ async def test_reads_survive_a_kill_and_a_stop(kafka_bootstrap: str, redis_serve
         end = time.monotonic()
         await wait_no_lag(cluster, timeout_s=180)
         try:
+            # Also: the stopped worker's late writes (queued when it stopped, appended after
+            # the new owner's) never carry a version above the new owner's for their segment,
+            # and the greatest version per key of both count topics equals GET /segments.
             report = await final_check(cluster, oracle, workers, timeout_s=60)
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{await diagnosis(workers, oracle, cluster.partitions)}"

@@ -54,12 +54,15 @@ async def snapshot(url: str, oracle: Oracle) -> dict[tuple[Any, ...], list[Any]]
 
 
 def last_changes(records: list[Any]) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """The change with the greatest version per segment key (contract §4)."""
     last: dict[tuple[Any, ...], dict[str, Any]] = {}
     for r in records:
         c = orjson.loads(r.value)
-        assert r.key == c["program_id"].encode()
-        last[(c["program_id"], c["segment_type"], c["segment_basis"], c["segment_basis_id"],
-              c["action_type"], c["min_weight"])] = c
+        key = (c["program_id"], c["segment_type"], c["segment_basis"], c["segment_basis_id"],
+               c["action_type"], c["min_weight"])
+        assert orjson.loads(r.key) == list(key)  # the segment key
+        if key not in last or c["version"] > last[key]["version"]:
+            last[key] = c
     return last
 
 

@@ -145,7 +145,8 @@ def three_brokers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 async def test_on_three_brokers_topics_get_rf_3_and_min_insync_2_and_rf_1_is_warned_about(
         three_brokers: str) -> None:
     settings = Settings(bootstrap_servers=three_brokers, app_id="three", input_topic="three-in",
-                        dlq_topic="three-dlq", changes_topic="three-changes")
+                        dlq_topic="three-dlq", changes_topic="three-changes",
+                        counts_topic="three-counts")
     admin = AIOKafkaAdminClient(bootstrap_servers=three_brokers)
     await admin.start()
     try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -56,13 +57,15 @@ def unkeyed(doc: dict[str, Any], partition: int, offset: int) -> Rec:
 
 class _Batch:
     def __init__(self, capacity: int) -> None:
-        self.records: list[tuple[bytes | None, bytes | None]] = []
+        self.records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]] = []
         self.capacity = capacity
 
-    def append(self, *, key: bytes | None, value: bytes | None, timestamp: int | None) -> Any:
+    def append(self, *, key: bytes | None, value: bytes | None, timestamp: int | None,
+               headers: list[tuple[str, bytes]] | None = None) -> Any:
+        assert headers is None or isinstance(headers, list)  # as aiokafka's builder demands
         if len(self.records) >= self.capacity:
             return None
-        self.records.append((key, value))
+        self.records.append((key, value, headers or []))
         return object()
 
 
@@ -85,16 +88,21 @@ class FakeProducer:
         self.sent: list[Sent] = []
         self.failing: dict[str, BaseException] = {}
         self.held = False
-        self._pending: list[asyncio.Future[Any]] = []
+        self._pending: list[tuple[asyncio.Future[Any], Any]] = []
+        # (topic, partition) -> the offset of the next record, as the broker gives them (records
+        # of batches that fail are counted too: a write whose acknowledgement was lost).
+        self.ends: dict[tuple[str, int], int] = {}
 
     def create_batch(self) -> _Batch:
         return _Batch(self.batch_capacity)
 
     async def send_batch(self, batch: _Batch, topic: str, *, partition: int
                          ) -> asyncio.Future[Any]:
-        for key, value in batch.records:
-            self.sent.append(Sent(topic, partition, key, value))
-        return self._delivery(topic)
+        base = self.ends.get((topic, partition), 0)
+        for key, value, headers in batch.records:
+            self.sent.append(Sent(topic, partition, key, value, headers))
+        self.ends[(topic, partition)] = base + len(batch.records)
+        return self._delivery(topic, SimpleNamespace(offset=base))
 
     async def send(self, topic: str, value: bytes | None = None, key: bytes | None = None,
                    partition: int | None = None, timestamp_ms: int | None = None,
@@ -107,22 +115,22 @@ class FakeProducer:
 
     def release(self) -> None:
         self.held = False
-        for future in self._pending:
+        for future, result in self._pending:
             if not future.done():
-                future.set_result(None)
+                future.set_result(result)
         self._pending.clear()
 
     def to(self, topic: str) -> list[Sent]:
         return [s for s in self.sent if s.topic == topic]
 
-    def _delivery(self, topic: str) -> asyncio.Future[Any]:
+    def _delivery(self, topic: str, result: Any = None) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if topic in self.failing:
             future.set_exception(self.failing[topic])
         elif self.held:
-            self._pending.append(future)
+            self._pending.append((future, result))
         else:
-            future.set_result(None)
+            future.set_result(result)
         return future
 
 

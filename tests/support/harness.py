@@ -100,6 +100,10 @@ class Cluster:
         return f"{self.app_id}-changes"
 
     @property
+    def counts_topic(self) -> str:
+        return f"{self.app_id}-counts"
+
+    @property
     def repartition_topic(self) -> str:
         return f"{self.app_id}-recommendations-by-segment"
 
@@ -112,6 +116,7 @@ class Cluster:
             "SEGMENTS_INPUT_TOPIC": self.input_topic,
             "SEGMENTS_DLQ_TOPIC": self.dlq_topic,
             "SEGMENTS_CHANGES_TOPIC": self.changes_topic,
+            "SEGMENTS_COUNTS_TOPIC": self.counts_topic,
             "SEGMENTS_WEB_PORT": str(port),
             "SEGMENTS_CHANGE_INTERVAL_MS": "300",
             "SEGMENTS_WATCH_THRESHOLDS": "0.5",
@@ -326,14 +331,94 @@ async def read_topic_complete(bootstrap: str, topic: str, timeout_s: float = 120
 
 
 def last_change_events(records: list[Any]) -> dict[tuple[Any, ...], dict[str, Any]]:
-    """The latest change event per (program, type, basis, basis_id, action, min_weight), in
-    partition order (changes of one program share its key, hence its partition)."""
+    """The latest change event per (program, type, basis, basis_id, action, min_weight), as a
+    consumer keeps it (contract §4): the greatest ``version``, in partition order (the changes
+    of one segment share its key, hence its partition); a record whose version is not greater
+    than the one kept is dropped."""
     last: dict[tuple[Any, ...], dict[str, Any]] = {}
     for r in sorted(records, key=lambda r: (r.partition, r.offset)):
         c = json.loads(r.value)
-        last[(c["program_id"], c["segment_type"], c["segment_basis"], c["segment_basis_id"],
-              c["action_type"], c["min_weight"])] = c
+        key = (c["program_id"], c["segment_type"], c["segment_basis"], c["segment_basis_id"],
+               c["action_type"], c["min_weight"])
+        kept = last.get(key)
+        if kept is None or c["version"] > kept["version"]:
+            last[key] = c
     return last
+
+
+@dataclass
+class VersionedTable:
+    """A topic keyed by segment read as a consumer of contract §4/§4b keeps it: per key, the
+    record of the greatest ``version`` (a tombstone's is in its ``version`` header); a record
+    whose version is not greater than the one kept is dropped (``late``)."""
+
+    kept: dict[bytes, tuple[int, dict[str, Any] | None]] = field(default_factory=dict)
+    late: int = 0  # records dropped: a version not greater than one seen before for the key
+    problems: list[str] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, records: list[Any]) -> VersionedTable:
+        table = cls()
+        for r in sorted(records, key=lambda r: (r.partition, r.offset)):
+            if r.value is None:
+                header = dict(r.headers or ()).get("version")
+                if header is None:
+                    table.problems.append(f"tombstone of {r.key!r} without a version header")
+                    continue
+                version, value = int(header), None
+            else:
+                value = json.loads(r.value)
+                version = value["version"]
+                want = json.dumps([value["program_id"], value["segment_type"],
+                                   value["segment_basis"], value["segment_basis_id"],
+                                   value["action_type"], value["min_weight"]],
+                                  separators=(",", ":"), ensure_ascii=False).encode()
+                if r.key != want:
+                    table.problems.append(f"key {r.key!r} of value {value}")
+            kept = table.kept.get(r.key)
+            if kept is not None and version <= kept[0]:
+                table.late += 1
+                continue
+            table.kept[r.key] = (version, value)
+        return table
+
+    @staticmethod
+    def versions_follow_time(records: list[Any], slack_ms: int = 3_000) -> tuple[list[str], int]:
+        """Change events (their ``ts`` is when they were published, one clock for all workers
+        here): an event published ``slack_ms`` or more after another of the same key has a
+        greater version, whoever published them; so a paused old owner's late writes (appended
+        after the new owner's, published before them) never outrank the new owner's. Returns
+        the problems and how many events came ``slack_ms`` or more after a later-published one
+        on their partition (such late writes)."""
+        by_key: dict[bytes, list[tuple[int, int]]] = {}
+        newest: dict[int, int] = {}
+        late = 0
+        for r in sorted(records, key=lambda r: (r.partition, r.offset)):
+            c = json.loads(r.value)
+            by_key.setdefault(r.key, []).append((c["ts"], c["version"]))
+            if c["ts"] + slack_ms <= newest.get(r.partition, c["ts"]):
+                late += 1
+            newest[r.partition] = max(newest.get(r.partition, 0), c["ts"])
+        problems = []
+        for key, events in by_key.items():
+            events.sort()
+            before = -1  # the greatest version of events published slack_ms before this one
+            i = 0
+            for ts, version in events:
+                while events[i][0] + slack_ms <= ts:
+                    before = max(before, events[i][1])
+                    i += 1
+                if version <= before:
+                    problems.append(f"{key!r}: version {version} published at {ts}, after "
+                                    f"version {before} published {slack_ms} ms or more before")
+        return problems, late
+
+    def counts(self) -> dict[tuple[Any, ...], int]:
+        """(program, type, basis, basis_id, action, min_weight) -> user_count, of the keys whose
+        kept record is not a tombstone."""
+        return {(v["program_id"], v["segment_type"], v["segment_basis"], v["segment_basis_id"],
+                 v["action_type"], v["min_weight"]): v["user_count"]
+                for _, v in self.kept.values() if v is not None}
 
 
 @dataclass
@@ -343,6 +428,10 @@ class FinalCheckReport:
     unavailable: int  # 503 answers seen while waiting
     queries: int  # GET /segments queries (all pages) of the successful attempt
     change_events: int
+    count_records: int = 0  # of segment-counts
+    late_changes: int = 0  # records a consumer keeping the greatest version drops
+    late_counts: int = 0
+    late_writes: int = 0  # change events appended seconds after later-published ones
 
 
 async def final_check(cluster: Cluster, oracle: Any, workers: list[Worker], *,
@@ -397,10 +486,24 @@ async def final_check(cluster: Cluster, oracle: Any, workers: list[Worker], *,
                 records = await read_topic_complete(cluster.bootstrap, cluster.changes_topic,
                                                     **cluster.kafka)
                 n_changes = len(records)
-                problem = _changes_problem(last_change_events(records), want, watched)
+                changes = VersionedTable.read(records)
+                ordered, late_writes = VersionedTable.versions_follow_time(records)
+                problem = "; ".join([*changes.problems, *ordered][:3]) or _changes_problem(
+                    last_change_events(records), want, watched)
+                # A consumer of segment-counts from the beginning holds every listed segment at
+                # every watched threshold, and nothing else (contract §4b).
+                count_records = await read_topic_complete(cluster.bootstrap, cluster.counts_topic,
+                                                          **cluster.kafka)
+                counts = VersionedTable.read(count_records)
+                problem = problem or "; ".join(counts.problems[:3]) or _counts_problem(
+                    counts.counts(), want, watched)
             if not problem:
+                if not check_changes:
+                    return FinalCheckReport(time.monotonic() - started, attempts, unavailable,
+                                            queries, 0)
                 return FinalCheckReport(time.monotonic() - started, attempts, unavailable,
-                                        queries, n_changes)
+                                        queries, n_changes, len(count_records), changes.late,
+                                        counts.late, late_writes)
             if time.monotonic() > deadline:
                 raise AssertionError(f"final check still failing after {timeout_s}s "
                                      f"({attempts} attempts): {problem}")
@@ -417,6 +520,18 @@ def rows_diff(got: list[Any], want: list[tuple[Any, ...]], limit: int = 8) -> st
     return (f"missing {[w[k] for k in missing[:limit]]} ({len(missing)}), "
             f"extra {[g[k] for k in extra[:limit]]} ({len(extra)}), "
             f"different {[(g[k], w[k]) for k in other[:limit]]} ({len(other)})")
+
+
+def _counts_problem(got: dict[tuple[Any, ...], int],
+                    want: dict[tuple[Any, ...], list[tuple[Any, ...]]],
+                    watched: tuple[float, ...]) -> str:
+    current = {(p, t, b, row[2], row[3], m): row[5] for (p, t, b, m), rows in want.items()
+               if m in watched for row in rows}
+    if got == current:
+        return ""
+    diff = sorted({k for k in {*got, *current} if got.get(k) != current.get(k)})
+    return (f"segment-counts differs from GET /segments for {len(diff)} keys, e.g. "
+            f"{[(k, got.get(k), current.get(k)) for k in diff[:5]]}")
 
 
 def _changes_problem(last: dict[tuple[Any, ...], dict[str, Any]],

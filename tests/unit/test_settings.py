@@ -17,6 +17,9 @@ def test_defaults() -> None:
     # None: min(3, brokers in the cluster), read by the worker at start (runtime/topics.py).
     assert s.replication_factor is None
     assert Settings.from_env({"SEGMENTS_REPLICATION_FACTOR": "2"}).replication_factor == 2
+    assert (s.names.changes_topic, s.names.counts_topic) == (
+        "segment-count-changes", "segment-counts")
+    assert Settings.from_env({"SEGMENTS_COUNTS_TOPIC": "c"}).names.counts_topic == "c"
 
 
 @pytest.mark.parametrize(("env", "words"), [

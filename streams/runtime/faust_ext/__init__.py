@@ -58,6 +58,7 @@ PRIVATE_API: tuple[tuple[str, str, str], ...] = (
     ("faust.transport.drivers.aiokafka", "AIOKafkaConsumerThread", "verify_event_path"),
     ("aiokafka.consumer.subscription_state", "TopicPartitionState", "has_valid_position"),
     ("faust.transport.drivers.aiokafka", "Producer", "_ensure_producer"),
+    ("faust.transport.drivers.aiokafka", "Producer", "_settings_extra"),
     ("faust.types.tuples", "", "ack_lock"),
     ("faust.tables.base", "Collection", "persisted_offset"),
     ("faust.tables.base", "Collection", "apply_changelog_batch"),

@@ -84,3 +84,13 @@ async def test_heartbeats_go_on_while_the_assignment_callback_rebuilds() -> None
     thread._ensure_consumer = lambda: AioConsumer()  # type: ignore[method-assign]
     await thread.on_partitions_assigned(set(), 3)
     assert events == ["heartbeats", "rebuild"]
+
+
+def test_the_workers_producer_is_idempotent() -> None:
+    """Every record of contract §4 and §4b (and every other write) goes through it."""
+    from streams.runtime.worker import build_worker
+    from streams.settings import Settings
+
+    worker = build_worker(Settings(data_dir="/tmp/segtest-idempotent"))
+    extra = worker.faust_app.producer._settings_extra()
+    assert (extra["enable_idempotence"], extra["acks"]) == (True, "all")

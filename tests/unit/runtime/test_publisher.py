@@ -9,14 +9,21 @@ import asyncio
 import orjson
 from aiokafka.errors import KafkaTimeoutError
 
-from streams.codec.durable import decode_emitted
-from streams.codec.names import EMITTED_COUNTS
+from streams.codec.durable import (
+    decode_emitted,
+    emitted_key,
+    encode_applied,
+    recommendation_key,
+)
+from streams.codec.names import EMITTED_COUNTS, RECOMMENDATIONS
+from streams.codec.partitioner import partition_for
 from streams.domain.events import Event
 from streams.runtime.partitions import PartitionRegistry
 from streams.runtime.publisher import ChangePublisher
 from streams.runtime.rebalance import release
+from streams.runtime.recovery import Recovery
 from streams.runtime.sink import Sink
-from tests.support.fakes import NAMES, PARTITIONS, FakeProducer
+from tests.support.fakes import NAMES, PARTITIONS, FakeProducer, FakeReader
 
 EMITTED = NAMES.changelog_topic(EMITTED_COUNTS)
 
@@ -24,6 +31,7 @@ EMITTED = NAMES.changelog_topic(EMITTED_COUNTS)
 class Setup:
     def __init__(self) -> None:
         self.producer = FakeProducer()
+        self.reader = FakeReader()  # the recommendations changelog; emitted counts: as sent
         self.registry = PartitionRegistry((0.5,))
         self.registry.finish_recovery(set(range(PARTITIONS)))
         self.publisher = ChangePublisher(self.registry, Sink(lambda: self.producer, NAMES,
@@ -31,8 +39,17 @@ class Setup:
                                          clock=lambda: 1_767_225_600.0)
 
     def apply(self, user: str, weight: float | None, ts: int, partition: int = 1) -> None:
-        ev = Event("p", user, "label", "l1", "Label", "view", weight, False, ts)
+        ev = Event("p", user, "label", f"l{partition}", "Label", "view", weight, False, ts)
         self.registry.active[partition].apply(ev, ts)
+        self.reader.write(NAMES.changelog_topic(RECOMMENDATIONS), partition,
+                          recommendation_key(ev.family, user), encode_applied(ev, ts, partition))
+
+    async def rebuild_stale(self) -> None:
+        """The repair timer: stale partitions rebuilt from the changelogs as the broker has
+        them (every emitted-counts record sent, failed writes included: they may have landed)."""
+        self.reader.logs.pop(EMITTED, None)
+        self.reader.write_sent(self.producer.to(EMITTED))
+        await Recovery(self.registry, self.reader, NAMES, self.reader.highwaters).repair()
 
     def emitted(self) -> list[tuple[object, int, int | None]]:
         return [decode_emitted(s.key or b"", s.value or b"", s.partition or 0)
@@ -66,26 +83,80 @@ async def test_intents_go_before_the_events_and_confirmations_come_next_tick() -
     assert s.producer.sent == []
 
 
-async def test_change_events_are_keyed_by_program_on_its_partition() -> None:
+SEGMENT = b'["p","growth","label","l1","view",0.5]'
+
+
+async def test_changes_and_counts_are_keyed_by_segment_on_its_partition() -> None:
     s = Setup()
     s.apply("u1", 0.9, 1)
     await s.publisher.tick()
-    events = s.producer.to(NAMES.changes_topic)
-    assert {e.key for e in events} == {b"p"} and len({e.partition for e in events}) == 1
+    for topic in (NAMES.changes_topic, NAMES.counts_topic):
+        records = s.producer.to(topic)
+        assert SEGMENT in {r.key for r in records}
+        for r in records:
+            assert r.key is not None and r.partition == partition_for(r.key, PARTITIONS)
+    (count,) = [orjson.loads(r.value or b"") for r in s.producer.to(NAMES.counts_topic)
+                if r.key == SEGMENT]
+    assert count == {"program_id": "p", "segment_type": "growth", "segment_basis": "label",
+                     "segment_basis_id": "l1", "action_type": "view", "name": "Label",
+                     "min_weight": 0.5, "user_count": 1, "strength": 0.9, "as_of": 1,
+                     "version": count["version"]}
 
 
-async def test_a_failed_intent_write_publishes_nothing_and_is_retried() -> None:
+async def test_versions_are_the_intents_offsets_and_grow_with_each_change() -> None:
+    s = Setup()
+    s.apply("u1", 0.9, 1)
+    await s.publisher.tick()
+    s.apply("u2", 0.8, 5)
+    await s.publisher.tick()
+    s.apply("u1", None, 7)
+    s.apply("u2", None, 7)
+    await s.publisher.tick()
+    intents = [i for i, r in enumerate(s.producer.to(EMITTED))
+               if r.key == emitted_key((("p", "label", "l1", "view"), "growth", 0.5))
+               and decode_emitted(r.key, r.value or b"", 1)[2] is not None]
+    changes = [c for c in s.changes() if c["segment_type"] == "growth"]
+    assert [(c["user_count"], c["version"], c["as_of"]) for c in changes] == [
+        (1, intents[0], 1), (2, intents[1], 5), (0, intents[2], 7)]
+    counts = [r for r in s.producer.to(NAMES.counts_topic) if r.key == SEGMENT]
+    assert [r.value is None for r in counts] == [False, False, True]  # emptied: a tombstone
+    assert counts[2].headers == [("version", str(intents[2]).encode())]  # the tombstone's
+
+
+async def test_an_old_owner_whose_partition_was_written_by_another_publishes_nothing() -> None:
+    """A worker paused past its session: the new owner wrote to the partition's emitted-counts
+    changelog meanwhile. The old owner's intents land after those records, so their offsets
+    are not the ones it expects: nothing of the partition is published any more (its late
+    changes would carry versions above the new owner's), and the partition is rebuilt."""
+    s = await published_once()
+    s.producer.ends[(EMITTED, 1)] += 3  # the new owner's records
+    s.apply("u2", 0.8, 5)
+    s.apply("u3", 0.8, 5, partition=2)
+    await s.publisher.tick()
+    assert {c["segment_basis_id"] for c in s.changes()} == {"l2"}  # partition 2's only
+    assert {r.key for r in s.producer.to(NAMES.counts_topic)} == {
+        r.key for r in s.producer.to(NAMES.changes_topic)}
+    assert 1 in s.registry.stale and 1 not in s.registry.active
+
+
+async def test_a_failed_intent_write_publishes_nothing_and_is_published_after_a_rebuild(
+        ) -> None:
+    """Which records of a failed write reached the changelog is not known, nor the offset of
+    the next: the partition is rebuilt, and the intent, if it was written, published again."""
     s = Setup()
     s.apply("u1", 0.9, 1)
     s.producer.failing[EMITTED] = KafkaTimeoutError()
     await s.publisher.tick()
     assert s.changes() == []  # never an event without its intent
     del s.producer.failing[EMITTED]
+    await s.publisher.tick()
+    assert s.changes() == [] and 1 in s.registry.stale
+    await s.rebuild_stale()
     s.producer.sent.clear()
     await s.publisher.tick()
-    assert growth(s.emitted()) == [(1, 0)]
-    assert [(c["user_count"], c["previous_user_count"]) for c in s.changes()
-            if c["segment_type"] == "growth"] == [(1, 0)]
+    growth_changes = [c for c in s.changes() if c["segment_type"] == "growth"]
+    assert [(c["user_count"], c["previous_user_count"]) for c in growth_changes] == [(1, 0)]
+    assert growth_changes[0]["version"] == s.producer.ends[(EMITTED, 1)] - 2  # (growth, discovery)
 
 
 async def test_a_failed_publication_is_retried_with_its_intent() -> None:
@@ -192,3 +263,35 @@ async def test_a_worker_the_group_no_longer_knew_confirms_nothing_and_forgets_it
     await release(s.registry, s.publisher, nothing_to_flush, still_member=False)
     assert s.producer.sent == []
     assert (s.registry.active, s.registry.read_upto) == ({}, {})
+
+
+async def test_a_new_owner_continues_the_versions_from_the_changelog() -> None:
+    """The new owner rebuilds from the changelogs (as the broker has them) and knows the offset
+    of its next record: its first change follows the old owner's with a greater version."""
+    a = Setup()
+    a.apply("u1", 0.9, 1)
+    await a.publisher.tick()
+    a.apply("u2", 0.9, 2)
+    await a.publisher.tick()
+    await a.publisher.tick()  # the confirmations
+    old = max(c["version"] for c in a.changes())
+    b = Setup()
+    b.producer = a.producer  # one broker
+    b.reader = a.reader
+    b.reader.logs.pop(EMITTED, None)
+    b.reader.write_sent(a.producer.to(EMITTED))
+    b.registry = PartitionRegistry((0.5,))
+    b.publisher = ChangePublisher(b.registry, Sink(lambda: b.producer, NAMES, 1_000_000), NAMES)
+    recovery = Recovery(b.registry, b.reader, NAMES, b.reader.highwaters)
+    for table in (RECOMMENDATIONS, EMITTED_COUNTS):
+        await recovery.on_rebalance(table, set(range(PARTITIONS)))
+    for table in (RECOMMENDATIONS, EMITTED_COUNTS):
+        recovery.on_recovered(table, set(range(PARTITIONS)))
+    assert b.registry.active[1].ledger.next_offset == a.producer.ends[(EMITTED, 1)]
+    a.producer.sent.clear()
+    b.apply("u3", 0.9, 3)
+    await b.publisher.tick()
+    assert 1 not in b.registry.stale
+    growth_changes = [c for c in b.changes() if c["segment_type"] == "growth"]
+    assert [c["user_count"] for c in growth_changes] == [3]
+    assert growth_changes[0]["version"] > old

@@ -151,3 +151,17 @@ async def test_states_forgotten_after_a_lapsed_membership_are_rebuilt_not_kept()
     reader.reads.clear()
     await rebalance(recovery, {0})
     assert reader.reads == [(RECS, {0})] and counts(registry, 0) == [2]
+
+
+async def test_records_fausts_recovery_replays_set_the_next_emitted_counts_offset() -> None:
+    """What Faust's own recovery replays after the rebuild's read is remembered too: the ledger
+    knows the offset of the partition's next record (its version fence, domain/ledger.py)."""
+    registry, reader, recovery = setup()
+    key = emitted_key((("p", "label", "l1", "view"), "growth", 0.5))
+    reader.write(NAMES.changelog_topic(EMITTED_COUNTS), 1, key, encode_emitted(2, 1))
+    for table in (RECOMMENDATIONS, EMITTED_COUNTS):
+        await recovery.on_rebalance(table, {1})
+    recovery.load(EMITTED_COUNTS, 1, key, encode_emitted(3, 1), offset=1)  # Faust's replay
+    for table in (RECOMMENDATIONS, EMITTED_COUNTS):
+        recovery.on_recovered(table, {1})
+    assert registry.active[1].ledger.next_offset == 2

@@ -41,7 +41,7 @@ def test_only_the_internal_topics_must_have_the_partition_count() -> None:
     fixed = {t.name for t in wanted_topics(NAMES) if t.fixed_partitions}
     assert fixed == {NAMES.repartition_topic, *NAMES.changelog_topics}
     compacted = {t.name for t in wanted_topics(NAMES) if t.compacted}
-    assert compacted == set(NAMES.changelog_topics)
+    assert compacted == {*NAMES.changelog_topics, NAMES.counts_topic}  # §11: and segment-counts
 
 
 def test_a_partition_count_that_differs_names_the_topic_both_counts_and_the_fix() -> None:
