@@ -102,8 +102,7 @@ def _watch(args: argparse.Namespace) -> int:
         print(f"segments watch: {threshold:g} is not in SEGMENTS_WATCH_THRESHOLDS "
               f"({','.join(f'{t:g}' for t in settings.watch_thresholds)}): segment-counts "
               "holds only the watched thresholds", file=sys.stderr)
-    # (SEGMENTS_COUNTS_TOPIC: the workers' setting for the topic, contract 4b)
-    topic = args.topic or os.environ.get("SEGMENTS_COUNTS_TOPIC") or "segment-counts"
+    topic = args.topic or settings.counts_topic
     table = CountsTable(args.program, threshold, args.segment_type,
                         args.segment_basis.removesuffix("s"))
     asyncio.run(watch(args.bootstrap or settings.bootstrap_servers, topic, table, args.size,

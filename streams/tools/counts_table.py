@@ -2,14 +2,16 @@
 segments of one type and basis at one threshold, as `segment-counts` says they are now.
 
 Table semantics, as a Kafka Streams KTable: the latest value per segment key, a tombstone
-removes it. A record whose ``version`` is not greater than the one held for its key is dropped
-(an at-least-once duplicate, or a fenced old owner's late write). Pure: the caller feeds
-records (key and value bytes) and renders ``top``; no Kafka, no terminal."""
+removes it. A record whose ``version`` (a tombstone's: its ``version`` header) is not greater
+than the one held for its key is dropped (an at-least-once duplicate, or a fenced old owner's
+late write). Pure: the caller feeds records (key, value and headers) and renders ``top``; no
+Kafka, no terminal."""
 
 from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from streams.codec.count_records import (
@@ -31,6 +33,17 @@ class WatchedRow:
     row: SegmentRow
     delta: int  # user_count minus the count its previous record held (0: first seen)
     version: int
+
+
+def tombstone_version(headers: Sequence[tuple[str, bytes]]) -> int | None:
+    """The ``version`` header of a tombstone (decimal ASCII); MalformedRecord when it is not
+    a version."""
+    for name, raw in headers:
+        if name == "version":
+            if not (raw.isdigit() and len(raw) <= 19):
+                raise MalformedRecord(f"a tombstone's version header {raw[:32]!r}")
+            return int(raw)
+    return None
 
 
 class CountsTable:
@@ -56,24 +69,35 @@ class CountsTable:
         return (key[0] == self.program_id and key[5] == self.min_weight
                 and key[1] == self.segment_type and key[2] == self.segment_basis)
 
-    def apply(self, key: bytes | None, value: bytes | None) -> bool:
+    def apply(self, key: bytes | None, value: bytes | None,
+              headers: Sequence[tuple[str, bytes]] = ()) -> bool:
         """Apply one record of the topic, in partition order; whether this view changed."""
         self.records += 1
         try:
             segment = decode_segment_key(key)
             if not self._mine(segment):
                 return False
-            count = None if value is None else decode_count_value(segment, value)
+            if value is None:
+                return self._remove((segment[3], segment[4]), tombstone_version(headers))
+            count = decode_count_value(segment, value)
         except MalformedRecord:
             self.skipped += 1
             return False
-        slot = (segment[3], segment[4])
-        if count is None:  # a tombstone: the segment has no member at this threshold
-            held = self._rows.pop(slot, None)
-            if held is not None:
-                self._forget_later(slot, held.version)
-            return held is not None
-        return self._upsert(slot, count)
+        return self._upsert((segment[3], segment[4]), count)
+
+    def _remove(self, slot: tuple[str, str], version: int | None) -> bool:
+        """A tombstone: the segment has no member at this threshold (``version``: None for a
+        tombstone without one, applied as a KTable would)."""
+        held = self._rows.get(slot)
+        newest = held.version if held is not None else self._removed.get(slot)
+        if version is not None and newest is not None and version <= newest:
+            self.dropped += 1
+            return False
+        if held is not None:
+            del self._rows[slot]
+        if version is not None or newest is not None:
+            self._forget_later(slot, max(v for v in (version, newest) if v is not None))
+        return held is not None
 
     def _upsert(self, slot: tuple[str, str], count: CountValue) -> bool:
         held = self._rows.get(slot)

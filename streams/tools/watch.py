@@ -87,7 +87,7 @@ async def follow(bootstrap: str, topic: str, table: CountsTable,
             batch = await consumer.getmany(timeout_ms=POLL_MS, max_records=MAX_POLL_RECORDS)
             for messages in batch.values():
                 for message in messages:
-                    dirty |= table.apply(message.key, message.value)
+                    dirty |= table.apply(message.key, message.value, message.headers)
             if reading:
                 for tp in list(reading):
                     if await consumer.position(tp) >= ends[tp]:

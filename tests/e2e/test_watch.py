@@ -39,8 +39,22 @@ def value(program: str, basis_id: str, count: int, version: int, m: float = 0.5,
         "version": version})
 
 
-async def write(bootstrap: str, topic: str, records: list[tuple[bytes, bytes | None]],
-                create: bool = False) -> None:
+Record = tuple[bytes, bytes | None, list[tuple[str, bytes]]]
+
+
+def count(program: str, basis_id: str, user_count: int, version: int, m: float = 0.5,
+          segment_type: str = "growth") -> Record:
+    return (key(program, basis_id, m, segment_type),
+            value(program, basis_id, user_count, version, m, segment_type), [])
+
+
+def gone(program: str, basis_id: str, version: int) -> Record:
+    """A tombstone (its version in a header, as the worker writes it)."""
+    return key(program, basis_id), None, [("version", str(version).encode())]
+
+
+async def write(bootstrap: str, topic: str, records: list[Record], create: bool = False
+                ) -> None:
     if create:
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
         await admin.start()
@@ -52,8 +66,8 @@ async def write(bootstrap: str, topic: str, records: list[tuple[bytes, bytes | N
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
     await producer.start()
     try:
-        for k, v in records:
-            await producer.send_and_wait(topic, v, key=k)
+        for k, v, headers in records:
+            await producer.send_and_wait(topic, v, key=k, headers=headers)
     finally:
         await producer.stop()
 
@@ -80,16 +94,13 @@ async def test_watch_shows_the_top_segments_and_follows_new_records(
         kafka_bootstrap: str, watch_env: tuple[dict[str, str], str]) -> None:
     env, topic = watch_env
     await write(kafka_bootstrap, topic, [
-        (key("p", "l1"), value("p", "l1", 10, 1)),
-        (key("p", "l2"), value("p", "l2", 30, 1)),
-        (key("p", "l3"), value("p", "l3", 20, 1)),
-        (key("p", "l4"), value("p", "l4", 20, 1)),
-        (key("p", "l2"), value("p", "l2", 40, 2)),
-        (key("p", "l4"), None),  # emptied at 0.5: not shown
-        (key("p", "l9", m=0.7), value("p", "l9", 99, 1, m=0.7)),  # another threshold
-        (key("q", "l9"), value("q", "l9", 99, 1)),  # another program
-        (key("p", "l9", segment_type="base"),  # another type
-         value("p", "l9", 99, 1, segment_type="base")),
+        count("p", "l1", 10, 1), count("p", "l2", 30, 1), count("p", "l3", 20, 1),
+        count("p", "l4", 20, 1), count("p", "l2", 40, 2),
+        gone("p", "l4", 2),  # emptied at 0.5: not shown
+        gone("p", "l1", 1),  # a tombstone older than l1's count: dropped
+        count("p", "l9", 99, 1, m=0.7),  # another threshold
+        count("q", "l9", 99, 1),  # another program
+        count("p", "l9", 99, 1, segment_type="base"),  # another type
     ], create=True)
     watcher = PtyProcess([SEGMENTS, "watch", "--program", "p", "--size", "3"], env)
     try:
@@ -104,11 +115,11 @@ async def test_watch_shows_the_top_segments_and_follows_new_records(
         assert "3 segments" in status and "0 skipped" in status
 
         await write(kafka_bootstrap, topic, [
-            (key("p", "l1"), value("p", "l1", 55, 2)),  # up to the top
-            (key("p", "l3"), None),  # emptied
-            (key("p", "l2"), value("p", "l2", 1, 1)),  # a late write of an older version
-            (key("p", "l5"), value("p", "l5", 5, 1)),
-            (key("p", "l2"), value("p", "l2", 35, 3)),
+            count("p", "l1", 55, 3),  # up to the top
+            gone("p", "l3", 2),  # emptied
+            count("p", "l2", 1, 1),  # a late write of an older version: dropped
+            count("p", "l5", 5, 1),
+            count("p", "l2", 35, 3),
         ])
 
         def moved(output: bytes) -> bool:

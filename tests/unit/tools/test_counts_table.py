@@ -18,6 +18,7 @@ from streams.tools.counts_table import CountsTable
 from streams.tools.watch import render
 from tests.support.terminal import table_rows
 
+Record = tuple[bytes, bytes | None, list[tuple[str, bytes]]]
 COUNT = Draft202012Validator(schema("count"))
 KEY = Draft202012Validator(schema("count")["$defs"]["segment_key"])
 
@@ -86,6 +87,26 @@ def test_a_late_value_after_its_tombstone_is_dropped_within_the_bound() -> None:
     assert table.apply(key("l1"), value("l1", 1, 4))
 
 
+def version(v: int) -> list[tuple[str, bytes]]:
+    return [("version", str(v).encode())]
+
+
+def test_a_tombstone_not_newer_than_the_held_value_is_dropped() -> None:
+    table = CountsTable("p", 0.5)
+    table.apply(key("l1"), value("l1", 3, 5))
+    assert not table.apply(key("l1"), None, version(4))  # a late tombstone of an old owner
+    assert not table.apply(key("l1"), None, version(5))
+    assert shown(table) == [("l1", "view", 3)] and table.dropped == 2
+    assert table.apply(key("l1"), None, version(6))
+    assert not table.apply(key("l1"), value("l1", 9, 6))  # as old as the tombstone
+    assert table.apply(key("l1"), value("l1", 9, 7))
+    assert table.apply(key("l1"), None, [("other", b"x")])  # no version: a KTable's rule
+    assert len(table) == 0
+    for bad in (b"", b"-1", b"1.5", b"x" * 40, b"99999999999999999999"):
+        assert not table.apply(key("l1"), None, [("version", bad)])
+    assert table.skipped == 5
+
+
 def test_only_the_view_counts_and_what_is_not_the_topic_is_skipped() -> None:
     table = CountsTable("p", 0.5, "base", "asset")
     others = [(key("a1", program="q", segment_type="base", basis="asset"),
@@ -127,14 +148,15 @@ def test_top_is_in_the_contract_order() -> None:
 
 
 @st.composite
-def _histories(draw: st.DrawFn) -> tuple[list[tuple[bytes, bytes | None]], dict[str, int]]:
-    """A feed of records whose true versions grow per key, with duplicates and stale values
-    re-sent later (as at-least-once delivery and a fenced owner do), and the final state."""
+def _histories(draw: st.DrawFn) -> tuple[list[Record], dict[str, int]]:
+    """A feed of records whose true versions grow per key, with duplicates and stale values and
+    tombstones re-sent later (as at-least-once delivery and a fenced owner do), and the final
+    state."""
     rng = random.Random(draw(st.integers(0, 2**32)))
     state: dict[str, int] = {}
     versions: dict[str, int] = {}
-    feed: list[tuple[bytes, bytes | None]] = []
-    sent: list[tuple[bytes, bytes]] = []
+    feed: list[Record] = []
+    sent: list[Record] = []
     for _ in range(draw(st.integers(1, 120))):
         basis_id = f"l{rng.randrange(8)}"
         roll = rng.random()
@@ -144,10 +166,12 @@ def _histories(draw: st.DrawFn) -> tuple[list[tuple[bytes, bytes | None]], dict[
         versions[basis_id] = versions.get(basis_id, 0) + rng.randint(1, 3)
         if roll < 0.4 and basis_id in state:
             del state[basis_id]
-            feed.append((key(basis_id), None))
+            tombstone = (key(basis_id), None, version(versions[basis_id]))
+            feed.append(tombstone)
+            sent.append(tombstone)  # (re-sent later: never newer than what followed)
         else:
             state[basis_id] = rng.randint(1, 20)
-            record = (key(basis_id), value(basis_id, state[basis_id], versions[basis_id]))
+            record = (key(basis_id), value(basis_id, state[basis_id], versions[basis_id]), [])
             feed.append(record)
             sent.append(record)
     return feed, state
@@ -156,11 +180,11 @@ def _histories(draw: st.DrawFn) -> tuple[list[tuple[bytes, bytes | None]], dict[
 @settings(max_examples=300)
 @given(_histories())
 def test_duplicates_and_stale_values_never_change_the_table(
-        history: tuple[list[tuple[bytes, bytes | None]], dict[str, int]]) -> None:
+        history: tuple[list[Record], dict[str, int]]) -> None:
     feed, state = history
     table = CountsTable("p", 0.5)
-    for k, v in feed:
-        table.apply(k, v)
+    for k, v, headers in feed:
+        table.apply(k, v, headers)
     want = sorted(((b, "view", c) for b, c in state.items()), key=lambda r: (-r[2], r[0]))
     assert shown(table) == want
 
