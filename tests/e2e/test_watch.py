@@ -19,6 +19,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from tests.e2e.readme import python_block
 from tests.support.pty_process import PtyProcess
 from tests.support.terminal import last_frame, plain, table_rows
 
@@ -81,6 +82,15 @@ def watch_env(kafka_bootstrap: str) -> Iterator[tuple[dict[str, str], str]]:
 
 
 TITLE = "program p · growth labels · min_weight 0.5"
+FIRST = [
+    count("p", "l1", 10, 1), count("p", "l2", 30, 1), count("p", "l3", 20, 1),
+    count("p", "l4", 20, 1), count("p", "l2", 40, 2),
+    gone("p", "l4", 2),  # emptied at 0.5: not shown
+    gone("p", "l1", 1),  # a tombstone not newer than l1's count: dropped
+    count("p", "l9", 99, 1, m=0.7),  # another threshold
+    count("q", "l9", 99, 1),  # another program
+    count("p", "l9", 99, 1, segment_type="base"),  # another type
+]
 
 
 def shown(output: bytes) -> tuple[list[list[str]], str]:
@@ -93,15 +103,7 @@ def shown(output: bytes) -> tuple[list[list[str]], str]:
 async def test_watch_shows_the_top_segments_and_follows_new_records(
         kafka_bootstrap: str, watch_env: tuple[dict[str, str], str]) -> None:
     env, topic = watch_env
-    await write(kafka_bootstrap, topic, [
-        count("p", "l1", 10, 1), count("p", "l2", 30, 1), count("p", "l3", 20, 1),
-        count("p", "l4", 20, 1), count("p", "l2", 40, 2),
-        gone("p", "l4", 2),  # emptied at 0.5: not shown
-        gone("p", "l1", 1),  # a tombstone older than l1's count: dropped
-        count("p", "l9", 99, 1, m=0.7),  # another threshold
-        count("q", "l9", 99, 1),  # another program
-        count("p", "l9", 99, 1, segment_type="base"),  # another type
-    ], create=True)
+    await write(kafka_bootstrap, topic, FIRST, create=True)
     watcher = PtyProcess([SEGMENTS, "watch", "--program", "p", "--size", "3"], env)
     try:
         def bootstrapped(output: bytes) -> bool:
@@ -140,3 +142,26 @@ async def test_watch_shows_the_top_segments_and_follows_new_records(
     assert once.returncode == 0, once.stderr
     assert [[c[1], c[4]] for c in table_rows(once.stdout.decode())] == [["l1", "55"],
                                                                         ["l2", "35"]]
+
+
+async def test_the_readme_consumer_example_holds_the_same_table(
+        kafka_bootstrap: str, watch_env: tuple[dict[str, str], str]) -> None:
+    env, topic = watch_env
+    await write(kafka_bootstrap, topic, FIRST, create=True)
+    code = python_block("AIOKafkaConsumer(").replace('"segment-counts"', repr(topic)).replace(
+        '"127.0.0.1:9092"', repr(kafka_bootstrap)).replace('watch("program-0")', 'watch("p")')
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-u", "-c", code, env=env,
+                                                stdout=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None
+    want = "[('l2', 'view', 40), ('l3', 'view', 20), ('l1', 'view', 10)]"
+    lines: list[str] = []
+    try:
+        while not lines or lines[-1] != want:  # (then nothing else: the table is complete)
+            lines.append((await asyncio.wait_for(proc.stdout.readline(), 30)).decode().strip())
+        with pytest.raises(TimeoutError):
+            lines.append(
+                (await asyncio.wait_for(proc.stdout.readline(), 1.5)).decode().strip())
+    finally:
+        proc.kill()
+        await proc.wait()
+    assert lines[-1] == want, lines
