@@ -70,14 +70,15 @@ async def test_an_input_of_any_partition_count_is_counted_exactly(
         # Past the livelock check's first rounds (every 2.5 s), the worker still runs.
         await asyncio.sleep(3)
         assert worker.proc is not None and worker.proc.poll() is None, worker.log()
-        # Created on a single broker: RF 1, min.insync.replicas 1, changelogs compacted, and
-        # no warning.
+        # Created on a single broker: RF 1, min.insync.replicas 1, changelogs and
+        # segment-counts compacted, and no warning.
         names = [cluster.repartition_topic, f"{cluster.app_id}-{RECOMMENDATIONS}-changelog"]
-        topics = await described(kafka_bootstrap, names)
+        topics = await described(kafka_bootstrap, [*names, cluster.counts_topic])
         for name in names:
             t = topics[name]
             assert (t.partitions, t.replication_factor, t.min_insync_replicas) == (8, 1, 1), t
         assert topics[names[1]].cleanup_policy == "compact"
+        assert topics[cluster.counts_topic].cleanup_policy == "compact"
         assert "segments_topic_config_warnings{" not in await metrics(worker.url)
     finally:
         cluster.stop_all()
@@ -155,8 +156,8 @@ async def test_on_three_brokers_topics_get_rf_3_and_min_insync_2_and_rf_1_is_war
         for node in three_brokers.split(","):
             await _wait_listed(node, "three-dlq")
         report = await ensure_topics(settings, wait_s=30)
-        created = ["three-in", "three-changes", "three-recommendations-by-segment",
-                   *settings.names.changelog_topics]
+        created = ["three-in", "three-changes", "three-counts",
+                   "three-recommendations-by-segment", *settings.names.changelog_topics]
         assert (report.replication_factor, report.brokers, sorted(report.created)) == (
             3, 3, sorted(created))
         assert [(w.topic, w.setting) for w in report.warnings] == [
@@ -170,6 +171,6 @@ async def test_on_three_brokers_topics_get_rf_3_and_min_insync_2_and_rf_1_is_war
         await admin.close()
     for name in created:
         assert (topics[name].replication_factor, topics[name].min_insync_replicas) == (3, 2)
-    for name in settings.names.changelog_topics:
+    for name in [*settings.names.changelog_topics, "three-counts"]:
         assert topics[name].cleanup_policy == "compact"
     assert topics["three-dlq"].replication_factor == 1
