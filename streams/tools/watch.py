@@ -15,6 +15,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from rich.console import Console, Group, JustifyMethod
 from rich.live import Live
 from rich.table import Table
@@ -22,6 +23,7 @@ from rich.text import Text
 
 from streams.runtime.kafka_clients import start_consumer
 from streams.tools.counts_table import CountsTable
+from streams.tools.exceptions import LocalServiceError
 from streams.tools.probes import topic_partitions
 
 REDRAW_S = 0.25
@@ -124,7 +126,15 @@ async def watch(bootstrap: str, topic: str, table: CountsTable, size: int, *, on
                 kafka: dict[str, Any] | None = None, console: Console | None = None) -> None:
     """`segments watch`: a live table until Ctrl-C; with ``once``, the table after reading the
     topic to its end, printed once."""
-    console = console or Console()
+    try:
+        await _watch(bootstrap, topic, table, size, once=once, kafka=kafka,
+                     console=console or Console())
+    except KafkaError as exc:  # (unreachable, refused credentials: a message, no traceback)
+        raise LocalServiceError(f"Kafka at {bootstrap}: {exc!r}") from None
+
+
+async def _watch(bootstrap: str, topic: str, table: CountsTable, size: int, *, once: bool,
+                 kafka: dict[str, Any] | None, console: Console) -> None:
     if once:
         await follow(bootstrap, topic, table, lambda phase: None, once=True, kafka=kafka)
         console.print(render(table, size, topic, "read to the end"))

@@ -165,3 +165,11 @@ async def test_the_readme_consumer_example_holds_the_same_table(
         proc.kill()
         await proc.wait()
     assert lines[-1] == want, lines
+
+
+def test_an_unreachable_broker_is_a_message_not_a_traceback() -> None:
+    proc = subprocess.run([SEGMENTS, "watch", "--program", "p", "--bootstrap", "127.0.0.1:1",
+                           "--once"], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert "segments: error: Kafka at 127.0.0.1:1" in proc.stderr
+    assert "Traceback" not in proc.stderr
