@@ -12,6 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import jsonschema_rs
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -26,6 +27,7 @@ from streams.tools.produce import generate
 
 ROOT = Path(__file__).resolve().parents[3]
 INPUT = Draft202012Validator(schema("input"))
+INPUT_RS = jsonschema_rs.Draft202012Validator(schema("input"))
 
 
 def schema_accepts(raw: bytes) -> bool:
@@ -35,7 +37,10 @@ def schema_accepts(raw: bytes) -> bool:
         orjson.loads(raw)
     except orjson.JSONDecodeError:
         return False
-    return INPUT.is_valid(json.loads(raw))  # (exact integers beyond 64 bits, unlike orjson)
+    document = json.loads(raw)  # (exact integers beyond 64 bits, unlike orjson)
+    valid = INPUT.is_valid(document)
+    assert INPUT_RS.is_valid(document) == valid, "jsonschema and jsonschema-rs disagree"
+    return valid
 
 
 def codec_accepts(raw: bytes) -> bool:
