@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+import orjson
 from jsonschema_rs import Draft202012Validator
 
 from streams.codec.json_schemas import schema
@@ -31,8 +31,8 @@ def record_problems(records: list[Any], kind: str, limit: int = 5) -> list[str]:
     for r in records:
         where = f"{kind} record {r.partition}@{r.offset}"
         try:
-            key = json.loads(r.key)
-        except (TypeError, ValueError):
+            key = orjson.loads(r.key)
+        except (TypeError, orjson.JSONDecodeError):
             problems.append(f"{where}: key {r.key!r} is not JSON")
             continue
         if (why := _problem(SEGMENT_KEY, key)) is not None:
@@ -42,12 +42,12 @@ def record_problems(records: list[Any], kind: str, limit: int = 5) -> list[str]:
             if kind != "count" or not version.isdigit():
                 problems.append(f"{where}: a tombstone with version header {version!r}")
             continue
-        value = json.loads(r.value)
+        value = orjson.loads(r.value)
         if (why := _problem(VALIDATORS[kind], value)) is not None:
             problems.append(f"{where}: {r.value[:200]!r}: {why}")
-        elif json.dumps([value[f] for f in ("program_id", "segment_type", "segment_basis",
-                                            "segment_basis_id", "action_type", "min_weight")],
-                        separators=(",", ":"), ensure_ascii=False).encode() != r.key:
+        elif orjson.dumps([value[f] for f in ("program_id", "segment_type", "segment_basis",
+                                              "segment_basis_id", "action_type", "min_weight")]
+                          ) != r.key:  # (orjson writes the compact form the contract names)
             problems.append(f"{where}: key {r.key!r} is not the segment key of its value")
         if len(problems) >= limit:
             break
