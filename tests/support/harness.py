@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from streams.codec.partitioner import partition_for
 from streams.runtime.kafka_clients import start_consumer
 from streams.tools.kafka_local import free_port
 from streams.tools.probes import partition_lags, topic_partitions
@@ -358,9 +359,13 @@ class VersionedTable:
     problems: list[str] = field(default_factory=list)
 
     @classmethod
-    def read(cls, records: list[Any]) -> VersionedTable:
+    def read(cls, records: list[Any], partitions: int | None = None) -> VersionedTable:
+        """``partitions``: the topic's, when every record must be on the partition Kafka's
+        default partitioner gives its key."""
         table = cls()
         for r in sorted(records, key=lambda r: (r.partition, r.offset)):
+            if partitions is not None and r.partition != partition_for(r.key, partitions):
+                table.problems.append(f"{r.key!r} on partition {r.partition}")
             if r.value is None:
                 header = dict(r.headers or ()).get("version")
                 if header is None:
@@ -487,7 +492,7 @@ async def final_check(cluster: Cluster, oracle: Any, workers: list[Worker], *,
                 records = await read_topic_complete(cluster.bootstrap, cluster.changes_topic,
                                                     **cluster.kafka)
                 n_changes = len(records)
-                changes = VersionedTable.read(records)
+                changes = VersionedTable.read(records, cluster.partitions)
                 ordered, late_writes = VersionedTable.versions_follow_time(records)
                 problem = "; ".join([*changes.problems, *ordered][:3]) or _changes_problem(
                     last_change_events(records), want, watched)
@@ -497,7 +502,7 @@ async def final_check(cluster: Cluster, oracle: Any, workers: list[Worker], *,
                 # every watched threshold, and nothing else (contract §4b).
                 count_records = await read_topic_complete(cluster.bootstrap, cluster.counts_topic,
                                                           **cluster.kafka)
-                counts = VersionedTable.read(count_records)
+                counts = VersionedTable.read(count_records, cluster.partitions)
                 problem = problem or "; ".join(counts.problems[:3]) or _counts_problem(
                     counts.counts(), want, watched) or "; ".join(
                     record_problems(count_records, "count"))
