@@ -11,7 +11,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from api import answers, views
-from api.auth import ClusterAuth, auth_middleware
+from api.auth import SCHEMAS_ROUTE, ClusterAuth, auth_middleware
 from api.backend import SegmentsBackend
 from api.cache import make_cache
 from api.errors import error_middleware
@@ -67,6 +67,7 @@ def create_web_app(backend: SegmentsBackend, redis_url: str | None, *,
     app.router.add_get("/healthz", views.healthz)
     app.router.add_get("/openapi.json", views.openapi_json)
     app.router.add_get("/metrics", views.metrics)
+    app.router.add_get(SCHEMAS_ROUTE, views.json_schema)
     app.router.add_get("/", views.page)
     app.router.add_static("/static/", str(STATIC), append_version=True)
     return app

@@ -29,8 +29,11 @@ from api.keys import ALL_PROGRAMS, ApiKey, KeyRing
 logger = logging.getLogger(__name__)
 
 INTERNAL_ROUTE = "/internal/segments"
-# Routes anyone may read: the health probe, the API's description and the page's code.
-OPEN_ROUTES = frozenset({"/healthz", "/openapi.json", "/static"})
+SCHEMAS_ROUTE = "/schemas/{name}"
+# Routes anyone may read: the health probe, the API's description, the page's code and the
+# topics' JSON Schemas (formats published in the repository, no tenant's data: like
+# /openapi.json, and Kafka consumers that hold no API key need them).
+OPEN_ROUTES = frozenset({"/healthz", "/openapi.json", "/static", SCHEMAS_ROUTE})
 PAGE_ROUTE = "/"
 METRICS_ROUTE = "/metrics"
 

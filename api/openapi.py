@@ -9,6 +9,7 @@ from pydantic import BaseModel
 import streams
 from api.models import ErrorMessage, Health, HTTPValidationError, PageSegmentCount
 from api.params import PROGRAM_ID_HEADER, RequestParams, StreamParams
+from streams.codec.json_schemas import SCHEMAS
 
 _REF = "#/components/schemas/{model}"
 
@@ -100,6 +101,21 @@ def build_openapi(keys_required: bool = False) -> dict[str, Any]:
             "503": not_ready,
         },
     }
+    json_schemas = {
+        "summary": "JSON Schema of a topic's records",
+        "description": "The JSON Schema (draft 2020-12) of " + "; ".join(
+            f"`{name}.json`: the {what}" for name, what in SCHEMAS.items())
+            + ". Open, like this document: no API key is needed.",
+        "operationId": "json_schema_schemas__name__get",
+        "parameters": [{"name": "name", "in": "path", "required": True,
+                        "schema": {"type": "string",
+                                   "enum": [f"{name}.json" for name in SCHEMAS]}}],
+        "responses": {
+            "200": {"description": "The schema",
+                    "content": {"application/schema+json": {"schema": {"type": "object"}}}},
+            "404": json_body("No schema of that name", ErrorMessage),
+        },
+    }
     components: dict[str, Any] = {}
     if keys_required:
         unauthorized = json_body("Unauthorized: no API key, or an unknown one", ErrorMessage)
@@ -126,7 +142,7 @@ def build_openapi(keys_required: bool = False) -> dict[str, Any]:
         "info": {"title": "segment-stream", "version": streams.__version__},
         "paths": {"/segments": {"get": segments}, "/segments/stream": {"get": stream},
                   "/healthz": {"get": healthz}, "/metrics": {"get": metrics},
-                  "/": {"get": page}},
+                  "/": {"get": page}, "/schemas/{name}": {"get": json_schemas}},
         "components": components,
     }
 

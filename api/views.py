@@ -1,5 +1,5 @@
 """The HTTP handlers: GET /segments, its live stream, the internal per-worker query their
-fan-out uses, /metrics, /healthz, the live page and /openapi.json.
+fan-out uses, /metrics, /healthz, the live page, /openapi.json and the topics' JSON Schemas.
 
 Any worker answers for any program (api/answers.py says from where). Every answer says how
 fresh it is (``Segments-As-Of``, ``Segments-Lag``) and whether any part of it is not from a
@@ -36,6 +36,7 @@ from api.params import (
     parse_stream_request,
 )
 from api.stream import HEARTBEAT, StreamHub, item
+from streams.codec.json_schemas import SCHEMAS, schema_bytes
 from streams.domain.rows import SegmentRow
 
 AS_OF_HEADER = "Segments-As-Of"
@@ -55,6 +56,7 @@ STREAM_SEND_BUFFER = 256 * 1024
 
 _encode = msgspec.json.Encoder().encode  # rows are structs, which orjson does not encode
 PAGE = resources.files("api").joinpath("static/index.html").read_bytes()
+SCHEMA_JSON = "application/schema+json"
 
 
 def cache_key(q: SegmentsQuery) -> str:
@@ -242,3 +244,13 @@ async def page(request: web.Request) -> web.Response:
 
 async def openapi_json(request: web.Request) -> web.Response:
     return web.Response(body=request.app[OPENAPI], content_type=JSON)
+
+
+async def json_schema(request: web.Request) -> web.Response:
+    """``GET /schemas/{input,change,count}.json``: the records' JSON Schemas (contract 4c)."""
+    stem, dot, ext = request.match_info["name"].rpartition(".")
+    if not dot or ext != "json" or stem not in SCHEMAS:
+        return json_response({"detail": "no such schema; there are "
+                              + ", ".join(f"/schemas/{n}.json" for n in SCHEMAS)}, status=404)
+    return web.Response(body=schema_bytes(stem), content_type=SCHEMA_JSON,
+                        headers={"Cache-Control": "public, max-age=300"})

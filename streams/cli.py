@@ -86,6 +86,30 @@ def _produce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _watch(args: argparse.Namespace) -> int:
+    from streams.runtime.kafka_clients import client_options
+    from streams.settings import Settings
+    from streams.tools.counts_table import CountsTable
+    from streams.tools.watch import watch
+
+    settings = Settings.from_env()
+    threshold = args.threshold if args.threshold is not None else settings.watch_thresholds[0]
+    if not 0.0 <= threshold <= 1.0:
+        raise SegmentStreamError(f"--threshold {threshold} is outside [0, 1]")
+    if args.size < 1:
+        raise SegmentStreamError("--size must be at least 1")
+    if threshold not in settings.watch_thresholds:
+        print(f"segments watch: {threshold:g} is not in SEGMENTS_WATCH_THRESHOLDS "
+              f"({','.join(f'{t:g}' for t in settings.watch_thresholds)}): segment-counts "
+              "holds only the watched thresholds", file=sys.stderr)
+    topic = args.topic or settings.counts_topic
+    table = CountsTable(args.program, threshold, args.segment_type,
+                        args.segment_basis.removesuffix("s"))
+    asyncio.run(watch(args.bootstrap or settings.bootstrap_servers, topic, table, args.size,
+                      once=args.once, kafka=client_options(settings.kafka_security)))
+    return 0
+
+
 def _keys(args: argparse.Namespace) -> int:
     from api.keys import add_key, revoke_key
 
@@ -188,6 +212,23 @@ def build_parser() -> argparse.ArgumentParser:
     prod.add_argument("--topic", default=None, help="default: SEGMENTS_INPUT_TOPIC")
     prod.add_argument("--bootstrap", default=None, help="default: KAFKA_BOOTSTRAP_SERVERS")
     prod.set_defaults(func=_produce)
+
+    watch = sub.add_parser("watch", help="follow segment-counts (from the beginning, then live) "
+                                         "in a live table of a program's top segments")
+    watch.add_argument("--program", required=True, help="the program (tenant)")
+    watch.add_argument("--threshold", type=float, default=None,
+                       help="a watched min_weight (default: the first of "
+                            "SEGMENTS_WATCH_THRESHOLDS)")
+    watch.add_argument("--segment-type", default="growth", choices=("growth", "base", "discovery"))
+    watch.add_argument("--segment-basis", default="labels",
+                       choices=("labels", "assets", "label", "asset"))
+    watch.add_argument("--size", type=int, default=20, help="how many top segments to show")
+    watch.add_argument("--once", action="store_true",
+                       help="print the table once the topic is read to its end, and exit")
+    watch.add_argument("--topic", default=None,
+                       help="default: SEGMENTS_COUNTS_TOPIC, else segment-counts")
+    watch.add_argument("--bootstrap", default=None, help="default: KAFKA_BOOTSTRAP_SERVERS")
+    watch.set_defaults(func=_watch)
 
     bench = sub.add_parser("bench", help="measure ingest vs raw consume, freshness, API, "
                                          "memory and recovery on a local broker")

@@ -379,7 +379,8 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(api: Setup, tmp_path:
     proc = subprocess.run(
         # /segments/stream streams until the client goes: the stream tests cover it.
         [st, "run", f"{url}/openapi.json", "--include-path", "/segments", "--include-path",
-         "/healthz", "--include-path", "/metrics", "--include-path", "/", "--checks", "all",
+         "/healthz", "--include-path", "/metrics", "--include-path", "/",
+         "--include-path", "/schemas/{name}", "--checks", "all",
          # Bounded by examples, not time: the same cases on every run, however loaded the
          # machine is.
          "--max-examples", "300",

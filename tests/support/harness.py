@@ -24,6 +24,7 @@ from streams.runtime.kafka_clients import start_consumer
 from streams.tools.kafka_local import free_port
 from streams.tools.probes import partition_lags, topic_partitions
 from streams.tools.produce import Record
+from tests.support.schemas import record_problems
 
 SEGMENTS = str(Path(sys.executable).parent / "segments")
 
@@ -513,13 +514,16 @@ async def final_check(cluster: Cluster, oracle: Any, workers: list[Worker], *,
                 ordered, late_writes = VersionedTable.versions_follow_time(records)
                 problem = "; ".join([*changes.problems, *ordered][:3]) or _changes_problem(
                     last_change_events(records), want, watched)
+                # Every record written validates against schemas/ (contract 4c).
+                problem = problem or "; ".join(record_problems(records, "change"))
                 # A consumer of segment-counts from the beginning holds every listed segment at
                 # every watched threshold, and nothing else (contract §4b).
                 count_records = await read_topic_complete(cluster.bootstrap, cluster.counts_topic,
                                                           **cluster.kafka)
                 counts = VersionedTable.read(count_records, cluster.partitions)
                 problem = problem or "; ".join(counts.problems[:3]) or _counts_problem(
-                    counts.counts(), want, watched)
+                    counts.counts(), want, watched) or "; ".join(
+                    record_problems(count_records, "count"))
             if not problem:
                 if not check_changes:
                     return FinalCheckReport(time.monotonic() - started, attempts, unavailable,

@@ -37,7 +37,8 @@ def refs(node: Any) -> Iterator[str]:
 def test_top_level() -> None:
     assert DOC["openapi"] == "3.1.0"
     assert DOC["info"] == {"title": "segment-stream", "version": streams.__version__}
-    assert set(DOC["paths"]) == {"/segments", "/segments/stream", "/healthz", "/metrics", "/"}
+    assert set(DOC["paths"]) == {"/segments", "/segments/stream", "/healthz", "/metrics", "/",
+                                 "/schemas/{name}"}
     orjson.dumps(DOC)
     assert build_openapi() == DOC  # deterministic
 
