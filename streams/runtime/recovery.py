@@ -56,9 +56,11 @@ class Reader(Protocol):
         ``on_record``; return, per partition, the last offset read."""
 
 
-# Records decoded and applied without giving the event loop back: a fraction of a second,
-# however contended the CPU, so that heartbeats keep the membership through a long rebuild.
+# Records fetched at once: a fraction of a second of work, however contended the CPU.
 READ_BATCH = 5_000
+# Records decoded and applied without giving the event loop back (a few milliseconds), so
+# that probes, answers and heartbeats are served through a long rebuild.
+LOAD_SLICE = 1_000
 
 
 class ChangelogReader:
@@ -88,9 +90,11 @@ class ChangelogReader:
                                                max_records=READ_BATCH)
                 for tp, msgs in batch.items():
                     end = ends[tp]
-                    for m in msgs:
+                    for i, m in enumerate(msgs):
                         if m.offset < end:
                             on_record(tp.partition, m.key, m.value)
+                        if i % LOAD_SLICE == LOAD_SLICE - 1:
+                            await asyncio.sleep(0)
                 await asyncio.sleep(0)  # heartbeats, answers: a rebuild takes many batches
             return {tp.partition: ends[tp] - 1 for tp in tps if ends[tp] > 0}
         finally:
@@ -167,11 +171,11 @@ class Recovery:
             for p, offset in (await self._read(table, todo)).items():
                 registry.remember(table, p, offset)
 
-    def on_recovered(self, table: str, assigned: set[int]) -> None:
+    async def on_recovered(self, table: str, assigned: set[int]) -> None:
         """Faust's recovery is over (it calls this for each table, once every table's
-        changelogs are read): serve."""
+        changelogs are read): serve, once the rebuilt states are settled."""
         if table == RECOMMENDATIONS:
-            self.registry.finish_recovery(assigned)
+            await self.registry.finish_recovery_in_steps(assigned)
 
     # -- after failed writes -------------------------------------------------------------------
     async def repair_stale(self) -> None:
@@ -200,6 +204,10 @@ class Recovery:
                 self.retry.failed("repair")
                 logger.warning("rebuilding partitions %s failed (%r); retrying", sorted(stale),
                                exc)
+                return
+            if not await registry.settle_in_steps(
+                    registry.recovering[p] for p in stale if p in registry.recovering):
+                registry.abort_repair(stale)
                 return
             registry.finish_repair(stale)
             self.retry.succeeded("repair")
