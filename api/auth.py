@@ -29,8 +29,8 @@ from api.keys import ALL_PROGRAMS, ApiKey, KeyRing
 logger = logging.getLogger(__name__)
 
 INTERNAL_ROUTE = "/internal/segments"
-# Routes anyone may read: the health probe, the API's description and the page's code.
-OPEN_ROUTES = frozenset({"/healthz", "/openapi.json", "/static"})
+# Routes anyone may read: the probes, the API's description and the page's code.
+OPEN_ROUTES = frozenset({"/healthz", "/livez", "/readyz", "/openapi.json", "/static"})
 PAGE_ROUTE = "/"
 METRICS_ROUTE = "/metrics"
 
