@@ -61,14 +61,15 @@ def _summary(samples: dict[str, list[float]]) -> dict[str, Any]:
 
 async def idle(worker: WorkerProc, rounds: int) -> dict[str, Any]:
     samples: dict[str, list[float]] = {p: [] for p in PATHS}
+    statuses: dict[str, dict[int, int]] = {p: {} for p in PATHS}
     async with aiohttp.ClientSession() as session:
         for _ in range(rounds):
             for path in PATHS:
                 took, status = await _probe(session, worker.url + path)
-                assert status == 200, (path, status)
                 samples[path].append(took)
+                statuses[path][status] = statuses[path].get(status, 0) + 1
             await asyncio.sleep(0.002)
-    return _summary(samples)
+    return {"probes": _summary(samples), "statuses": statuses}
 
 
 async def during_rebuild(worker: WorkerProc, timeout_s: float) -> dict[str, Any]:

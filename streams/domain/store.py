@@ -32,7 +32,7 @@ SWEEPS_PER_GRACE = 16
 SWEEP_BUDGET = 200_000
 # Slots (plus families) one step of the end of a rebuild handles (finish_rebuild_steps,
 # ChangeLedger.settle_steps): a few milliseconds, so that probes and heartbeats get a turn.
-SETTLE_BUDGET = 20_000
+SETTLE_BUDGET = 5_000
 
 
 class FamilyStore:

@@ -33,7 +33,7 @@ from streams.domain.rows import SegmentRow
 from streams.runtime.group_lag import GroupLag
 from streams.runtime.kafka_clients import start_consumer
 from streams.runtime.partitions import PartitionRegistry
-from streams.runtime.recovery import LOAD_SLICE, READ_BATCH, load_record
+from streams.runtime.recovery import LOAD_SLICE, READ_BATCH, load_record, loaded_slice
 
 logger = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ class StandbyReplicas:
                     load_record(standby.state, table, tp.partition, r.key, r.value,
                                 self._skipped)
                     if i % LOAD_SLICE == LOAD_SLICE - 1:
-                        await asyncio.sleep(0)  # (the lock held: the copies stay as they are)
+                        await loaded_slice()  # (the lock held: the copies stay as they are)
                 standby.positions[table] = records[-1].offset + 1
                 # A copy ages as its owner does; the owner writes the tombstones.
                 if standby.state.store.expire():
