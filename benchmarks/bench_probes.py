@@ -32,13 +32,19 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from streams.codec.durable import encode_recommendation, recommendation_key
+from streams.codec.durable import (
+    emitted_key,
+    encode_emitted,
+    encode_recommendation,
+    recommendation_key,
+)
 from streams.codec.keys import family_key
-from streams.codec.names import RECOMMENDATIONS, Names
+from streams.codec.names import EMITTED_COUNTS, RECOMMENDATIONS, Names
 from streams.codec.partitioner import partition_for
+from streams.domain.events import SegmentType
 from streams.tools import kafka_local
 from streams.tools.bench import PARTITIONS, Run, WorkerProc, _pct
 
@@ -105,20 +111,30 @@ async def during_rebuild(worker: WorkerProc, timeout_s: float) -> dict[str, Any]
             "probes": _summary(samples), "statuses": statuses}
 
 
-def changelog_records(n: int, seed: int = 3) -> Iterator[tuple[int, bytes, bytes]]:
-    """(partition, key, value) of ``n`` recommendations in families of 2-5 users, as a worker
-    writes them to its recommendations changelog (long tail: the most families, hence the most
-    work per recommendation at the end of a rebuild)."""
+def changelog_records(n: int, seed: int = 3) -> Iterator[tuple[str, int, bytes, bytes]]:
+    """(table, partition, key, value) of ``n`` recommendations in families of 2-5 users, as a
+    worker writes them to its two changelogs once it has published their counts at the
+    default watched threshold (long tail: the most families, hence the most work per
+    recommendation at the end of a rebuild)."""
     rng = random.Random(seed)
     ts = int(time.time() * 1000)
     made = f = 0
     while made < n:
         family = (f"program-{f % 3}", "asset", f"a{f}", ("view", "purchase")[f // 3 % 2])
         partition = partition_for(family_key(family), PARTITIONS)
+        counts: dict[SegmentType, int] = {"growth": 0, "base": 0, "discovery": 0}
         for u in rng.sample(range(100_000), min(rng.randint(2, 5), n - made)):
-            yield partition, recommendation_key(family, f"u{u}"), encode_recommendation(
-                round(rng.random(), 4), rng.random() < 0.4, ts, made, partition, f"Asset {f}")
+            weight, in_history = round(rng.random(), 4), rng.random() < 0.4
+            yield RECOMMENDATIONS, partition, recommendation_key(family, f"u{u}"), \
+                encode_recommendation(weight, in_history, ts, made, partition, f"Asset {f}")
+            if weight >= 0.5:
+                counts["growth"] += 1
+                counts["base" if in_history else "discovery"] += 1
             made += 1
+        for segment_type, count in counts.items():
+            if count:
+                yield EMITTED_COUNTS, partition, emitted_key((family, segment_type, 0.5)), \
+                    encode_emitted(count, partition)
         f += 1
 
 
@@ -126,13 +142,14 @@ async def write_changelog(run: Run, n: int) -> None:
     """The state of a deployment that applied ``n`` recommendations, written straight to its
     changelog (ingest through a worker is what `segments bench` measures; this one needs the
     state, fast, on a shared machine)."""
-    topic = Names(run.app_id, run.topic, "", "").changelog_topic(RECOMMENDATIONS)
+    names = Names(run.app_id, run.topic, "", "")
+    topics = {table: names.changelog_topic(table) for table in (RECOMMENDATIONS, EMITTED_COUNTS)}
     admin = AIOKafkaAdminClient(bootstrap_servers=run.bootstrap, **run.kafka)
     await admin.start()
     try:
-        await admin.create_topics([
-            NewTopic(run.topic, PARTITIONS, 1),
-            NewTopic(topic, PARTITIONS, 1, topic_configs={"cleanup.policy": "compact"})])
+        await admin.create_topics([NewTopic(run.topic, PARTITIONS, 1)] + [
+            NewTopic(t, PARTITIONS, 1, topic_configs={"cleanup.policy": "compact"})
+            for t in topics.values()])
     finally:
         await admin.close()
     producer = AIOKafkaProducer(bootstrap_servers=run.bootstrap, linger_ms=20, acks=1,
@@ -140,14 +157,67 @@ async def write_changelog(run: Run, n: int) -> None:
     await producer.start()
     try:
         pending = []
-        for partition, key, value in changelog_records(n):
-            pending.append(await producer.send(topic, value, key=key, partition=partition))
+        for table, partition, key, value in changelog_records(n):
+            pending.append(await producer.send(topics[table], value, key=key,
+                                               partition=partition))
             if len(pending) >= 5000:
                 await asyncio.gather(*pending)
                 pending.clear()
         await asyncio.gather(*pending)
     finally:
         await producer.stop()
+
+
+async def loop_holds(run: Run) -> dict[str, Any]:
+    """The worker's own rebuild code (Recovery, ChangelogReader, the registry's settling) run
+    in this process over the same changelog, with a task that takes a turn whenever the event
+    loop lets it: the CPU time of this thread between two of its turns is how long the rebuild
+    held the loop, whatever else the machine runs (the wall-clock probes above also wait for
+    the CPU on a shared machine)."""
+    from streams.codec.names import TABLES
+    from streams.runtime.partitions import PartitionRegistry
+    from streams.runtime.recovery import ChangelogReader, Recovery, consumer_factory
+
+    names = Names(run.app_id, run.topic, "", "")
+    registry = PartitionRegistry((0.5,))
+    ends_consumer = AIOKafkaConsumer(bootstrap_servers=run.bootstrap, **run.kafka)
+    await ends_consumer.start()
+
+    async def highwaters(topic: str, partitions: set[int]) -> dict[int, int]:
+        ends = await ends_consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
+        return {tp.partition: end for tp, end in ends.items()}
+
+    recovery = Recovery(registry, ChangelogReader(consumer_factory(
+        bootstrap_servers=run.bootstrap, **run.kafka)), names, highwaters)
+    holds: list[float] = []
+    done = False
+
+    async def ticker() -> None:
+        last = time.thread_time()
+        while not done:
+            await asyncio.sleep(0)
+            now = time.thread_time()
+            holds.append(now - last)
+            last = time.thread_time()
+
+    assigned = set(range(PARTITIONS))
+    task = asyncio.create_task(ticker())
+    started = time.perf_counter()
+    try:
+        for table in TABLES:
+            await recovery.on_rebalance(table, assigned)
+        for table in TABLES:
+            await recovery.on_recovered(table, assigned)
+    finally:
+        done = True
+        await task
+        await ends_consumer.stop()
+    return {"rebuild_s": round(time.perf_counter() - started, 1),
+            "held": registry.recommendations(), "turns": len(holds),
+            "hold_cpu_p50_ms": round(_pct(holds, 0.5) * 1000, 3),
+            "hold_cpu_p99_ms": round(_pct(holds, 0.99) * 1000, 3),
+            "hold_cpu_p999_ms": round(_pct(holds, 0.999) * 1000, 3),
+            "hold_cpu_max_ms": round(max(holds) * 1000, 3)}
 
 
 async def main(args: argparse.Namespace, run: Run) -> dict[str, Any]:
@@ -158,22 +228,26 @@ async def main(args: argparse.Namespace, run: Run) -> dict[str, Any]:
     await write_changelog(run, n)
     out["write_s"] = round(time.perf_counter() - t0, 1)
     worker = WorkerProc(run, kafka_local.free_port())
-    for attempt in ("first_start", "restart"):
-        t0 = time.perf_counter()
-        worker.start()
-        out[attempt] = await during_rebuild(worker, timeout_s=1800)
-        out[attempt]["start_to_ready_s"] = round(time.perf_counter() - t0, 1)
-        out[attempt]["held"] = await worker.recommendations()
-        out[attempt]["rss_mib"] = round(worker.rss() / 2**20)
-        print(attempt, json.dumps(out[attempt]), flush=True)
-        out[f"idle_after_{attempt}"] = await idle(worker, args.rounds)
-        print("idle", json.dumps(out[f"idle_after_{attempt}"]), flush=True)
-        if args.once:
-            break
-        assert worker.proc is not None
-        worker.proc.send_signal(signal.SIGTERM)  # a graceful leave: no session timeout to wait
-        worker.proc.wait(120)
-    worker.stop()
+    try:
+        for attempt in ("first_start", "restart"):
+            t0 = time.perf_counter()
+            worker.start()
+            out[attempt] = await during_rebuild(worker, timeout_s=1800)
+            out[attempt]["start_to_ready_s"] = round(time.perf_counter() - t0, 1)
+            out[attempt]["held"] = await worker.recommendations()
+            out[attempt]["rss_mib"] = round(worker.rss() / 2**20)
+            print(attempt, json.dumps(out[attempt]), flush=True)
+            out[f"idle_after_{attempt}"] = await idle(worker, args.rounds)
+            print("idle", json.dumps(out[f"idle_after_{attempt}"]), flush=True)
+            if args.once:
+                break
+            assert worker.proc is not None
+            worker.proc.send_signal(signal.SIGTERM)  # a graceful leave: no session timeout
+            worker.proc.wait(120)
+    finally:
+        worker.stop()
+    out["loop_holds_in_process"] = await loop_holds(run)
+    print("in-process rebuild", json.dumps(out["loop_holds_in_process"]), flush=True)
     return out
 
 
