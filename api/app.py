@@ -65,6 +65,8 @@ def create_web_app(backend: SegmentsBackend, redis_url: str | None, *,
     app.router.add_get("/segments/stream", views.stream_segments)
     app.router.add_get("/internal/segments", views.internal_segments)
     app.router.add_get("/healthz", views.healthz)
+    app.router.add_get("/livez", views.livez)
+    app.router.add_get("/readyz", views.readyz)
     app.router.add_get("/openapi.json", views.openapi_json)
     app.router.add_get("/metrics", views.metrics)
     app.router.add_get(SCHEMAS_ROUTE, views.json_schema)

@@ -30,10 +30,11 @@ logger = logging.getLogger(__name__)
 
 INTERNAL_ROUTE = "/internal/segments"
 SCHEMAS_ROUTE = "/schemas/{name}"
-# Routes anyone may read: the health probe, the API's description, the page's code and the
-# topics' JSON Schemas (formats published in the repository, no tenant's data: like
-# /openapi.json, and Kafka consumers that hold no API key need them).
-OPEN_ROUTES = frozenset({"/healthz", "/openapi.json", "/static", SCHEMAS_ROUTE})
+# Routes anyone may read: the probes, the API's description, the page's code and the topics'
+# JSON Schemas (formats published in the repository, no tenant's data: like /openapi.json,
+# and Kafka consumers that hold no API key need them).
+OPEN_ROUTES = frozenset({"/healthz", "/livez", "/readyz", "/openapi.json", "/static",
+                         SCHEMAS_ROUTE})
 PAGE_ROUTE = "/"
 METRICS_ROUTE = "/metrics"
 

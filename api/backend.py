@@ -17,6 +17,9 @@ class SegmentsBackend(Protocol):
     def cache_ttl_s(self) -> float: ...
     def is_ready(self) -> bool:
         """Partitions assigned and rebuilt, no rebalance under way."""
+    def readiness(self) -> str | None:
+        """None once this worker can answer GET /segments with consistency=any; else why
+        not. O(1)."""
     def local_query(self, program_id: str, segment_type: str, segment_basis: str,
                     min_weight: float) -> tuple[list[SegmentRow], list[int]]:
         """Listed segments on this worker's partitions, in contract order (a list the caller
@@ -26,7 +29,7 @@ class SegmentsBackend(Protocol):
     def owners(self) -> dict[str, list[int]]:
         """Worker URL -> the partitions it serves, from the group assignment."""
     def recommendations(self) -> int:
-        """Recommendations held on this worker's partitions."""
+        """Recommendations held on this worker's partitions: O(partitions), never a walk."""
     def lag(self, partitions: list[int] | None = None) -> int:
         """Records of this worker's partitions (of ``partitions``) not yet handled, as of their
         last fetch."""

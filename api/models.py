@@ -57,6 +57,23 @@ class ErrorMessage(BaseModel):
     detail: str
 
 
+class Liveness(BaseModel):
+    """Body of `GET /livez`: 200 while the process and its event loop respond."""
+
+    live: bool
+
+
+class Readiness(BaseModel):
+    """Body of `GET /readyz`: 200 once this worker can answer `GET /segments` with
+    `consistency=any`, 503 with the reason before (and while it stops)."""
+
+    ready: bool
+    serving: bool = Field(
+        description="Whether it serves its own partitions right now (false while partitions "
+                    "move: answers then come from owners, standby copies or last answers).")
+    reason: str | None = Field(default=None, description="Why it is not ready.")
+
+
 class Health(BaseModel):
     """Body of `GET /healthz`: 200 when ready, 503 otherwise."""
 

@@ -7,7 +7,14 @@ from typing import Any
 from pydantic import BaseModel
 
 import streams
-from api.models import ErrorMessage, Health, HTTPValidationError, PageSegmentCount
+from api.models import (
+    ErrorMessage,
+    Health,
+    HTTPValidationError,
+    Liveness,
+    PageSegmentCount,
+    Readiness,
+)
 from api.params import PROGRAM_ID_HEADER, RequestParams, StreamParams
 from streams.codec.json_schemas import SCHEMAS
 
@@ -92,9 +99,27 @@ def build_openapi(keys_required: bool = False) -> dict[str, Any]:
         "responses": {"200": {"description": "The page",
                               "content": {"text/html": {"schema": {"type": "string"}}}}},
     }
+    livez = {
+        "summary": "Liveness",
+        "description": "200 while the process and its event loop respond (no other "
+                       "condition: for a liveness probe). Never walks the state.",
+        "operationId": "livez_livez_get",
+        "responses": {"200": json_body("Alive", Liveness)},
+    }
+    not_yet = json_body("Not ready, with the reason", Readiness)
+    not_yet["headers"] = _retry_after()
+    readyz = {
+        "summary": "Readiness",
+        "description": "200 once this worker can answer `GET /segments` with "
+                       "`consistency=any` (for a readiness probe and load balancers), 503 with "
+                       "the reason before. Never walks the state.",
+        "operationId": "readyz_readyz_get",
+        "responses": {"200": json_body("Ready", Readiness), "503": not_yet},
+    }
     healthz = {
         "summary": "Health",
-        "description": "Whether this worker is ready (partitions assigned, tables recovered).",
+        "description": "Whether this worker serves its partitions now (assigned, tables "
+                       "recovered, no rebalance under way), and what it holds.",
         "operationId": "healthz_healthz_get",
         "responses": {
             "200": json_body("Ready", Health),
@@ -141,7 +166,8 @@ def build_openapi(keys_required: bool = False) -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "segment-stream", "version": streams.__version__},
         "paths": {"/segments": {"get": segments}, "/segments/stream": {"get": stream},
-                  "/healthz": {"get": healthz}, "/metrics": {"get": metrics},
+                  "/healthz": {"get": healthz}, "/livez": {"get": livez},
+                  "/readyz": {"get": readyz}, "/metrics": {"get": metrics},
                   "/": {"get": page}, "/schemas/{name}": {"get": json_schemas}},
         "components": components,
     }

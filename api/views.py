@@ -1,5 +1,6 @@
 """The HTTP handlers: GET /segments, its live stream, the internal per-worker query their
-fan-out uses, /metrics, /healthz, the live page, /openapi.json and the topics' JSON Schemas.
+fan-out uses, /metrics, the probes (/livez, /readyz, /healthz), the live page, /openapi.json
+and the topics' JSON Schemas.
 
 Any worker answers for any program (api/answers.py says from where). Every answer says how
 fresh it is (``Segments-As-Of``, ``Segments-Lag``) and whether any part of it is not from a
@@ -227,7 +228,25 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def livez(request: web.Request) -> web.Response:
+    """Liveness: answered at all, the event loop turns (no other condition)."""
+    return web.Response(body=b'{"live":true}', content_type=JSON)
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: whether GET /segments with consistency=any can be answered here."""
+    backend = request.app[BACKEND]
+    reason = backend.readiness()
+    body = {"ready": reason is None, "serving": backend.is_ready()}
+    if reason is None:
+        return json_response(body)
+    return json_response(body | {"reason": reason}, status=503,
+                         headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
 async def healthz(request: web.Request) -> web.Response:
+    """Readiness as it was before /readyz (ready = serving its partitions now), and what the
+    worker holds: O(partitions), from counters kept as the states change."""
     backend = request.app[BACKEND]
     ready = backend.is_ready()
     body = {"ready": ready, "partitions": backend.partitions(),

@@ -25,11 +25,13 @@ tick needs no confirmation record of its own.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from streams.domain.events import SEGMENT_TYPES, FamilyKey, SegmentBasis, SegmentType
 from streams.domain.family import SegmentKey
-from streams.domain.store import FamilyStore
+from streams.domain.store import SETTLE_BUDGET, FamilyStore
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ is slower (thousands a tick)
@@ -174,9 +176,22 @@ class ChangeLedger:
     def settle(self, store: FamilyStore) -> None:
         """After a rebuild: the families whose counts differ from the last published ones, or
         whose last publication is uncertain, are dirty; unchanged ones are not."""
+        for _ in self.settle_steps(store, sys.maxsize):
+            pass
+
+    def settle_steps(self, store: FamilyStore, budget: int = SETTLE_BUDGET) -> Iterator[None]:
+        """``settle`` in steps of about ``budget`` slots and families (the caller gives the
+        event loop a turn at each). A family changed between steps is dirty anyway."""
         emitted = self.emitted
         uncertain = self.uncertain
-        for key, fam in store.families.items():
+        work = 0
+        for key, fam in list(store.families.items()):
+            work += 1 if fam.indexes is not None else 1 + len(fam.slots)
+            if work >= budget:
+                work = 0
+                yield
+            if store.families.get(key) is not fam:
+                continue  # dropped meanwhile (the loop below sees it gone)
             counts = emitted.pop(key, None)
             if counts is None:
                 counts = self._none_published
@@ -190,8 +205,11 @@ class ChangeLedger:
         # Families gone from the store (aged out, or never rebuilt: a compacted changelog)
         # whose last published counts are not 0: their segments are published at 0.
         families = store.families
-        for key in [k for k in emitted if k not in families]:
-            store.dirty.add(key)
+        for i, key in enumerate(list(emitted)):
+            if key not in families:
+                store.dirty.add(key)
+            if i % budget == budget - 1:
+                yield
         for sk in uncertain:
             if sk[0] not in families:
                 store.dirty.add(sk[0])

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from streams.domain.events import Event, FamilyKey
 from streams.domain.ledger import ChangeLedger, Publication
 from streams.domain.rows import SegmentRow
-from streams.domain.store import DEFAULT_GRACE_MS, FamilyStore
+from streams.domain.store import DEFAULT_GRACE_MS, SETTLE_BUDGET, FamilyStore
 
 
 class PartitionState:
@@ -17,6 +19,7 @@ class PartitionState:
         self.number = number
         self.store = FamilyStore(rebuilding, grace_ms)
         self.ledger = ChangeLedger(number, thresholds)
+        self.settled = False  # settle_steps ran to its end: the next settle() has nothing to do
 
     def apply(self, ev: Event, offset: int, family: FamilyKey | None = None) -> bool | None:
         return self.store.apply(ev, offset, family)
@@ -27,9 +30,20 @@ class PartitionState:
 
     def settle(self) -> None:
         """End of a rebuild: the indexes built, the segments whose counts moved since their
-        last publication marked for the next one."""
+        last publication marked for the next one. Nothing to do right after ``settle_steps``
+        ran to its end (the caller installs the state with no change in between)."""
+        if self.settled:
+            self.settled = False
+            return
         self.store.finish_rebuild()
         self.ledger.settle(self.store)
+
+    def settle_steps(self, budget: int = SETTLE_BUDGET) -> Iterator[None]:
+        """``settle`` in steps (the caller gives the event loop a turn at each); once it ran
+        to its end, the next ``settle`` is a no-op."""
+        yield from self.store.finish_rebuild_steps(budget)
+        yield from self.ledger.settle_steps(self.store, budget)
+        self.settled = True
 
     def take_publication(self) -> Publication | None:
         self.store.finish_rebuild()  # (a no-op unless rebuilding)

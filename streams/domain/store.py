@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from streams.domain.events import INT64_MIN, Event, FamilyKey
 from streams.domain.family import TINY_MAX, Family, StoredRecommendation
 from streams.domain.rows import SegmentRow
+from streams.domain.tally import ProgramTally
 
 # Rows and answers the query memo holds at most (least recently used first).
 MEMO_MAX_ROWS = 20_000
@@ -29,6 +30,9 @@ DEFAULT_GRACE_MS = 7 * 24 * 3600 * 1000
 SWEEPS_PER_GRACE = 16
 # Slots one call of FamilyStore.expire sweeps at most (then the event loop gets a turn).
 SWEEP_BUDGET = 200_000
+# Slots (plus families) one step of the end of a rebuild handles (finish_rebuild_steps,
+# ChangeLedger.settle_steps): a few milliseconds, so that probes and heartbeats get a turn.
+SETTLE_BUDGET = 5_000
 
 
 class FamilyStore:
@@ -64,6 +68,11 @@ class FamilyStore:
         # Forgotten recommendations whose changelog records are still to be tombstoned.
         self.forgotten: list[tuple[FamilyKey, str]] = []
         self.forgotten_total = 0
+        # Slots of all families (``recommendations()``), kept up to date by every method that
+        # adds or frees one: what a probe or a scrape reads, never a walk of the families.
+        self.held = 0
+        # Told of every program this store gains or loses, while its partition is active.
+        self.tally: ProgramTally | None = None
 
     def _family(self, key: FamilyKey) -> Family:
         fam = self.families.get(key)
@@ -76,7 +85,12 @@ class FamilyStore:
             if version is None:
                 version = self.versions[(key[0], key[1])] = [0]
             fam = self.families[key] = Family(key, version)
-            self.by_program.setdefault(key[0], {}).setdefault(key[1], {})[key] = fam
+            bases = self.by_program.get(key[0])
+            if bases is None:
+                bases = self.by_program[key[0]] = {}
+                if self.tally is not None:
+                    self.tally.gained(key[0])
+            bases.setdefault(key[1], {})[key] = fam
         return fam
 
     @property
@@ -101,9 +115,11 @@ class FamilyStore:
             return None
         if fam is None:
             fam = self._family(key)
+        size = len(fam.weights)
         changed = fam.put(ev.user_id, ev.weight, ev.in_history, ts, offset, ev.name)
         if changed is None:
             return False
+        self.held += len(fam.weights) - size
         if max_ts is None or ts > max_ts:
             self.max_ts = ts
         if ev.weight is None:
@@ -117,10 +133,12 @@ class FamilyStore:
              ts: int, offset: int, name: str) -> None:
         """Rebuild path: one stored recommendation back (any order: last-writer-wins holds)."""
         fam = self._family(family)
+        size = len(fam.weights)
         if self.rebuilding:
             fam.load(user_id, weight, in_history, ts, offset, name)
         elif fam.put(user_id, weight, in_history, ts, offset, name) is not None:
             fam.version[0] += 1
+        self.held += len(fam.weights) - size
         if self.max_ts is None or ts > self.max_ts:
             self.max_ts = ts
         if weight is None:
@@ -166,8 +184,10 @@ class FamilyStore:
             if fam is None:
                 self._not_before.pop(key, None)
                 continue
-            budget -= len(fam.slots)
+            size = len(fam.weights)
+            budget -= size
             gone, oldest = fam.sweep(watermark)
+            self.held += len(fam.weights) - size
             if gone:
                 n += len(gone)
                 self.forgotten.extend((key, user) for user in gone)
@@ -195,7 +215,7 @@ class FamilyStore:
 
     def _drop(self, key: FamilyKey) -> None:
         """Remove an empty family (no version bump: it lists no segment)."""
-        del self.families[key]
+        self.held -= len(self.families.pop(key).weights)  # (0: it is empty)
         self._not_before.pop(key, None)
         bases = self.by_program[key[0]]
         families = bases[key[1]]
@@ -204,6 +224,8 @@ class FamilyStore:
             del bases[key[1]]
             if not bases:
                 del self.by_program[key[0]]
+                if self.tally is not None:
+                    self.tally.lost(key[0])
             # No family of this program and basis is left: its query counter goes, and with it
             # the answers memoised under it (a new counter starts again at 0).
             del self.versions[(key[0], key[1])]
@@ -213,10 +235,26 @@ class FamilyStore:
     def finish_rebuild(self) -> None:
         """End of a rebuild: build every family's indexes; from now on loads and events
         update them one by one."""
-        if self.rebuilding:
-            for fam in self.families.values():
+        for _ in self.finish_rebuild_steps(sys.maxsize):
+            pass
+
+    def finish_rebuild_steps(self, budget: int = SETTLE_BUDGET) -> Iterator[None]:
+        """``finish_rebuild`` in steps of about ``budget`` slots each (the caller gives the
+        event loop a turn at each). The store leaves the rebuilding mode at once: a family
+        whose indexes are not built yet answers from its columns (``Family.count_at_least``)
+        and is updated like any other, so events and loads between steps stay exact."""
+        if not self.rebuilding:
+            return
+        self.rebuilding = False
+        work = 0
+        for fam in list(self.families.values()):
+            if fam.indexes is None and isinstance(fam.slots, dict):
                 fam.build_indexes()
-            self.rebuilding = False
+                work += len(fam.slots)
+            work += 1
+            if work >= budget:
+                work = 0
+                yield
 
     def take_dirty(self) -> set[FamilyKey]:
         dirty, self.dirty = self.dirty, set()
@@ -264,5 +302,14 @@ class FamilyStore:
                 yield key, user, rec
 
     def recommendations(self) -> int:
-        """Recommendations held (withdrawn ones included: their order still counts)."""
+        """Recommendations held (withdrawn ones included: their order still counts), forgotten
+        ones not swept yet included: O(1), maintained (``held``)."""
+        return self.held
+
+    def segments(self) -> int:
+        """Segment families held."""
+        return len(self.families)
+
+    def walk_recommendations(self) -> int:
+        """``recommendations()`` by a walk of every family (for tests: what ``held`` equals)."""
         return sum(len(fam) for fam in self.families.values())

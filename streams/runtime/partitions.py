@@ -18,11 +18,13 @@ import contextlib
 import enum
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any
 
 from streams.codec.names import EMITTED_COUNTS
 from streams.domain.partition import PartitionState
-from streams.domain.store import DEFAULT_GRACE_MS
+from streams.domain.store import DEFAULT_GRACE_MS, SETTLE_BUDGET
+from streams.domain.tally import ProgramTally
 from streams.runtime.stalls import StallGuard
 
 logger = logging.getLogger(__name__)
@@ -50,8 +52,67 @@ class Fence:
             yield
 
 
+class ActiveStates(dict[int, PartitionState]):
+    """The states in service, by partition: a dict that attaches every state put in it to
+    ``programs`` and detaches every state taken out, so that the programs held are counted
+    as the stores change, not by a walk at each scrape."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.programs = ProgramTally()
+
+    def _attach(self, state: PartitionState) -> None:
+        store = state.store
+        if store.tally is not self.programs:
+            store.tally = self.programs
+            self.programs.add(store.by_program)
+
+    def _detach(self, state: PartitionState) -> None:
+        store = state.store
+        if store.tally is self.programs:
+            store.tally = None
+            self.programs.remove(store.by_program)
+
+    def __setitem__(self, partition: int, state: PartitionState) -> None:
+        old = self.get(partition)
+        if old is not None and old is not state:
+            self._detach(old)
+        super().__setitem__(partition, state)
+        self._attach(state)
+
+    def __delitem__(self, partition: int) -> None:
+        self._detach(self[partition])
+        super().__delitem__(partition)
+
+    def pop(self, partition: int, *default: Any) -> Any:
+        if partition in self:
+            self._detach(self[partition])
+        return super().pop(partition, *default)
+
+    def popitem(self) -> tuple[int, PartitionState]:
+        partition, state = super().popitem()
+        self._detach(state)
+        return partition, state
+
+    def clear(self) -> None:
+        for state in self.values():
+            self._detach(state)
+        super().clear()
+
+    def update(self, states: Mapping[int, PartitionState]) -> None:  # type: ignore[override]
+        for partition, state in states.items():
+            self[partition] = state
+
+    def setdefault(self, partition: int, state: PartitionState) -> PartitionState:
+        if partition not in self:
+            self[partition] = state
+        return self[partition]
+
+
 class PartitionRegistry:
     """The partition states of one worker."""
+
+    settle_budget = SETTLE_BUDGET  # work per step of the end of a rebuild (settle_in_steps)
 
     def __init__(self, thresholds: tuple[float, ...], stalls: StallGuard | None = None,
                  grace_ms: int = DEFAULT_GRACE_MS) -> None:
@@ -60,7 +121,8 @@ class PartitionRegistry:
         self.stalls = stalls
         self.phase = Phase.STARTING
         self.generation = 0  # rebalances begun
-        self.active: dict[int, PartitionState] = {}
+        self.served = False  # was SERVING once: answers can come from it (GET /readyz)
+        self.active = ActiveStates()
         self.recovering: dict[int, PartitionState] = {}
         self.stale: set[int] = set()
         # table -> partition -> the last changelog offset the partition's state holds.
@@ -132,6 +194,28 @@ class PartitionRegistry:
         self.install(recovered)
         if self.phase is not Phase.STOPPING:
             self.phase = Phase.SERVING
+            self.served = True
+
+    async def settle_in_steps(self, states: Iterable[PartitionState]) -> bool:
+        """The end of the rebuild of ``states`` (``PartitionState.settle``) in steps, the event
+        loop getting a turn between them (probes, heartbeats, answers); False if a rebalance
+        began meanwhile (then they are not settled: the next rebalance decides)."""
+        generation = self.generation
+        states = list(states)
+        for state in states:
+            for _ in state.settle_steps(self.settle_budget):
+                await asyncio.sleep(0)
+                if self.generation != generation:
+                    for s in states:
+                        s.settled = False
+                    return False
+        return True
+
+    async def finish_recovery_in_steps(self, assigned: set[int]) -> None:
+        """``finish_recovery``, the rebuilt states settled in steps first."""
+        if await self.settle_in_steps(
+                [s for p, s in self.recovering.items() if p in assigned and p not in self.active]):
+            self.finish_recovery(assigned)
 
     def install(self, states: dict[int, PartitionState]) -> None:
         """Put rebuilt partitions in service."""
@@ -180,4 +264,24 @@ class PartitionRegistry:
         self.phase = Phase.STOPPING
 
     def recommendations(self) -> int:
+        """Recommendations held on the active partitions: O(partitions)."""
         return sum(state.recommendations() for state in list(self.active.values()))
+
+    def segments(self) -> int:
+        return sum(state.store.segments() for state in list(self.active.values()))
+
+    def programs(self) -> int:
+        """Programs with families on the active partitions: O(1)."""
+        return len(self.active.programs)
+
+    def readiness(self) -> str | None:
+        """None when this worker can answer GET /segments with consistency=any (it has served
+        once: from then on, while partitions move, answers come from owners, standby copies or
+        last answers); else why not."""
+        if self.phase is Phase.STOPPING:
+            return "stopping"
+        if not self.served:
+            if self.phase is Phase.STARTING:
+                return "starting: no partition assigned yet"
+            return "rebuilding the partitions of its first assignment"
+        return None

@@ -63,6 +63,9 @@ class QueryService:
     def is_ready(self) -> bool:
         return self.registry.serving and not self._rebalancing()
 
+    def readiness(self) -> str | None:
+        return self.registry.readiness()
+
     def local_query(self, program_id: str, segment_type: str, segment_basis: str,
                     min_weight: float) -> tuple[list[SegmentRow], list[int]]:
         """Segments of one program on this worker's active partitions, in contract order (a

@@ -33,7 +33,7 @@ from streams.domain.rows import SegmentRow
 from streams.runtime.group_lag import GroupLag
 from streams.runtime.kafka_clients import start_consumer
 from streams.runtime.partitions import PartitionRegistry
-from streams.runtime.recovery import READ_BATCH, load_record
+from streams.runtime.recovery import LOAD_SLICE, READ_BATCH, load_record, loaded_slice
 
 logger = logging.getLogger(__name__)
 
@@ -243,17 +243,22 @@ class StandbyReplicas:
                 table = self._tables[tp.topic]
                 if standby is None or not records:
                     continue
-                for r in records:
+                for i, r in enumerate(records):
                     load_record(standby.state, table, tp.partition, r.key, r.value,
                                 self._skipped)
+                    if i % LOAD_SLICE == LOAD_SLICE - 1:
+                        await loaded_slice()  # (the lock held: the copies stay as they are)
                 standby.positions[table] = records[-1].offset + 1
                 # A copy ages as its owner does; the owner writes the tombstones.
                 if standby.state.store.expire():
                     standby.state.store.forgotten.clear()
-            for p, standby in self.standbys.items():
+            for p, standby in list(self.standbys.items()):
                 if not standby.ready and standby.ends is not None and all(
                         standby.positions.get(t, 0) >= end for t, end in standby.ends.items()):
-                    standby.state.settle()
+                    for _ in standby.state.settle_steps():
+                        await asyncio.sleep(0)
+                    # Settled as a copy; a takeover settles it again with what came since.
+                    standby.state.settled = False
                     standby.ready = True
                     logger.info("standby of partition %d ready (%d recommendations)", p,
                                 standby.state.recommendations())

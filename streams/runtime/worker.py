@@ -249,14 +249,11 @@ def build_worker(settings: Settings, topics: TopicReport | None = None) -> Worke
 
 def holdings(registry: PartitionRegistry, lag: dict[tuple[str, int], int],
              standbys: StandbyReplicas | None) -> Holdings:
-    """What the worker holds, for the metrics' gauges."""
+    """What the worker holds, for the metrics' gauges: counters kept up to date as the states
+    change, read in O(partitions) (never a walk of the families)."""
     states = list(registry.active.values())
-    programs: set[str] = set()
-    for state in states:
-        programs.update(state.store.by_program)
-    return Holdings(recommendations=sum(s.recommendations() for s in states),
-                    segments=sum(len(s.store.families) for s in states),
-                    programs=len(programs), active_partitions=len(states),
+    return Holdings(recommendations=registry.recommendations(), segments=registry.segments(),
+                    programs=registry.programs(), active_partitions=len(states),
                     standby_partitions=len(standbys.standbys) if standbys else 0, lag=lag,
                     watermarks={p: wm for p, s in registry.active.items()
                                 if (wm := s.store.watermark) is not None})

@@ -145,6 +145,8 @@ def test_services_and_images(config: dict[str, Any]) -> None:
         assert Path(build["context"]).resolve() == ROOT
         assert build.get("dockerfile", "Dockerfile") == "Dockerfile"
         assert (ROOT / "Dockerfile").is_file()
+        # the readiness probe: not unready at every rebalance, as /healthz is
+        assert "/readyz" in " ".join(services[name]["healthcheck"]["test"])
 
 
 def test_kafka_is_a_single_kraft_node(config: dict[str, Any]) -> None:

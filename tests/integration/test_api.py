@@ -365,6 +365,10 @@ async def test_healthz_and_openapi(api: Setup) -> None:
     for w in api.workers:
         status, body = await get_json(api.session, w.url + "/healthz")
         assert status == 200 and body["ready"] is True
+        assert body["recommendations"] > 0 and body["partitions"]
+        assert await get_json(api.session, w.url + "/livez") == (200, {"live": True})
+        assert await get_json(api.session, w.url + "/readyz") == (
+            200, {"ready": True, "serving": True})
     status, doc = await get_json(api.session, api.workers[0].url + "/openapi.json")
     assert status == 200 and doc["openapi"].startswith("3.1")
     for name in ("PageSegmentCount", "SegmentCount", "HTTPValidationError", "ValidationError"):
@@ -379,8 +383,9 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(api: Setup, tmp_path:
     proc = subprocess.run(
         # /segments/stream streams until the client goes: the stream tests cover it.
         [st, "run", f"{url}/openapi.json", "--include-path", "/segments", "--include-path",
-         "/healthz", "--include-path", "/metrics", "--include-path", "/",
-         "--include-path", "/schemas/{name}", "--checks", "all",
+         "/healthz", "--include-path", "/livez", "--include-path", "/readyz", "--include-path",
+         "/metrics", "--include-path", "/", "--include-path", "/schemas/{name}",
+         "--checks", "all",
          # Bounded by examples, not time: the same cases on every run, however loaded the
          # machine is.
          "--max-examples", "300",

@@ -78,7 +78,7 @@ class MemoryRuntime:
         for table in (RECOMMENDATIONS, EMITTED_COUNTS):
             await recovery.on_rebalance(table, assigned)
         for table in (RECOMMENDATIONS, EMITTED_COUNTS):
-            recovery.on_recovered(table, assigned)
+            await recovery.on_recovered(table, assigned)
 
     def poll(self, batch: int) -> int:
         """One batch of at most ``batch`` records per partition of each topic; returns how

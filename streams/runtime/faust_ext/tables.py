@@ -25,7 +25,7 @@ class ChangelogListener(Protocol):
     def load(self, table: str, partition: int, key: bytes | None,
              value: bytes | None, offset: int | None = None) -> None: ...
     async def on_rebalance(self, table: str, assigned: set[int]) -> None: ...
-    def on_recovered(self, table: str, assigned: set[int]) -> None: ...
+    async def on_recovered(self, table: str, assigned: set[int]) -> None: ...
 
 
 class ChangelogTable(faust.Table[bytes, bytes]):
@@ -44,7 +44,7 @@ class ChangelogTable(faust.Table[bytes, bytes]):
 
     async def on_recovery_completed(self, active_tps: set[TP], standby_tps: set[TP]) -> None:
         await super().on_recovery_completed(active_tps, standby_tps)
-        self._listener.on_recovered(self.name, {tp.partition for tp in active_tps})
+        await self._listener.on_recovered(self.name, {tp.partition for tp in active_tps})
 
     async def on_rebalance(self, assigned: set[TP], revoked: set[TP],
                            newly_assigned: set[TP], generation_id: int = 0) -> None:

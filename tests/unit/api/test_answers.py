@@ -46,6 +46,9 @@ class FakeWorker:
     def is_ready(self) -> bool:
         return self.serving
 
+    def readiness(self) -> str | None:
+        return None if self.serving else "rebuilding"
+
     def local_query(self, *query: Any) -> tuple[list[SegmentRow], list[int]]:
         return contract_order([row(p) for p in self.own]), sorted(self.own)
 

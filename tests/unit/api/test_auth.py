@@ -78,7 +78,7 @@ async def test_the_stream_the_page_and_the_metrics_are_protected(secured: Any) -
     assert (await client.get("/metrics")).status == 401
     assert (await client.get("/metrics", headers=bearer(keys["p"]))).status == 403
     assert (await client.get("/metrics", headers=bearer(keys["all"]))).status == 200
-    for open_route in ("/healthz", "/openapi.json", "/static/app.js"):
+    for open_route in ("/healthz", "/livez", "/readyz", "/openapi.json", "/static/app.js"):
         assert (await client.get(open_route)).status == 200, open_route
     spec = await (await client.get("/openapi.json")).json()
     assert spec["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"

@@ -37,8 +37,8 @@ def refs(node: Any) -> Iterator[str]:
 def test_top_level() -> None:
     assert DOC["openapi"] == "3.1.0"
     assert DOC["info"] == {"title": "segment-stream", "version": streams.__version__}
-    assert set(DOC["paths"]) == {"/segments", "/segments/stream", "/healthz", "/metrics", "/",
-                                 "/schemas/{name}"}
+    assert set(DOC["paths"]) == {"/segments", "/segments/stream", "/healthz", "/livez",
+                                 "/readyz", "/metrics", "/", "/schemas/{name}"}
     orjson.dumps(DOC)
     assert build_openapi() == DOC  # deterministic
 
@@ -178,6 +178,10 @@ def test_responses() -> None:
     health = DOC["paths"]["/healthz"]["get"]["responses"]
     assert set(health) == {"200", "503"}
     assert "Retry-After" in health["503"]["headers"]
+    assert set(DOC["paths"]["/livez"]["get"]["responses"]) == {"200"}
+    ready = DOC["paths"]["/readyz"]["get"]["responses"]
+    assert set(ready) == {"200", "503"} and "Retry-After" in ready["503"]["headers"]
+    assert DOC["components"]["schemas"]["Readiness"]["required"] == ["ready", "serving"]
 
 
 def _validator(name: str) -> Any:

@@ -34,7 +34,7 @@ async def rebalance(recovery: Recovery, assigned: set[int]) -> None:
     for table in (RECOMMENDATIONS, EMITTED_COUNTS):
         await recovery.on_rebalance(table, assigned)
     for table in (RECOMMENDATIONS, EMITTED_COUNTS):
-        recovery.on_recovered(table, assigned)
+        await recovery.on_recovered(table, assigned)
 
 
 def counts(registry: PartitionRegistry, partition: int) -> list[int]:
@@ -51,9 +51,9 @@ async def test_an_assignment_rebuilds_its_partitions_then_serves() -> None:
     await recovery.on_rebalance(RECOMMENDATIONS, {0, 1})
     assert registry.phase is Phase.REBALANCING and not registry.serving
     await recovery.on_rebalance(EMITTED_COUNTS, {0, 1})
-    recovery.on_recovered(EMITTED_COUNTS, {0, 1})
+    await recovery.on_recovered(EMITTED_COUNTS, {0, 1})
     assert not registry.serving  # the recommendations table's completion is the signal
-    recovery.on_recovered(RECOMMENDATIONS, {0, 1})
+    await recovery.on_recovered(RECOMMENDATIONS, {0, 1})
     assert registry.serving and set(registry.active) == {0, 1}
     assert counts(registry, 0) == [2] and counts(registry, 1) == []
     # empty partitions are not read at all; what was read is Faust's persisted offset
@@ -163,5 +163,5 @@ async def test_records_fausts_recovery_replays_set_the_next_emitted_counts_offse
         await recovery.on_rebalance(table, {1})
     recovery.load(EMITTED_COUNTS, 1, key, encode_emitted(3, 1), offset=1)  # Faust's replay
     for table in (RECOMMENDATIONS, EMITTED_COUNTS):
-        recovery.on_recovered(table, {1})
+        await recovery.on_recovered(table, {1})
     assert registry.active[1].ledger.next_offset == 2

@@ -66,7 +66,7 @@ class Worker:
         for table in (RECOMMENDATIONS, EMITTED_COUNTS):
             await self.recovery.on_rebalance(table, assigned)
         for table in (RECOMMENDATIONS, EMITTED_COUNTS):
-            self.recovery.on_recovered(table, assigned)
+            await self.recovery.on_recovered(table, assigned)
 
     @contextlib.asynccontextmanager
     async def following(self) -> AsyncIterator[None]:
