@@ -22,12 +22,12 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from api.answers import BACKEND, RETRY_AFTER_S, Answer, compute
+from api.answers import BACKEND, RETRY_AFTER_S, Answer
 from api.auth import ClusterAuth, authorize, sign_answer, still_authorized
 from api.cache import AnswerCache
 from api.errors import JSON, ServiceUnavailable, json_response
+from api.fanout import LIMIT_HEADER
 from api.metrics import ApiMetrics
-from api.pagination import paginate
 from api.params import (
     SegmentsQuery,
     parse_internal_request,
@@ -35,8 +35,8 @@ from api.params import (
     parse_segments_request,
     parse_stream_request,
 )
+from api.prefixes import QueryRunner, prefix_limit
 from api.stream import HEARTBEAT, StreamHub, item
-from streams.domain.rows import SegmentRow
 
 AS_OF_HEADER = "Segments-As-Of"
 LAG_HEADER = "Segments-Lag"
@@ -49,6 +49,7 @@ API_METRICS = web.AppKey("api_metrics", ApiMetrics)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 STREAMS = web.AppKey("streams", StreamHub)
 CLUSTER = web.AppKey("cluster", ClusterAuth)  # (absent: no cluster secret)
+QUERIES = web.AppKey("queries", QueryRunner)
 HEARTBEAT_S = 10.0  # the contract asks for a comment line at least every 15 s
 KEY_CHECK_S = 1.0
 STREAM_SEND_BUFFER = 256 * 1024
@@ -65,10 +66,9 @@ def cache_key(q: SegmentsQuery) -> str:
                          str(q.page), q.size]).decode()
 
 
-def render(rows: list[SegmentRow], q: SegmentsQuery) -> bytes:
-    page = paginate(rows, q.page, q.size)
-    body = {"items": [item(r, q.min_weight) for r in page], "total": len(rows),
-            "page": q.page, "size": q.size}
+def render(answer: Answer, q: SegmentsQuery) -> bytes:
+    body = {"items": [item(r, q.min_weight) for r in answer.page(q.page, q.size)],
+            "total": answer.total, "page": q.page, "size": q.size}
     try:
         return orjson.dumps(body)
     except TypeError:  # a page number beyond 64 bits: the stdlib copes
@@ -82,6 +82,7 @@ async def get_segments(request: web.Request) -> web.Response:
     cache = app[CACHE]
     counters = app[API_METRICS]
     backend = app[BACKEND]
+    queries = app[QUERIES]
     key = cache_key(q)
     if not q.force_refresh:
         cached = await cache.get(key)
@@ -89,10 +90,15 @@ async def get_segments(request: web.Request) -> web.Response:
         if entry is not None:
             counters.cache_hits.inc()
             return _answer_response(entry.body, entry.as_of_ms, entry.lag, stale=False)
+        prefix = await queries.cached(q, q.page * q.size)  # a page inside a cached prefix
+        if prefix is not None:
+            counters.cache_hits.inc()
+            return _answer_response(render(prefix.answer, q), prefix.answer.as_of_ms,
+                                    prefix.answer.lag, stale=False)
         counters.cache_misses.inc()
-    ends = await backend.input_ends()  # (read before the answer: later records not in it)
     try:
-        answer = await compute(app, q)
+        served = await queries.answer(q, q.force_refresh, q.page * q.size if q.force_refresh
+                                      else prefix_limit(q.page, q.size))
     except ServiceUnavailable:
         if q.consistency == "strict":
             raise
@@ -106,11 +112,13 @@ async def get_segments(request: web.Request) -> web.Response:
         counters.last_answers.inc()
         return _answer_response(entry.body, entry.as_of_ms, entry.lag + max(0, since),
                                 stale=True)
-    body = render(answer.rows, q)
+    answer = served.answer
+    body = render(answer, q)
     if answer.stale:
         counters.stale_answers.inc()
-    else:
-        await cache.set(key, pack(answer, body, ends), backend.cache_ttl_s, LAST_ANSWER_KEEP_S)
+    elif not served.cached:
+        await cache.set(key, pack(answer, body, served.ends), backend.cache_ttl_s,
+                        LAST_ANSWER_KEEP_S)
     return _answer_response(body, answer.as_of_ms, answer.lag, answer.stale)
 
 
@@ -154,26 +162,35 @@ async def internal_segments(request: web.Request) -> web.Response:
     q = parse_internal_request(request.query)
     backend = request.app[BACKEND]
     scope = parse_internal_scope(request.query, backend.total_partitions)
+    limit = scope.limit
     if not scope.any:
         if not backend.is_ready():
             raise ServiceUnavailable("worker is rebalancing or recovering", RETRY_AFTER_S)
         if scope.partitions is None:
-            items, partitions = backend.local_query(q.program_id, q.segment_type,
-                                                    q.segment_basis, q.min_weight)
-            return sign_answer(request, web.Response(
-                body=_encode({"items": items, "partitions": partitions, "lag": backend.lag()}),
-                content_type=JSON), request.app.get(CLUSTER))
+            items, total, partitions = backend.local_top(q.program_id, q.segment_type,
+                                                         q.segment_basis, q.min_weight, limit)
+            answer = {"items": items, "partitions": partitions, "lag": backend.lag()}
+            if limit is not None:  # (only then: an older worker's decoder refuses the field)
+                answer["total"] = total
+            return sign_answer(request, _peer_response(answer, limit), request.app.get(CLUSTER))
         wanted = sorted(scope.partitions & set(backend.partitions()))
     else:
         wanted = sorted(range(backend.total_partitions) if scope.partitions is None
                         else scope.partitions)
     held = await backend.held_query(q.program_id, q.segment_type, q.segment_basis,
-                                    q.min_weight, wanted)
+                                    q.min_weight, wanted, limit)
     if held.stale and not scope.any:  # (it stopped serving meanwhile)
         raise ServiceUnavailable("worker is rebalancing or recovering", RETRY_AFTER_S)
-    return sign_answer(request, web.Response(
-        body=_encode({"items": held.rows, "partitions": held.partitions, "lag": held.lag,
-                      "stale": held.stale}), content_type=JSON), request.app.get(CLUSTER))
+    body = {"items": held.rows, "partitions": held.partitions, "lag": held.lag,
+            "stale": held.stale}
+    if limit is not None:
+        body["total"] = held.total
+    return sign_answer(request, _peer_response(body, limit), request.app.get(CLUSTER))
+
+
+def _peer_response(answer: dict[str, object], limit: int | None) -> web.Response:
+    headers = None if limit is None else {LIMIT_HEADER: str(limit)}
+    return web.Response(body=_encode(answer), content_type=JSON, headers=headers)
 
 
 async def stream_segments(request: web.Request) -> web.StreamResponse:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import islice
 
 import msgspec
 
@@ -33,13 +36,33 @@ def contract_order(rows: list[SegmentRow]) -> list[SegmentRow]:
     return rows
 
 
+def top(rows: Iterable[SegmentRow], limit: int | None) -> list[SegmentRow]:
+    """The first ``limit`` of ``rows`` (all: None) in the contract's order, a new list; a
+    partial selection (O(n log limit)), not a sort of every row, when ``limit`` is smaller."""
+    if limit is None:
+        return sorted(rows, key=sort_key)
+    return heapq.nsmallest(limit, rows, key=sort_key)
+
+
+def merge_top(parts: Iterable[Iterable[SegmentRow]], limit: int | None) -> list[SegmentRow]:
+    """The first ``limit`` rows (all: None) of parts each already in the contract's order: a
+    k-way merge, exact because a segment lives wholly on one partition (no row in two parts)."""
+    return list(islice(heapq.merge(*parts, key=sort_key), limit))
+
+
 @dataclass(frozen=True, slots=True)
 class Held:
-    """What a worker holds of some partitions for a query: rows (sorted only within each
-    partition), the partitions covered, their lag, and whether any part is not from a serving
-    owner."""
+    """What a worker holds of some partitions for a query: rows (its first rows in contract
+    order, as many as asked for), how many it lists in all (``total``; -1 when built: the
+    rows are all of them), the partitions covered, their lag, and whether any part is not
+    from a serving owner."""
 
     rows: list[SegmentRow]
     partitions: list[int]
     lag: int
     stale: bool
+    total: int = -1
+
+    def __post_init__(self) -> None:
+        if self.total < 0:
+            object.__setattr__(self, "total", len(self.rows))
