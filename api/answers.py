@@ -30,7 +30,7 @@ from api.backend import SegmentsBackend
 from api.errors import ServiceUnavailable
 from api.fanout import PeerAnswer, PeerClient
 from api.pagination import paginate
-from api.params import InternalScope, SegmentsQuery
+from api.params import MAX_LIMIT, InternalScope, SegmentsQuery
 from streams.domain.rows import Held, SegmentRow, merge_top
 
 RETRY_AFTER_S = 1
@@ -70,6 +70,8 @@ class Answer:
 
 async def compute(app: web.Application, q: SegmentsQuery, limit: int | None = None) -> Answer:
     """The query's first ``limit`` rows (None: all) and its total."""
+    if limit is not None and limit >= MAX_LIMIT:
+        limit = None  # (page x size of a page far past any end: every row, and no big ints)
     backend = app[BACKEND]
     if q.consistency == "strict":
         return await from_owners(backend, app[PEERS], q, limit)

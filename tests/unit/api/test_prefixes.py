@@ -151,3 +151,19 @@ async def test_pages_from_prefixes_equal_the_sorted_list() -> None:
         assert sample(registry, "segments_query_coalesced_total") == 15 + 14
     finally:
         await client.close()
+
+
+async def test_a_page_far_past_the_end_is_empty_fresh_or_not() -> None:
+    worker = OneWorker()
+    client = TestClient(TestServer(create_web_app(worker, None)))
+    await client.start_server()
+    try:
+        for refresh in ("true", "false"):
+            resp = await client.get("/segments", headers={"program-id": "p"}, params={
+                "page": str(10**30), "size": "100", "force_refresh": refresh})
+            assert resp.status == 200
+            assert await resp.json() == {"items": [], "total": ROWS, "page": 10**30,
+                                         "size": 100}
+        assert worker.limits == [None]  # every row, computed once; then the cached prefix
+    finally:
+        await client.close()
