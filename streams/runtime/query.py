@@ -147,7 +147,7 @@ class QueryService:
             covered += copies
             lag += more_lag
             stale = stale or bool(copies)
-        rows = top((row for part in parts for row in part), limit)
+        rows = top([row for part in parts for row in part], limit)
         return Held(rows, sorted(covered), lag, stale or bool(taken), sum(map(len, parts)))
 
     def _held_lag(self, partitions: list[int]) -> int:
