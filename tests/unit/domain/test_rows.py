@@ -84,3 +84,11 @@ def test_merged_first_rows_equal_a_brute_force_sort(parts: list[list[SegmentRow]
     assert merge_top([top(part, None) for part in parts], None) == every
     assert top([r for part in parts for r in part], limit) == every[:limit]
 
+
+
+@given(st.lists(st.tuples(st.integers(1, 3), st.integers(0, 10**6)), max_size=300,
+                unique_by=lambda t: t[1]), st.integers(1, 400))
+def test_top_by_selection_or_by_sort_is_the_sorted_prefix(counts: list[tuple[int, int]],
+                                                          limit: int) -> None:
+    rows = [row(c, f"b{n}") for c, n in counts]
+    assert top(rows, limit) == sorted(rows, key=sort_key)[:limit]
