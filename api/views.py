@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 from dataclasses import dataclass
 from importlib import resources
 
@@ -35,7 +36,7 @@ from api.params import (
     parse_segments_request,
     parse_stream_request,
 )
-from api.prefixes import QueryRunner, prefix_limit
+from api.prefixes import QueryRunner, Served, prefix_limit
 from api.stream import HEARTBEAT, StreamHub, item
 
 AS_OF_HEADER = "Segments-As-Of"
@@ -93,8 +94,10 @@ async def get_segments(request: web.Request) -> web.Response:
         prefix = await queries.cached(q, q.page * q.size)  # a page inside a cached prefix
         if prefix is not None:
             counters.cache_hits.inc()
-            return _answer_response(render(prefix.answer, q), prefix.answer.as_of_ms,
-                                    prefix.answer.lag, stale=False)
+            body = render(prefix.answer, q)
+            await _remember(app, key, prefix, body)
+            return _answer_response(body, prefix.answer.as_of_ms, prefix.answer.lag,
+                                    stale=False)
         counters.cache_misses.inc()
     try:
         served = await queries.answer(q, q.force_refresh, q.page * q.size if q.force_refresh
@@ -116,10 +119,19 @@ async def get_segments(request: web.Request) -> web.Response:
     body = render(answer, q)
     if answer.stale:
         counters.stale_answers.inc()
-    elif not served.cached:
-        await cache.set(key, pack(answer, body, served.ends), backend.cache_ttl_s,
-                        LAST_ANSWER_KEEP_S)
+    else:
+        await _remember(app, key, served, body)
     return _answer_response(body, answer.as_of_ms, answer.lag, answer.stale)
+
+
+async def _remember(app: web.Application, key: str, served: Served, body: bytes) -> None:
+    """Cache a page's body (one from a cached prefix until the prefix's own expiry, so that no
+    answer outlives the TTL from when it was computed) and keep it as its last answer."""
+    ttl_s = app[BACKEND].cache_ttl_s
+    if served.cached:
+        ttl_s = min(ttl_s, ttl_s - (time.time() * 1000 - served.answer.as_of_ms) / 1000)
+    await app[CACHE].set(key, pack(served.answer, body, served.ends), max(0.0, ttl_s),
+                         LAST_ANSWER_KEEP_S)
 
 
 @dataclass(frozen=True, slots=True)

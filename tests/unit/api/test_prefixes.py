@@ -35,9 +35,10 @@ class OneWorker:
         self.rows = rows()
         self.limits: list[int | None] = []
         self.gate: asyncio.Event | None = None
+        self.serving = True
 
     def is_ready(self) -> bool:
-        return True
+        return self.serving
 
     def local_top(self, *query: Any) -> tuple[list[SegmentRow], int, list[int]]:
         limit = query[4]
@@ -60,7 +61,8 @@ class OneWorker:
         return 3
 
     async def held_query(self, *query: Any) -> Held:
-        raise AssertionError("not asked: the worker serves")
+        assert not self.serving
+        return Held([], [], 0, False)  # its partitions moved; nobody has them yet
 
     async def input_ends(self, fresh: bool = False) -> int | None:
         if self.gate is not None:
@@ -165,5 +167,25 @@ async def test_a_page_far_past_the_end_is_empty_fresh_or_not() -> None:
             assert await resp.json() == {"items": [], "total": ROWS, "page": 10**30,
                                          "size": 100}
         assert worker.limits == [None]  # every row, computed once; then the cached prefix
+    finally:
+        await client.close()
+
+
+async def test_a_page_served_from_a_prefix_is_kept_as_its_last_answer() -> None:
+    worker = OneWorker()
+    client = TestClient(TestServer(create_web_app(worker, None)))
+    await client.start_server()
+    try:
+        headers = {"program-id": "p"}
+        await client.get("/segments", headers=headers, params={"size": "100"})
+        second = await client.get("/segments", headers=headers,
+                                  params={"size": "100", "page": "2"})
+        assert second.status == 200 and worker.limits == [200]  # from the prefix
+        worker.serving = False
+        again = await client.get("/segments", headers=headers, params={
+            "size": "100", "page": "2", "force_refresh": "true"})
+        assert again.status == 200 and again.headers["Segments-Stale"] == "true"
+        assert await again.read() == await second.read()
+        assert again.headers["Segments-As-Of"] == second.headers["Segments-As-Of"]
     finally:
         await client.close()
