@@ -601,6 +601,8 @@ def pushdown_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
                          s["computations_per_worker"], s["coalesced_per_worker"],
                          strict=True)),
                      "1 per worker" if label == "misses" else "reported"))
+    rows.append(("503s asked again (partitions moving on a loaded machine)",
+                 str(p.get("unavailable_answers_retried", 0)), "reported"))
     return rows
 
 
