@@ -189,3 +189,28 @@ async def test_a_page_served_from_a_prefix_is_kept_as_its_last_answer() -> None:
         assert again.headers["Segments-As-Of"] == second.headers["Segments-As-Of"]
     finally:
         await client.close()
+
+
+async def test_the_internal_answer_adds_total_only_when_asked_with_a_limit() -> None:
+    """An older worker asks with no limit and its decoder refuses unknown fields: it gets the
+    answer it knows; a newer one asks with ``limit`` and gets the first rows and the total."""
+    worker = OneWorker()
+    client = TestClient(TestServer(create_web_app(worker, None)))
+    await client.start_server()
+    try:
+        params = {"program_id": "p", "min_weight": "0.5"}
+        old = await client.get("/internal/segments", params=params)
+        body = await old.json()
+        assert set(body) == {"items", "partitions", "lag"} and len(body["items"]) == ROWS
+        assert "Segments-Limit" not in old.headers
+        new = await client.get("/internal/segments", params={**params, "limit": "3"})
+        body = await new.json()
+        assert set(body) == {"items", "partitions", "lag", "total"}
+        assert body["total"] == ROWS and new.headers["Segments-Limit"] == "3"
+        want = [r.segment_basis_id for r in contract_order(rows())[:3]]
+        assert [i[2] for i in body["items"]] == want
+        for bad in ("0", "-1", "x", str(1 << 62 + 1), "1" * 30):
+            resp = await client.get("/internal/segments", params={**params, "limit": bad})
+            assert resp.status == 422, bad
+    finally:
+        await client.close()
