@@ -10,6 +10,11 @@ keeping its standby copies, any worker (this one answers for itself without a re
 an answer is *stale* (unless every part came from a serving owner after all) and the lag of its
 parts not from serving owners is the group's, as the broker has it when the answer is computed.
 When some partition is nowhere, the views fall back to the query's last answer.
+
+Page pushdown: an answer needs only its first ``limit`` rows (``page x size``, or a cached
+prefix's length). Each part (this worker's partitions, each peer's, each holder's) comes as its
+first ``limit`` rows in the contract's order plus its total, and the parts are k-way merged: a
+segment lives wholly on one partition, so the merged prefix and the summed totals are exact.
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ from aiohttp import web
 from api.backend import SegmentsBackend
 from api.errors import ServiceUnavailable
 from api.fanout import PeerAnswer, PeerClient
-from api.params import InternalScope, SegmentsQuery
-from streams.domain.rows import Held, SegmentRow, contract_order
+from api.pagination import paginate
+from api.params import MAX_LIMIT, InternalScope, SegmentsQuery
+from streams.domain.rows import Held, SegmentRow, merge_top
 
 RETRY_AFTER_S = 1
 
@@ -35,29 +41,50 @@ PEERS = web.AppKey("peers", PeerClient)
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """All listed segments of a query, sorted, as of ``as_of_ms``, when ``lag`` records of
-    the partitions that fed it were not yet reflected; ``stale`` when any part is not from a
-    serving owner."""
+    """The first listed segments of a query in contract order (all of them, or at least as
+    many as were asked for), how many it lists in all (``total``; -1 when built: the rows are
+    all), as of ``as_of_ms``, when ``lag`` records of the partitions that fed it were not yet
+    reflected; ``stale`` when any part is not from a serving owner."""
 
     rows: list[SegmentRow]
     as_of_ms: int
     lag: int
     stale: bool = False
+    total: int = -1
+
+    def __post_init__(self) -> None:
+        if self.total < 0:
+            object.__setattr__(self, "total", len(self.rows))
+
+    def covers(self, limit: int | None) -> bool:
+        """Whether the rows hold the first ``limit`` (None: all) of the answer."""
+        held = len(self.rows)
+        return held >= self.total or (limit is not None and limit <= held)
+
+    def page(self, page: int, size: int) -> list[SegmentRow]:
+        """The rows of page ``page`` (``[]`` past the end); the answer must cover it."""
+        if page > -(-self.total // size):  # (compares only: no big-int offsets)
+            return []
+        return paginate(self.rows, page, size)
 
 
-async def compute(app: web.Application, q: SegmentsQuery) -> Answer:
+async def compute(app: web.Application, q: SegmentsQuery, limit: int | None = None) -> Answer:
+    """The query's first ``limit`` rows (None: all) and its total."""
+    if limit is not None and limit >= MAX_LIMIT:
+        limit = None  # (page x size of a page far past any end: every row, and no big ints)
     backend = app[BACKEND]
     if q.consistency == "strict":
-        return await from_owners(backend, app[PEERS], q)
+        return await from_owners(backend, app[PEERS], q, limit)
     if backend.is_ready():
         try:
-            return await from_owners(backend, app[PEERS], q)
+            return await from_owners(backend, app[PEERS], q, limit)
         except ServiceUnavailable:
             pass  # an owner unreachable or partitions moving: look further
-    return await from_anywhere(backend, app[PEERS], q)
+    return await from_anywhere(backend, app[PEERS], q, limit)
 
 
-async def from_owners(backend: SegmentsBackend, peers: PeerClient, q: SegmentsQuery) -> Answer:
+async def from_owners(backend: SegmentsBackend, peers: PeerClient, q: SegmentsQuery,
+                      limit: int | None = None) -> Answer:
     """The query's answer from every partition's owner."""
     as_of_ms = int(time.time() * 1000)
     if not backend.is_ready():
@@ -65,29 +92,31 @@ async def from_owners(backend: SegmentsBackend, peers: PeerClient, q: SegmentsQu
     owners = backend.owners()
     expected = set(range(backend.total_partitions))
     others = [url for url, parts in owners.items() if parts and url != backend.self_url]
-    local, covered = backend.local_query(q.program_id, q.segment_type, q.segment_basis,
-                                         q.min_weight)
+    local, total, covered = backend.local_top(q.program_id, q.segment_type, q.segment_basis,
+                                              q.min_weight, limit)
     rows = local  # already in contract order; not ours to modify
     lag = backend.lag()
     seen = set(covered)
     if others:
-        rows = list(local)
-        answers = await asyncio.gather(*(peers.ask(url, q) for url in others))
+        parts = [local]
+        answers = await asyncio.gather(*(peers.ask(url, q, None, limit) for url in others))
         for peer in answers:
             if seen & set(peer.partitions):
                 raise ServiceUnavailable("partition owners overlap (rebalancing)", RETRY_AFTER_S)
-            rows.extend(peer.rows)
+            parts.append(peer.rows)
+            total += peer.total
             seen.update(peer.partitions)
             lag += peer.lag
+        rows = merge_top(parts, limit)
     if seen != expected:
         raise ServiceUnavailable(
             f"{len(expected - seen)} of {len(expected)} partitions have no ready owner",
             RETRY_AFTER_S)
-    return Answer(contract_order(rows) if others else rows, as_of_ms, lag)
+    return Answer(rows, as_of_ms, lag, False, total)
 
 
 async def from_anywhere(backend: SegmentsBackend, peers: PeerClient,
-                        q: SegmentsQuery) -> Answer:
+                        q: SegmentsQuery, limit: int | None = None) -> Answer:
     """The query's answer from wherever each partition can be found; ServiceUnavailable when
     some partition is nowhere."""
     as_of_ms = int(time.time() * 1000)
@@ -101,8 +130,8 @@ async def from_anywhere(backend: SegmentsBackend, peers: PeerClient,
         lambda p: standby_holders.get(p, []),
         lambda p: members,
     )
-    rows: list[SegmentRow] = []
-    lag, stale = 0, False
+    parts: list[list[SegmentRow]] = []
+    lag, stale, total = 0, False, 0
     asked: dict[str, set[int]] = {}
     failed: set[str] = set()
     for candidates in rounds:
@@ -112,10 +141,10 @@ async def from_anywhere(backend: SegmentsBackend, peers: PeerClient,
                 if url not in failed and p not in asked.get(url, ()) and not peers.is_open(url):
                     plan.setdefault(url, set()).add(p)
                     break
-        for url, parts in plan.items():
-            asked.setdefault(url, set()).update(parts)
-        results = await asyncio.gather(*(_held(backend, peers, url, q, parts)
-                                          for url, parts in plan.items()),
+        for url, wanted in plan.items():
+            asked.setdefault(url, set()).update(wanted)
+        results = await asyncio.gather(*(_held(backend, peers, url, q, held, limit)
+                                          for url, held in plan.items()),
                                        return_exceptions=True)
         for url, result in zip(plan, results, strict=True):
             if isinstance(result, ServiceUnavailable):  # unreachable, or no answer from it
@@ -123,21 +152,23 @@ async def from_anywhere(backend: SegmentsBackend, peers: PeerClient,
                 continue
             if isinstance(result, BaseException):
                 raise result
-            rows.extend(result.rows)
+            parts.append(result.rows)
+            total += result.total
             missing -= set(result.partitions)
             lag += result.lag
             stale = stale or result.stale
         if not missing:
-            return Answer(contract_order(rows), as_of_ms, lag, stale)
+            return Answer(merge_top(parts, limit), as_of_ms, lag, stale, total)
     raise ServiceUnavailable(
         f"{len(missing)} of {backend.total_partitions} partitions are found on no worker",
         RETRY_AFTER_S)
 
 
 async def _held(backend: SegmentsBackend, peers: PeerClient, url: str, q: SegmentsQuery,
-                partitions: set[int]) -> Held | PeerAnswer:
-    """What worker ``url`` (this one or a peer) holds of ``partitions``."""
+                partitions: set[int], limit: int | None) -> Held | PeerAnswer:
+    """What worker ``url`` (this one or a peer) holds of ``partitions``: its first ``limit``
+    rows and its total."""
     if url == backend.self_url:
         return await backend.held_query(q.program_id, q.segment_type, q.segment_basis,
-                                        q.min_weight, sorted(partitions))
-    return await peers.ask(url, q, InternalScope(frozenset(partitions), any=True))
+                                        q.min_weight, sorted(partitions), limit)
+    return await peers.ask(url, q, InternalScope(frozenset(partitions), any=True), limit)

@@ -20,6 +20,7 @@ from api.keys import KeyRing
 from api.metrics import ApiMetrics
 from api.openapi import build_openapi
 from api.params import SegmentsQuery
+from api.prefixes import QueryRunner
 from api.stream import StreamHub
 
 STATIC = resources.files("api").joinpath("static")
@@ -45,10 +46,17 @@ def create_web_app(backend: SegmentsBackend, redis_url: str | None, *,
     if cluster is not None:
         app[views.CLUSTER] = cluster
 
-    async def compute(q: SegmentsQuery) -> answers.Answer:
-        return await answers.compute(app, q)
+    async def compute(q: SegmentsQuery, limit: int | None) -> answers.Answer:
+        return await answers.compute(app, q, limit)
 
-    app[views.STREAMS] = StreamHub(compute, stream_interval_s, stream_max_clients,
+    queries = app[views.QUERIES] = QueryRunner(
+        compute, backend, lambda: app[views.CACHE], api_metrics.query_computations,
+        api_metrics.query_coalesced)
+
+    async def stream_answer(q: SegmentsQuery) -> answers.Answer:
+        return (await queries.answer(q, True, q.size)).answer
+
+    app[views.STREAMS] = StreamHub(stream_answer, stream_interval_s, stream_max_clients,
                                    api_metrics.stream_clients.set)
 
     async def resources_(app: web.Application) -> AsyncIterator[None]:
@@ -58,6 +66,7 @@ def create_web_app(backend: SegmentsBackend, redis_url: str | None, *,
                                             cluster=cluster)
             yield
             await app[views.STREAMS].stop()
+            await queries.stop()
         await app[views.CACHE].close()
 
     app.cleanup_ctx.append(resources_)

@@ -24,6 +24,12 @@ class SegmentsBackend(Protocol):
                     min_weight: float) -> tuple[list[SegmentRow], list[int]]:
         """Listed segments on this worker's partitions, in contract order (a list the caller
         must not modify), and those partitions."""
+    def local_top(self, program_id: str, segment_type: str, segment_basis: str,
+                  min_weight: float, limit: int | None = None
+                  ) -> tuple[list[SegmentRow], int, list[int]]:
+        """The first ``limit`` (None: all) listed segments on this worker's partitions, in
+        contract order (a list the caller must not modify), how many there are in all, and
+        those partitions."""
     def partitions(self) -> list[int]:
         """The partitions this worker serves."""
     def owners(self) -> dict[str, list[int]]:
@@ -34,9 +40,11 @@ class SegmentsBackend(Protocol):
         """Records of this worker's partitions (of ``partitions``) not yet handled, as of their
         last fetch."""
     async def held_query(self, program_id: str, segment_type: str, segment_basis: str,
-                         min_weight: float, partitions: list[int]) -> Held:
-        """Whatever this worker holds of ``partitions`` (its own, standby copies), flagged
-        stale when any part is not from it serving as their owner."""
+                         min_weight: float, partitions: list[int],
+                         limit: int | None = None) -> Held:
+        """Whatever this worker holds of ``partitions`` (its own, standby copies): its first
+        ``limit`` rows (None: all) in contract order and its total, flagged stale when any
+        part is not from it serving as their owner."""
     async def input_ends(self, fresh: bool = False) -> int | None:
         """The input and repartition topics' end offsets summed (None: unknown), as read lately
         or, ``fresh``, now: how many records came after an answer, later on."""

@@ -2,13 +2,21 @@
 
 A peer is another process on the network: its answer is validated before it is merged
 (shape, types, ranges, the query it answers, partitions that exist, no row twice), its body
-is read up to a bound, and it is given up after a short timeout. A peer that failed is not
-asked again until a cool-down has passed (a circuit breaker, doubling up to a maximum), so
-that requests fail fast, not each after a timeout, while it is unreachable.
+is read up to a bound, and it is given up after a short timeout. Asked with ``limit`` (page
+pushdown), a peer sends only its first ``limit`` rows in the contract's order and how many it
+lists in all (``total``); the body is then bounded by ``limit`` rows. A peer of an older
+version ignores ``limit`` and sends every row without ``total``: its rows are then ordered and
+cut here (the parameter and the field are the protocol's only version marks; a newer peer
+adds ``total`` only when asked with ``limit``, so an older worker's decoder accepts it).
+A limited answer carries header ``Segments-Limit`` (the limit it applied) and is read up to
+a bound of that many rows; an older peer's, up to ``MAX_ANSWER_BYTES``. A peer that failed is
+not asked again until a cool-down has passed (a circuit breaker, doubling up to a maximum),
+so that requests fail fast, not each after a timeout, while it is unreachable.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -20,11 +28,17 @@ from msgspec import Meta
 
 from api.auth import INTERNAL_ROUTE, NONCE_HEADER, SIGNATURE_HEADER, ClusterAuth
 from api.errors import ServiceUnavailable
-from api.params import InternalScope, SegmentsQuery
-from streams.domain.rows import SegmentRow
+from api.params import MAX_LIMIT, InternalScope, SegmentsQuery
+from streams.domain.rows import SegmentRow, sort_key, top
 
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
+LIMIT_HEADER = "Segments-Limit"
 RETRY_AFTER_S = 1
+# The most a row can take on the wire (msgspec's JSON: ids, action and name at their
+# contract's maximum lengths, every character escaped as \uXXXX), and an answer's
+# partitions, lag and punctuation: a limited answer is bounded by these.
+MAX_ROW_BYTES = 6 * (256 + 64 + 512) + 6 * (10 + 10 + 20) + 64
+ANSWER_OVERHEAD_BYTES = 64 * 1024
 
 class _PeerRow(SegmentRow, array_like=True, forbid_unknown_fields=True, frozen=True,
                gc=False):
@@ -41,17 +55,31 @@ class _Answer(msgspec.Struct, forbid_unknown_fields=True):
     partitions: list[Annotated[int, Meta(ge=0)]]
     lag: Annotated[int, Meta(ge=0, le=(1 << 63) - 1)] = 0
     stale: bool = False
+    total: Annotated[int, Meta(ge=0, le=(1 << 63) - 1)] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class PeerAnswer:
-    """A peer's part of an answer: its rows, the partitions they cover, the records of those
-    partitions not reflected yet, and whether any part is not from a serving owner."""
+    """A peer's part of an answer: its first rows in contract order, the partitions they
+    cover, the records of those partitions not reflected yet, whether any part is not from a
+    serving owner, and how many rows it lists in all (-1 when built: the rows are all)."""
 
     rows: list[SegmentRow]
     partitions: list[int]
     lag: int
     stale: bool = False
+    total: int = -1
+
+    def __post_init__(self) -> None:
+        if self.total < 0:
+            object.__setattr__(self, "total", len(self.rows))
+
+
+def answer_bound(limit: int | None, max_bytes: int = MAX_ANSWER_BYTES) -> int:
+    """The most bytes a peer's answer of at most ``limit`` rows may take."""
+    if limit is None:
+        return max_bytes
+    return min(max_bytes, ANSWER_OVERHEAD_BYTES + limit * MAX_ROW_BYTES)
 
 
 _decoder = msgspec.json.Decoder(_Answer)
@@ -73,8 +101,9 @@ class _Circuit:
 
 
 def parse_answer(body: bytes, q: SegmentsQuery, total_partitions: int,
-                 asked: frozenset[int] | None = None) -> PeerAnswer:
-    """A peer's answer to ``q`` (for the partitions ``asked``, when given). Raises BadAnswer."""
+                 asked: frozenset[int] | None = None, limit: int | None = None) -> PeerAnswer:
+    """A peer's answer to ``q`` (for the partitions ``asked``, when given; its first ``limit``
+    rows, when given), its rows in contract order. Raises BadAnswer."""
     try:
         answer = _decoder.decode(body)
     except (msgspec.DecodeError, RecursionError) as exc:
@@ -95,7 +124,16 @@ def parse_answer(body: bytes, q: SegmentsQuery, total_partitions: int,
         if family in seen:
             raise BadAnswer(f"segment {family} twice")
         seen.add(family)
-    return PeerAnswer(list(answer.items), parts, answer.lag, answer.stale)
+    rows: list[SegmentRow] = list(answer.items)
+    if answer.total is None:  # a peer that does not push pages down: every row it lists
+        return PeerAnswer(top(rows, limit), parts, answer.lag, answer.stale, len(rows))
+    # The asking worker merges these rows as they come: their order is checked, not assumed.
+    if limit is None or len(rows) != min(limit, answer.total):
+        raise BadAnswer(f"{len(rows)} rows of {answer.total} for a limit of {limit}")
+    keys = [sort_key(row) for row in rows]
+    if any(a >= b for a, b in itertools.pairwise(keys)):
+        raise BadAnswer("rows not in the contract's order")
+    return PeerAnswer(rows, parts, answer.lag, answer.stale, answer.total)
 
 
 class PeerClient:
@@ -114,10 +152,11 @@ class PeerClient:
         self._max_cooldown_s = max_cooldown_s
         self._circuits: dict[str, _Circuit] = {}
 
-    async def ask(self, url: str, q: SegmentsQuery,
-                  scope: InternalScope | None = None) -> PeerAnswer:
+    async def ask(self, url: str, q: SegmentsQuery, scope: InternalScope | None = None,
+                  limit: int | None = None) -> PeerAnswer:
         """Peer ``url``'s part of ``q`` (of ``scope``: by default the partitions it owns, from
-        a serving owner); raises PeerUnavailable."""
+        a serving owner): its first ``limit`` rows (None: all) and its total; raises
+        PeerUnavailable."""
         circuit = self._circuit(url)
         now = time.monotonic()
         if now < circuit.open_until or circuit.probing:
@@ -126,7 +165,7 @@ class PeerClient:
                                   max(RETRY_AFTER_S, math.ceil(wait)))
         circuit.probing = circuit.failures > 0
         try:
-            answer = await self._get(url, q, scope)
+            answer = await self._get(url, q, scope, limit)
         except PeerUnavailable:
             self._failed(circuit)
             raise
@@ -142,10 +181,13 @@ class PeerClient:
         circuit = self._circuits.get(url)
         return circuit is not None and time.monotonic() < circuit.open_until
 
-    async def _get(self, url: str, q: SegmentsQuery,
-                   scope: InternalScope | None) -> PeerAnswer:
+    async def _get(self, url: str, q: SegmentsQuery, scope: InternalScope | None,
+                   limit: int | None) -> PeerAnswer:
         params = {"program_id": q.program_id, "segment_type": q.segment_type,
                   "segment_basis": q.segment_basis, "min_weight": repr(q.min_weight)}
+        if limit is not None:
+            limit = min(limit, MAX_LIMIT)
+            params["limit"] = str(limit)
         asked = None
         if scope is not None:
             if scope.partitions is not None:
@@ -167,7 +209,9 @@ class PeerClient:
                     # It answered: reachable, just not ready (rebalancing); no circuit change.
                     raise ServiceUnavailable(f"worker {url} is not ready ({resp.status})",
                                              RETRY_AFTER_S)
-                body = await _read_bounded(resp, self._max_answer_bytes)
+                limited = limit is not None and resp.headers.get(LIMIT_HEADER) == str(limit)
+                body = await _read_bounded(resp, answer_bound(
+                    limit if limited else None, self._max_answer_bytes))
                 signature = resp.headers.get(SIGNATURE_HEADER)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise PeerUnavailable(f"worker {url} did not answer: {exc!r}",
@@ -177,7 +221,7 @@ class PeerClient:
             raise PeerUnavailable(f"worker {url} gave an answer not signed with the cluster "
                                   "secret", RETRY_AFTER_S)
         try:
-            return parse_answer(body, q, self._total_partitions, asked)
+            return parse_answer(body, q, self._total_partitions, asked, limit)
         except BadAnswer as exc:
             raise PeerUnavailable(f"worker {url} gave an invalid answer: {exc}",
                                   RETRY_AFTER_S) from None

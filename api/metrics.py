@@ -1,5 +1,6 @@
 """The HTTP API's metrics (contract section 9), added to the worker's registry: request
-durations by route and status, cache hits and misses, stale answers, open streams. Routes are
+durations by route and status, cache hits and misses, stale answers, answers computed and
+requests coalesced into another's computation, open streams. Routes are
 the app's own (a bounded set; anything else is counted as ``other``)."""
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ class ApiMetrics:
                         "answer)", ["source"], registry=registry)
         self.stale_answers = stale.labels("copies")
         self.last_answers = stale.labels("last_answer")
+        self.query_computations = Counter(
+            "segments_query_computations", "GET /segments and live stream answers computed "
+            "from the tables (each a fan-out to the owners)", registry=registry)
+        self.query_coalesced = Counter(
+            "segments_query_coalesced", "Requests answered by an identical query's computation "
+            "that was already under way or queued (single flight)", registry=registry)
         self.stream_clients = Gauge("segments_stream_clients",
                                     "Open GET /segments/stream connections", registry=registry)
 

@@ -24,6 +24,7 @@ from api.models import SegmentBasis, SegmentType
 PROGRAM_ID_HEADER: Final = "program-id"
 SegmentBasisParam = Literal["labels", "assets", "label", "asset"]
 Consistency = Literal["any", "strict"]
+MAX_LIMIT: Final = 1 << 62  # a worker-to-worker row limit beyond any number of rows: "all"
 
 _BASIS: Final[dict[str, SegmentBasis]] = {
     "labels": "label",
@@ -225,10 +226,12 @@ class InternalScope:
     """What a worker-to-worker query asks for besides the query: ``partitions`` restricts the
     answer to them (None: every partition the worker owns); ``any``: answer from whatever the
     worker holds of them (its own partitions even in a rebalance, standby copies), flagged
-    stale when not from a serving owner."""
+    stale when not from a serving owner; ``limit``: only the first rows in the contract's
+    order, this many, and how many there are in all (page pushdown; None: every row)."""
 
     partitions: frozenset[int] | None = None
     any: bool = False
+    limit: int | None = None
 
 
 def parse_internal_scope(query: Mapping[str, str] | MultiMapping[str],
@@ -250,13 +253,21 @@ def parse_internal_scope(query: Mapping[str, str] | MultiMapping[str],
         return values
 
     partitions = partition_list("partitions")
+    limit = None
+    raw_limit = _last(query, "limit")
+    if raw_limit is not None:
+        limit = int(raw_limit) if raw_limit.isdecimal() and len(raw_limit) <= 19 else 0
+        if not 1 <= limit <= MAX_LIMIT:
+            errors.append({"type": "value_error", "loc": ["query", "limit"],
+                           "input": raw_limit[:200],
+                           "msg": f"Value error, limit is 1..{MAX_LIMIT}"})
     mode = (_last(query, "any") or "false").lower()
     if mode not in ("true", "false"):
         errors.append({"type": "bool_parsing", "loc": ["query", "any"], "input": mode[:200],
                        "msg": "Input should be a valid boolean"})
     if errors:
         raise RequestValidationError(errors)
-    return InternalScope(partitions, mode == "true")
+    return InternalScope(partitions, mode == "true", limit)
 
 
 def _last(query: Mapping[str, str] | MultiMapping[str], name: str) -> str | None:

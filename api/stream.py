@@ -1,8 +1,9 @@
 """`GET /segments/stream` (contract section 7): server-sent events of a query's top segments.
 
 Every open stream of a worker belongs to the group of its query (program, type, basis,
-threshold, size). Each group's answer is computed once per interval from every partition's
-owner (as `GET /segments?force_refresh=true` would), compared with the last one sent, and the
+threshold, size). Each query's answer is computed once per interval from every partition's
+owner (as `GET /segments?force_refresh=true` would), for the largest size any of its groups
+follows (groups of one query with other sizes share it), compared with the last one sent, and the
 difference goes to every client of the group as one ``update``: the segments that entered the
 top list or changed (``upserts``) and those that left it (``removed``). A client starts from the
 group's last answer (``snapshot``), so applying the updates in order gives exactly each answer.
@@ -90,10 +91,9 @@ class _Group:
         self.sent_at = 0.0
 
     def reset(self, answer: Answer) -> None:
-        rows = answer.rows
-        self.order = rows[:self.q.size]
+        self.order = answer.rows[:self.q.size]
         self.top = {(r.segment_basis_id, r.action_type): r for r in self.order}
-        self.total, self.as_of_ms, self.lag = len(rows), answer.as_of_ms, answer.lag
+        self.total, self.as_of_ms, self.lag = answer.total, answer.as_of_ms, answer.lag
         self.stale = answer.stale
         self.seq += 1
         self.sent_at = time.monotonic()
@@ -108,18 +108,17 @@ class _Group:
 
     def update(self, answer: Answer) -> bytes | None:
         """The update from the last answer to this one (None: nothing to say yet)."""
-        rows = answer.rows
-        new_order = rows[:self.q.size]
+        new_order = answer.rows[:self.q.size]
         new_top = {(r.segment_basis_id, r.action_type): r for r in new_order}
         upserts = [r for key, r in new_top.items() if self.top.get(key) != r]
         removed = [list(key) for key in self.top if key not in new_top]
-        changed = bool(upserts or removed or len(rows) != self.total
+        changed = bool(upserts or removed or answer.total != self.total
                        or answer.stale != self.stale)
         if not changed and time.monotonic() - self.sent_at < FRESHNESS_EVERY_S:
             return None
         self.reset(answer)
         m = self.q.min_weight
-        data = {"as_of": answer.as_of_ms, "lag": answer.lag, "total": len(rows),
+        data = {"as_of": answer.as_of_ms, "lag": answer.lag, "total": answer.total,
                 "upserts": [item(r, m) for r in upserts], "removed": removed}
         if answer.stale:
             data["stale"] = True
@@ -196,17 +195,23 @@ class StreamHub:
     async def _run(self) -> None:
         while self._groups:
             await asyncio.sleep(self._interval_s)
+            queries: dict[tuple[str, str, str, float, str], list[_Group]] = {}
             for group in list(self._groups.values()):
-                if not group.clients:
-                    continue
+                if group.clients:
+                    q = group.q
+                    queries.setdefault((q.program_id, q.segment_type, q.segment_basis,
+                                        q.min_weight, q.consistency), []).append(group)
+            for groups in queries.values():
+                widest = max(groups, key=lambda g: g.q.size).q
                 try:
-                    answer = await self._compute(group.q)
+                    answer = await self._compute(widest)
                 except ServiceUnavailable:
                     continue  # rebalancing: the clients keep the last answer
                 except Exception:
                     logger.exception("computing a stream's answer failed")
                     continue
-                data = group.update(answer)
-                if data is not None:
-                    for client in list(group.clients):
-                        client.offer(data)
+                for group in groups:
+                    data = group.update(answer)
+                    if data is not None:
+                        for client in list(group.clients):
+                            client.offer(data)

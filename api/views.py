@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 from dataclasses import dataclass
 from importlib import resources
 
@@ -23,12 +24,12 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from api.answers import BACKEND, RETRY_AFTER_S, Answer, compute
+from api.answers import BACKEND, RETRY_AFTER_S, Answer
 from api.auth import ClusterAuth, authorize, sign_answer, still_authorized
 from api.cache import AnswerCache
 from api.errors import JSON, ServiceUnavailable, json_response
+from api.fanout import LIMIT_HEADER
 from api.metrics import ApiMetrics
-from api.pagination import paginate
 from api.params import (
     SegmentsQuery,
     parse_internal_request,
@@ -36,9 +37,9 @@ from api.params import (
     parse_segments_request,
     parse_stream_request,
 )
+from api.prefixes import QueryRunner, Served, prefix_limit
 from api.stream import HEARTBEAT, StreamHub, item
 from streams.codec.json_schemas import SCHEMAS, schema_bytes
-from streams.domain.rows import SegmentRow
 
 AS_OF_HEADER = "Segments-As-Of"
 LAG_HEADER = "Segments-Lag"
@@ -51,6 +52,7 @@ API_METRICS = web.AppKey("api_metrics", ApiMetrics)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 STREAMS = web.AppKey("streams", StreamHub)
 CLUSTER = web.AppKey("cluster", ClusterAuth)  # (absent: no cluster secret)
+QUERIES = web.AppKey("queries", QueryRunner)
 HEARTBEAT_S = 10.0  # the contract asks for a comment line at least every 15 s
 KEY_CHECK_S = 1.0
 STREAM_SEND_BUFFER = 256 * 1024
@@ -68,10 +70,9 @@ def cache_key(q: SegmentsQuery) -> str:
                          str(q.page), q.size]).decode()
 
 
-def render(rows: list[SegmentRow], q: SegmentsQuery) -> bytes:
-    page = paginate(rows, q.page, q.size)
-    body = {"items": [item(r, q.min_weight) for r in page], "total": len(rows),
-            "page": q.page, "size": q.size}
+def render(answer: Answer, q: SegmentsQuery) -> bytes:
+    body = {"items": [item(r, q.min_weight) for r in answer.page(q.page, q.size)],
+            "total": answer.total, "page": q.page, "size": q.size}
     try:
         return orjson.dumps(body)
     except TypeError:  # a page number beyond 64 bits: the stdlib copes
@@ -85,6 +86,7 @@ async def get_segments(request: web.Request) -> web.Response:
     cache = app[CACHE]
     counters = app[API_METRICS]
     backend = app[BACKEND]
+    queries = app[QUERIES]
     key = cache_key(q)
     if not q.force_refresh:
         cached = await cache.get(key)
@@ -92,10 +94,17 @@ async def get_segments(request: web.Request) -> web.Response:
         if entry is not None:
             counters.cache_hits.inc()
             return _answer_response(entry.body, entry.as_of_ms, entry.lag, stale=False)
+        prefix = await queries.cached(q, q.page * q.size)  # a page inside a cached prefix
+        if prefix is not None:
+            counters.cache_hits.inc()
+            body = render(prefix.answer, q)
+            await _remember(app, key, prefix, body)
+            return _answer_response(body, prefix.answer.as_of_ms, prefix.answer.lag,
+                                    stale=False)
         counters.cache_misses.inc()
-    ends = await backend.input_ends()  # (read before the answer: later records not in it)
     try:
-        answer = await compute(app, q)
+        served = await queries.answer(q, q.force_refresh, q.page * q.size if q.force_refresh
+                                      else prefix_limit(q.page, q.size))
     except ServiceUnavailable:
         if q.consistency == "strict":
             raise
@@ -109,12 +118,23 @@ async def get_segments(request: web.Request) -> web.Response:
         counters.last_answers.inc()
         return _answer_response(entry.body, entry.as_of_ms, entry.lag + max(0, since),
                                 stale=True)
-    body = render(answer.rows, q)
+    answer = served.answer
+    body = render(answer, q)
     if answer.stale:
         counters.stale_answers.inc()
     else:
-        await cache.set(key, pack(answer, body, ends), backend.cache_ttl_s, LAST_ANSWER_KEEP_S)
+        await _remember(app, key, served, body)
     return _answer_response(body, answer.as_of_ms, answer.lag, answer.stale)
+
+
+async def _remember(app: web.Application, key: str, served: Served, body: bytes) -> None:
+    """Cache a page's body (one from a cached prefix until the prefix's own expiry, so that no
+    answer outlives the TTL from when it was computed) and keep it as its last answer."""
+    ttl_s = app[BACKEND].cache_ttl_s
+    if served.cached:
+        ttl_s = min(ttl_s, ttl_s - (time.time() * 1000 - served.answer.as_of_ms) / 1000)
+    await app[CACHE].set(key, pack(served.answer, body, served.ends), max(0.0, ttl_s),
+                         LAST_ANSWER_KEEP_S)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,26 +177,35 @@ async def internal_segments(request: web.Request) -> web.Response:
     q = parse_internal_request(request.query)
     backend = request.app[BACKEND]
     scope = parse_internal_scope(request.query, backend.total_partitions)
+    limit = scope.limit
     if not scope.any:
         if not backend.is_ready():
             raise ServiceUnavailable("worker is rebalancing or recovering", RETRY_AFTER_S)
         if scope.partitions is None:
-            items, partitions = backend.local_query(q.program_id, q.segment_type,
-                                                    q.segment_basis, q.min_weight)
-            return sign_answer(request, web.Response(
-                body=_encode({"items": items, "partitions": partitions, "lag": backend.lag()}),
-                content_type=JSON), request.app.get(CLUSTER))
+            items, total, partitions = backend.local_top(q.program_id, q.segment_type,
+                                                         q.segment_basis, q.min_weight, limit)
+            answer = {"items": items, "partitions": partitions, "lag": backend.lag()}
+            if limit is not None:  # (only then: an older worker's decoder refuses the field)
+                answer["total"] = total
+            return sign_answer(request, _peer_response(answer, limit), request.app.get(CLUSTER))
         wanted = sorted(scope.partitions & set(backend.partitions()))
     else:
         wanted = sorted(range(backend.total_partitions) if scope.partitions is None
                         else scope.partitions)
     held = await backend.held_query(q.program_id, q.segment_type, q.segment_basis,
-                                    q.min_weight, wanted)
+                                    q.min_weight, wanted, limit)
     if held.stale and not scope.any:  # (it stopped serving meanwhile)
         raise ServiceUnavailable("worker is rebalancing or recovering", RETRY_AFTER_S)
-    return sign_answer(request, web.Response(
-        body=_encode({"items": held.rows, "partitions": held.partitions, "lag": held.lag,
-                      "stale": held.stale}), content_type=JSON), request.app.get(CLUSTER))
+    body = {"items": held.rows, "partitions": held.partitions, "lag": held.lag,
+            "stale": held.stale}
+    if limit is not None:
+        body["total"] = held.total
+    return sign_answer(request, _peer_response(body, limit), request.app.get(CLUSTER))
+
+
+def _peer_response(answer: dict[str, object], limit: int | None) -> web.Response:
+    headers = None if limit is None else {LIMIT_HEADER: str(limit)}
+    return web.Response(body=_encode(answer), content_type=JSON, headers=headers)
 
 
 async def stream_segments(request: web.Request) -> web.StreamResponse:

@@ -152,8 +152,11 @@ def _bench(args: argparse.Namespace) -> int:
         cfg.events, cfg.api_recommendations, cfg.api_segments = 3_000, 20_000, 200
         cfg.api_requests, cfg.probes, cfg.stream_clients = 160, 10, 20
         cfg.long_tail_recommendations = 20_000
+        cfg.pushdown_segments, cfg.pushdown_workers, cfg.pushdown_requests = 1_000, 2, 10
+    cfg.pushdown_only = args.pushdown_only
     for name in ("events", "api_recommendations", "api_segments", "clients", "api_requests",
-                 "probes", "stream_clients", "long_tail_recommendations"):
+                 "probes", "stream_clients", "long_tail_recommendations", "pushdown_segments",
+                 "pushdown_workers", "pushdown_rate"):
         value = getattr(args, name)
         if value is not None:
             setattr(cfg, name, value)
@@ -242,6 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="live streams open while ingesting, against none (200)")
     bench.add_argument("--long-tail-recommendations", type=int,
                        help="recommendations in families of 2-5 users (1000000)")
+    bench.add_argument("--pushdown-segments", type=int,
+                       help="segments of phase 9's program (100000)")
+    bench.add_argument("--pushdown-workers", type=int, help="workers of phase 9 (3)")
+    bench.add_argument("--pushdown-rate", type=float,
+                       help="phase 9's load, events/s (half the ingest rate; 10000 alone)")
+    bench.add_argument("--pushdown-only", action="store_true", help="run phase 9 alone")
     bench.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     bench.add_argument("--out", default="benchmarks", help="folder for results.json")
     bench.add_argument("--doc", default="BENCHMARKS.md", help="markdown file with the table")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import islice
 
 import msgspec
 
@@ -33,13 +36,38 @@ def contract_order(rows: list[SegmentRow]) -> list[SegmentRow]:
     return rows
 
 
+SELECT_BELOW = 10  # a partial selection beats a sort while limit < rows / this (measured)
+
+
+def top(rows: Sequence[SegmentRow], limit: int | None) -> list[SegmentRow]:
+    """The first ``limit`` of ``rows`` (all: None) in the contract's order, a new list: a
+    partial selection (O(n log limit), heapq.nsmallest) when ``limit`` is a small part of
+    them, else a sort (nsmallest's heap in Python costs more per row than a sort in C)."""
+    if limit is not None and limit * SELECT_BELOW < len(rows):
+        return heapq.nsmallest(limit, rows, key=sort_key)
+    ordered = sorted(rows, key=sort_key)
+    return ordered if limit is None or limit >= len(ordered) else ordered[:limit]
+
+
+def merge_top(parts: Iterable[Iterable[SegmentRow]], limit: int | None) -> list[SegmentRow]:
+    """The first ``limit`` rows (all: None) of parts each already in the contract's order: a
+    k-way merge, exact because a segment lives wholly on one partition (no row in two parts)."""
+    return list(islice(heapq.merge(*parts, key=sort_key), limit))
+
+
 @dataclass(frozen=True, slots=True)
 class Held:
-    """What a worker holds of some partitions for a query: rows (sorted only within each
-    partition), the partitions covered, their lag, and whether any part is not from a serving
-    owner."""
+    """What a worker holds of some partitions for a query: rows (its first rows in contract
+    order, as many as asked for), how many it lists in all (``total``; -1 when built: the
+    rows are all of them), the partitions covered, their lag, and whether any part is not
+    from a serving owner."""
 
     rows: list[SegmentRow]
     partitions: list[int]
     lag: int
     stale: bool
+    total: int = -1
+
+    def __post_init__(self) -> None:
+        if self.total < 0:
+            object.__setattr__(self, "total", len(self.rows))

@@ -1,8 +1,9 @@
 """The query service: what the HTTP API asks of a worker (api/backend.py's ``SegmentsBackend``).
 
 Each partition memoises its part of an answer until an event changes that program and basis;
-the merged, sorted list of this worker's partitions is memoised while every part is the same
-memoised list.
+the merged first rows of this worker's partitions (as many as asked for, selected per
+partition and k-way merged, never a sort of every row) are memoised while every part is the
+same memoised list.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from streams.domain.rows import Held, SegmentRow, contract_order
+from streams.domain.rows import Held, SegmentRow, merge_top, top
 from streams.runtime.group_lag import GroupLag
 from streams.runtime.partitions import PartitionRegistry
 from streams.runtime.standby import StandbyReplicas, holders
@@ -45,8 +46,9 @@ class QueryService:
         self._lag = lag
         self._standbys = standbys
         self._group_lag = group_lag
-        self._merged: OrderedDict[_Key, tuple[list[list[SegmentRow]], list[SegmentRow]]] = (
-            OrderedDict())
+        # query -> (the parts it was merged from, its first rows, how many rows in all)
+        self._merged: OrderedDict[
+            _Key, tuple[list[list[SegmentRow]], list[SegmentRow], int]] = OrderedDict()
 
     @property
     def self_url(self) -> str:
@@ -70,6 +72,15 @@ class QueryService:
                     min_weight: float) -> tuple[list[SegmentRow], list[int]]:
         """Segments of one program on this worker's active partitions, in contract order (a
         shared list: not to be modified), and those partitions."""
+        rows, _, covered = self.local_top(program_id, segment_type, segment_basis, min_weight)
+        return rows, covered
+
+    def local_top(self, program_id: str, segment_type: str, segment_basis: str,
+                  min_weight: float, limit: int | None = None
+                  ) -> tuple[list[SegmentRow], int, list[int]]:
+        """The first ``limit`` segments (None: all) of one program on this worker's active
+        partitions in contract order (a shared list: not to be modified), how many it lists
+        in all, and those partitions."""
         active = self.registry.active
         covered = sorted(active)
         parts = [active[p].query(program_id, segment_type, segment_basis, min_weight)
@@ -77,14 +88,17 @@ class QueryService:
         key = (program_id, segment_type, segment_basis, min_weight)
         hit = self._merged.get(key)
         if (hit is not None and len(hit[0]) == len(parts)
-                and all(a is b for a, b in zip(hit[0], parts, strict=True))):
+                and all(a is b for a, b in zip(hit[0], parts, strict=True))
+                and (len(hit[1]) == hit[2] or (limit is not None and limit <= len(hit[1])))):
             self._merged.move_to_end(key)
-            return hit[1], covered
-        rows = contract_order([row for part in parts for row in part])
-        self._merged[key] = (parts, rows)
+            rows = hit[1]
+            return (rows if limit is None or limit >= len(rows) else rows[:limit]), hit[2], covered
+        total = sum(map(len, parts))
+        rows = merge_top([top(part, limit) for part in parts], limit)
+        self._merged[key] = (parts, rows, total)
         while len(self._merged) > MERGED_MEMO_MAX:
             self._merged.popitem(last=False)
-        return rows, covered
+        return rows, total, covered
 
     def partitions(self) -> list[int]:
         return sorted(self.registry.active)
@@ -105,11 +119,12 @@ class QueryService:
         return sum(v for (_, p), v in lags.items() if p in wanted)
 
     async def held_query(self, program_id: str, segment_type: str, segment_basis: str,
-                         min_weight: float, partitions: list[int]) -> Held:
-        """Rows of whatever this worker holds of ``partitions``: its own partitions, its ready
-        standby copies, copies taken over and being brought up to date. Parts not from this
-        worker serving as their owner make the answer stale, with the group's lag as the
-        broker has it now."""
+                         min_weight: float, partitions: list[int],
+                         limit: int | None = None) -> Held:
+        """The first ``limit`` rows (None: all), in contract order, of whatever this worker
+        holds of ``partitions``: its own partitions, its ready standby copies, copies taken
+        over and being brought up to date. Parts not from this worker serving as their owner
+        make the answer stale, with the group's lag as the broker has it now."""
         wanted = set(partitions)
         if not (self.is_ready() and wanted <= set(self.registry.active)):
             await self._refresh_group_lag()  # (the states may move meanwhile: looked up after)
@@ -120,11 +135,10 @@ class QueryService:
         stale = not serving and bool(owned)
         taken = sorted(p for p in wanted - set(owned)
                        if p in recovering and not recovering[p].store.rebuilding)
-        rows: list[SegmentRow] = []
-        for p in owned:
-            rows.extend(active[p].query(program_id, segment_type, segment_basis, min_weight))
-        for p in taken:
-            rows.extend(recovering[p].query(program_id, segment_type, segment_basis, min_weight))
+        parts = [active[p].query(program_id, segment_type, segment_basis, min_weight)
+                 for p in owned]
+        parts += [recovering[p].query(program_id, segment_type, segment_basis, min_weight)
+                  for p in taken]
         lag = self.lag(owned) if serving else self._held_lag(owned)
         lag += self._held_lag(taken)
         covered = owned + taken
@@ -132,11 +146,12 @@ class QueryService:
             more, copies, more_lag = self._standbys.query(
                 program_id, segment_type, segment_basis, min_weight,
                 sorted(wanted - set(covered)))
-            rows.extend(more)
+            parts.append(more)
             covered += copies
             lag += more_lag
             stale = stale or bool(copies)
-        return Held(rows, sorted(covered), lag, stale or bool(taken))
+        rows = top([row for part in parts for row in part], limit)
+        return Held(rows, sorted(covered), lag, stale or bool(taken), sum(map(len, parts)))
 
     def _held_lag(self, partitions: list[int]) -> int:
         return sum(self._group_lag.of(p) for p in partitions) if self._group_lag else 0

@@ -11,6 +11,10 @@
              every partition: what a copy costs per recommendation
 8. long tail a fresh worker holding L recommendations in families of 2 to 5 users: RSS per
              recommendation held, idle (and its RSS idle before them)
+9. pushdown  one program of P segments on 3 workers with ingest at half rate: force_refresh
+             p99 of pages 1 and 50 (size 100), bytes per peer answer, cached p99, and the
+             computations 16 identical concurrent misses cost (streams/tools/bench_pushdown.py;
+             ``--pushdown-only`` runs it alone)
 
 Results go to ``benchmarks/results.json`` and the table in ``BENCHMARKS.md``.
 """
@@ -44,12 +48,14 @@ from streams.codec.keys import family_key
 from streams.runtime.kafka_clients import client_options, start_consumer
 from streams.settings import KafkaSecurity
 from streams.tools import kafka_local
+from streams.tools.bench_pushdown import pushdown
 from streams.tools.probes import group_lag, wait_http_ready
 from streams.tools.produce import Record, base_ts_ending_now, generate, produce
 from streams.tools.redis_local import RedisServer
 
 console = Console(stderr=True)
 PARTITIONS = 8
+PUSHDOWN_DEFAULT_RATE = 10_000.0  # the load of phase 9 run alone: about half one worker's ingest
 
 
 @dataclass
@@ -62,6 +68,11 @@ class BenchConfig:
     probes: int = 100
     stream_clients: int = 200
     long_tail_recommendations: int = 1_000_000
+    pushdown_segments: int = 100_000
+    pushdown_workers: int = 3
+    pushdown_requests: int = 100
+    pushdown_rate: float | None = None  # events/s of the load; None: half the ingest rate
+    pushdown_only: bool = False
     out_dir: Path = Path("benchmarks")
     doc: Path = Path("BENCHMARKS.md")
 
@@ -340,6 +351,13 @@ async def api_latency(worker: WorkerProc, program: str, refresh: bool, clients: 
 async def bench(cfg: BenchConfig, run: Run) -> dict[str, Any]:
     results: dict[str, Any] = {"config": {k: str(v) if isinstance(v, Path) else v
                                           for k, v in cfg.__dict__.items()}}
+    if cfg.pushdown_only:
+        rate = cfg.pushdown_rate or PUSHDOWN_DEFAULT_RATE
+        console.print(f"9. pushdown: {cfg.pushdown_segments} segments, "
+                      f"{cfg.pushdown_workers} workers, load {rate:.0f} events/s")
+        results["pushdown"] = await pushdown(run, cfg.pushdown_segments, cfg.pushdown_workers,
+                                             rate, cfg.pushdown_requests, cfg.clients)
+        return results
     n = cfg.events
     await _create_topic(run.bootstrap, run.topic, **run.kafka)
     console.print(f"producing {n} seeded events")
@@ -441,6 +459,12 @@ async def bench(cfg: BenchConfig, run: Run) -> dict[str, Any]:
     console.print(f"8. long tail: {cfg.long_tail_recommendations} recommendations in families "
                   "of 2-5 users, a fresh worker")
     results["long_tail"] = await long_tail_memory(run, cfg.long_tail_recommendations)
+
+    rate = cfg.pushdown_rate or ingest / 2
+    console.print(f"9. pushdown: {cfg.pushdown_segments} segments, {cfg.pushdown_workers} "
+                  f"workers, load {rate:.0f} events/s")
+    results["pushdown"] = await pushdown(run, cfg.pushdown_segments, cfg.pushdown_workers,
+                                         rate, cfg.pushdown_requests, cfg.clients)
     return results
 
 
@@ -551,7 +575,36 @@ TARGETS = {
     "api_force_refresh_p99_ms": ("<=", 100.0), "api_cached_p99_ms": ("<=", 10.0),
     "rss_bytes_per_recommendation": ("<=", 250.0), "recovery_seconds": ("<=", 30.0),
     "long_tail_rss_bytes_per_recommendation": ("<=", 400.0),
+    "pushdown_force_refresh_p99_ms": ("<=", 50.0), "pushdown_cached_p99_ms": ("<=", 5.0),
 }
+
+
+def pushdown_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    p = r["pushdown"]
+    head = (f"{p['segments']:,} segments, {p['workers']} workers, load "
+            f"{p['load_events_per_s']:,.0f} ev/s")
+    rows = []
+    for page in (1, 50):
+        lat, size = p[f"force_refresh_page_{page}"], p[f"peer_answer_bytes_page_{page}"]
+        rows.append((f"pushdown force_refresh p50 / p99, page {page} of size 100 ({head})",
+                     f"{lat['p50_ms']:.1f} / {lat['p99_ms']:.1f} ms", "p99 <= 50 ms"))
+        rows.append((f"bytes per peer answer, page {page} ({size['rows_asked']:,} rows asked)",
+                     f"{size['max']:,} B ({size['max_bytes_per_row_asked']:.0f} B a row); "
+                     f"without a limit {size['without_limit_max']:,} B",
+                     "<= page x size rows"))
+    rows.append(("pushdown cached p50 / p99 (16 clients, pages 1-50)",
+                 f"{p['cached']['p50_ms']:.1f} / {p['cached']['p99_ms']:.1f} ms", "p99 <= 5 ms"))
+    for label in ("misses", "force_refresh"):
+        s = p[f"sixteen_{label}"]
+        rows.append((f"16 identical concurrent {label.replace('_', ' ')} to one worker: "
+                     "computations (coalesced) per worker",
+                     ", ".join(f"{c:.0f} ({j:.0f})" for c, j in zip(
+                         s["computations_per_worker"], s["coalesced_per_worker"],
+                         strict=True)),
+                     "1 per worker" if label == "misses" else "reported"))
+    rows.append(("503s asked again (partitions moving on a loaded machine)",
+                 str(p.get("unavailable_answers_retried", 0)), "reported"))
+    return rows
 
 
 def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -591,23 +644,37 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
          f"({r['standby']['rss_bytes_without'] / 2**20:.0f} -> "
          f"{r['standby']['rss_bytes_with'] / 2**20:.0f} MiB)", "reported"),
     ]
+    if "pushdown" in r:
+        rows += pushdown_rows(r)
     return rows
+
+
+def table_rows(cfg: BenchConfig, results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    return pushdown_rows(results) if cfg.pushdown_only else summary_rows(results)
 
 
 def write_outputs(cfg: BenchConfig, results: dict[str, Any]) -> None:
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
-    (cfg.out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    name = "results-pushdown.json" if cfg.pushdown_only else "results.json"
+    (cfg.out_dir / name).write_text(json.dumps(results, indent=2) + "\n")
     lines = [
         "| measure | result | target |", "|---|---|---|",
-        *[f"| {a} | {b} | {c} |" for a, b, c in summary_rows(results)],
+        *[f"| {a} | {b} | {c} |" for a, b, c in table_rows(cfg, results)],
     ]
-    head = (f"Run {results['when']} on {results['machine']}; {cfg.events:,} events "
-            f"(~{results['event_bytes_avg']:.0f} bytes each), API program with "
-            f"{results['api']['segments']:,} segments / {results['api']['recommendations']:,} "
-            f"recommendations, {cfg.clients} concurrent clients. Raw numbers: "
-            f"[{cfg.out_dir / 'results.json'}]({cfg.out_dir / 'results.json'}).")
+    if cfg.pushdown_only:
+        head = (f"Phase 9 alone (`segments bench --pushdown-only`), run {results['when']} on "
+                f"{results['machine']}. Raw numbers: [{cfg.out_dir / name}]"
+                f"({cfg.out_dir / name}).")
+    else:
+        head = (f"Run {results['when']} on {results['machine']}; {cfg.events:,} events "
+                f"(~{results['event_bytes_avg']:.0f} bytes each), API program with "
+                f"{results['api']['segments']:,} segments / "
+                f"{results['api']['recommendations']:,} recommendations, {cfg.clients} "
+                f"concurrent clients. Raw numbers: "
+                f"[{cfg.out_dir / name}]({cfg.out_dir / name}).")
     text = cfg.doc.read_text() if cfg.doc.exists() else "# Benchmarks\n"
-    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    marker = "bench-pushdown" if cfg.pushdown_only else "bench"
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
     block = f"{start}\n{head}\n\n" + "\n".join(lines) + f"\n{end}"
     if start in text and end in text:
         text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
@@ -653,7 +720,7 @@ def run_bench(cfg: BenchConfig) -> int:
     table = Table(title="segments bench")
     for col in ("measure", "result", "target"):
         table.add_column(col)
-    for row in summary_rows(results):
+    for row in table_rows(cfg, results):
         table.add_row(*row)
     Console().print(table)
     print(f"results: {cfg.out_dir / 'results.json'}; table: {cfg.doc}; "

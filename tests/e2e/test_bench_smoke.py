@@ -26,11 +26,12 @@ def test_bench_quick_runs_and_writes_results(kafka_bootstrap: str, tmp_path: Pat
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     for key in ("raw_events_per_s", "ingest_events_per_s", "ingest_over_raw", "freshness", "api",
-                "memory", "recovery", "standby", "long_tail"):
+                "memory", "recovery", "standby", "long_tail", "pushdown"):
         assert key in results
     assert results["raw_events_per_s"] > 0 and results["ingest_events_per_s"] > 0
     assert results["api"]["cached"]["requests"] > 0
     assert results["standby"]["rss_bytes_with"] > 0
+    assert results["pushdown"]["sixteen_misses"]["computations_per_worker"][0] >= 1
     text = doc.read_text()
     assert "prose stays" in text and "ingest / raw" in text
     assert "segments bench" in proc.stdout

@@ -295,6 +295,46 @@ async def test_missing_and_bad_header(api: Setup) -> None:
     assert (status, body["total"]) == (200, 0)
 
 
+# -- page pushdown, cached prefixes, one computation per query ---------------------------------
+@pytest.mark.asyncio(loop_scope="session")
+async def test_pages_pushed_down_and_cached_equal_the_oracle(api: Setup) -> None:
+    """Every page, fresh or from a cached prefix, of a few hundred segments owned by two
+    workers, is the oracle's page with its total (each worker sends only its first rows)."""
+    want = api.oracle.segments(PROGRAM, "growth", "asset", 0.0)
+    assert len(want) > 300
+    for size, refresh, worker in [(7, True, 0), (7, False, 1), (100, False, 0), (33, False, 1)]:
+        got = await all_pages(api, PROGRAM, "growth", "asset", 0.0, worker=worker, size=size,
+                              refresh=refresh)
+        assert_rows_equal(got, want, f"size {size} refresh {refresh} w{worker}")
+
+
+async def _counter(api: Setup, worker: int, name: str) -> float:
+    async with api.session.get(api.workers[worker].url + "/metrics") as resp:
+        text = await resp.text()
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith(name + " "))
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_sixteen_identical_misses_cost_one_computation_per_worker(api: Setup) -> None:
+    metric = "segments_query_computations_total"
+    want = api.oracle.segments(PROGRAM, "base", "asset", 0.375)
+    for refresh, most in (("false", 1), ("true", 2)):
+        before = [await _counter(api, w, metric) for w in (0, 1)]
+        answers = await asyncio.gather(*(
+            api.get({"segment_type": "base", "segment_basis": "assets", "min_weight": "0.375",
+                     "size": "20", "force_refresh": refresh}, worker=n % 2)
+            for n in range(16)))
+        after = [await _counter(api, w, metric) for w in (0, 1)]
+        computed = [a - b for a, b in zip(after, before, strict=True)]
+        # misses: one computation per worker (its first miss; the others join it or hit the
+        # cache it wrote); force_refresh: one, and one shared by those that came during it
+        assert all(0 <= c <= most for c in computed) and sum(computed) >= 1, computed
+        for status, body in answers:
+            assert status == 200 and body["total"] == len(want)
+            assert_rows_equal(items_as_rows(body["items"]), want[:20], f"refresh {refresh}")
+
+
 # -- cache and force_refresh ---------------------------------------------------------------------
 @pytest.mark.asyncio(loop_scope="session")
 async def test_force_refresh_sees_what_the_cache_does_not(api: Setup) -> None:

@@ -52,6 +52,10 @@ class FakeWorker:
     def local_query(self, *query: Any) -> tuple[list[SegmentRow], list[int]]:
         return contract_order([row(p) for p in self.own]), sorted(self.own)
 
+    def local_top(self, *query: Any) -> tuple[list[SegmentRow], int, list[int]]:
+        rows, parts = self.local_query()
+        return rows, len(rows), parts
+
     def partitions(self) -> list[int]:
         return sorted(self.own)
 
@@ -65,11 +69,12 @@ class FakeWorker:
         return len(self.own if partitions is None else partitions)  # 1 per partition
 
     async def held_query(self, program_id: str, segment_type: str, segment_basis: str,
-                         min_weight: float, partitions: list[int]) -> Held:
+                         min_weight: float, partitions: list[int],
+                         limit: int | None = None) -> Held:
         own = sorted(self.own & set(partitions))
         copies = sorted(self.copies & set(partitions) - self.own)
         lag = (len(own) if self.serving else 10 * len(own)) + 10 * len(copies)
-        return Held([row(p) for p in own + copies], sorted(own + copies), lag,
+        return Held(contract_order([row(p) for p in own + copies]), sorted(own + copies), lag,
                     bool(copies) or (not self.serving and bool(own)))
 
     async def input_ends(self, fresh: bool = False) -> int | None:
@@ -94,8 +99,8 @@ class FakePeers:
     def is_open(self, url: str) -> bool:
         return False
 
-    async def ask(self, url: str, q: SegmentsQuery,
-                  scope: InternalScope | None = None) -> PeerAnswer:
+    async def ask(self, url: str, q: SegmentsQuery, scope: InternalScope | None = None,
+                  limit: int | None = None) -> PeerAnswer:
         self.asked.append((url, scope))
         if url in self.down:
             raise PeerUnavailable(f"{url} is down")

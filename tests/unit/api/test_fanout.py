@@ -52,3 +52,46 @@ def test_a_valid_answer() -> None:
 def test_malformed_answers_are_refused(raw: bytes) -> None:
     with pytest.raises(BadAnswer):
         parse_answer(raw, Q, 8)
+
+
+# -- page pushdown ---------------------------------------------------------------------------------
+
+def limited(items: list[list[object]], total: int) -> bytes:
+    return json.dumps({"items": items, "partitions": [0], "total": total}).encode()
+
+
+def rows_of(*counts_and_ids: tuple[int, str]) -> list[list[object]]:
+    return [["base", "asset", basis_id, "view", "A", count, 0.75]
+            for count, basis_id in counts_and_ids]
+
+
+def test_a_limited_answer_keeps_its_rows_and_total() -> None:
+    answer = parse_answer(limited(rows_of((5, "b"), (5, "c"), (2, "a")), 40), Q, 8, None, 3)
+    assert [r.segment_basis_id for r in answer.rows] == ["b", "c", "a"]
+    assert answer.total == 40
+    short = parse_answer(limited(rows_of((5, "b")), 1), Q, 8, None, 3)  # fewer than asked
+    assert short.total == 1
+
+
+@pytest.mark.parametrize("raw", [
+    limited(rows_of((2, "a"), (5, "b")), 2),  # out of order: the merge would be wrong
+    limited(rows_of((5, "b"), (5, "a")), 2),  # a tie out of order
+    limited(rows_of((5, "a"), (4, "b"), (3, "c"), (2, "d")), 9),  # more rows than the limit
+    limited(rows_of((5, "a"), (4, "b")), 9),  # fewer rows than min(limit, total)
+    limited(rows_of((5, "a"), (4, "b")), 1),  # a total below its own rows
+])
+def test_limited_answers_that_break_the_protocol_are_refused(raw: bytes) -> None:
+    with pytest.raises(BadAnswer):
+        parse_answer(raw, Q, 8, None, 3)
+
+
+def test_an_older_peer_without_total_is_ordered_and_cut_here() -> None:
+    old = body(rows_of((1, "z"), (5, "b"), (5, "a"), (3, "c")), [0])
+    answer = parse_answer(old, Q, 8, None, 2)
+    assert [r.segment_basis_id for r in answer.rows] == ["a", "b"]
+    assert answer.total == 4
+
+
+def test_a_total_without_a_limit_asked_is_refused() -> None:
+    with pytest.raises(BadAnswer):
+        parse_answer(limited(rows_of((5, "a")), 1), Q, 8)

@@ -163,3 +163,30 @@ async def test_staleness_is_said_and_its_end_too() -> None:
     assert (name, data["upserts"], data.get("stale")) == ("update", [], None)
     assert script.calls == 3  # the second (stale, unchanged) answer was not sent
     await hub.stop()
+
+
+async def test_groups_of_one_query_with_other_sizes_share_one_computation_per_interval() -> None:
+    asked: list[int] = []
+    answers = [[row("a", 5), row("b", 4), row("c", 3)], [row("a", 5), row("c", 6), row("b", 4)]]
+    gate = asyncio.Event()
+
+    async def compute(q: SegmentsQuery) -> Answer:
+        asked.append(q.size)
+        if len(asked) > 2:
+            await gate.wait()
+        rows = contract_order(list(answers[0 if len(asked) <= 2 else 1]))
+        return Answer(rows[:q.size], len(asked), 0, False, len(rows))
+
+    hub = StreamHub(compute, 0.01, 10)
+    small, _ = await hub.open(SegmentsQuery(program_id="p", min_weight=0.5, size=1), lambda: None)
+    wide, _ = await hub.open(SegmentsQuery(program_id="p", min_weight=0.5, size=3), lambda: None)
+    assert asked == [1, 3]  # each group's snapshot
+    await asyncio.sleep(0.05)
+    assert asked == [1, 3, 3]  # one interval: one computation, for the widest group
+    gate.set()
+    _, data = parse(await asyncio.wait_for(small.queue.get(), 1))
+    assert [u["segment_basis_id"] for u in data["upserts"]] == ["c"]
+    assert data["removed"] == [["a", "view"]] and data["total"] == 3
+    _, data = parse(await asyncio.wait_for(wide.queue.get(), 1))
+    assert [u["segment_basis_id"] for u in data["upserts"]] == ["c"] and data["total"] == 3
+    await hub.stop()

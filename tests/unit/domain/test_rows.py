@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.domain.rows import SegmentRow, contract_order, sort_key
+from streams.domain.rows import SegmentRow, contract_order, merge_top, sort_key, top
 
 
 def row(user_count: int, basis_id: str = "b", action: str = "view",
@@ -53,3 +53,42 @@ def test_the_order_is_total_for_the_rows_of_one_query(rows: list[SegmentRow]) ->
                 assert a.action_type <= b.action_type
         if sort_key(a) == sort_key(b):
             assert a == b
+
+
+# -- page pushdown: each partition's first rows, k-way merged -------------------------------------
+
+@st.composite
+def _partitioned(draw: st.DrawFn) -> list[list[SegmentRow]]:
+    """Distinct segments (many ties on user_count) dealt to partitions at random."""
+    families = draw(st.sets(st.tuples(st.sampled_from(["a", "b", "B", "é", "a0", "ab"]),
+                                      st.sampled_from(["view", "purchase", "v"])),
+                            max_size=18))
+    partitions = draw(st.integers(1, 5))
+    parts: list[list[SegmentRow]] = [[] for _ in range(partitions)]
+    for basis_id, action in sorted(families):
+        parts[draw(st.integers(0, partitions - 1))].append(
+            row(draw(st.integers(1, 4)), basis_id, action, draw(st.sampled_from(["x", "y"]))))
+    return parts
+
+
+@given(_partitioned(), st.integers(1, 8), st.integers(1, 7))
+def test_merged_first_rows_equal_a_brute_force_sort(parts: list[list[SegmentRow]], page: int,
+                                                    size: int) -> None:
+    every = sorted((r for part in parts for r in part),
+                   key=lambda r: (-r.user_count, r.segment_basis_id, r.action_type))
+    limit = page * size
+    merged = merge_top([top(part, limit) for part in parts], limit)
+    assert merged == every[:limit]
+    assert merged[(page - 1) * size:] == every[(page - 1) * size:limit]  # the page itself
+    assert sum(map(len, parts)) == len(every)  # the total: each part's count, summed
+    assert merge_top([top(part, None) for part in parts], None) == every
+    assert top([r for part in parts for r in part], limit) == every[:limit]
+
+
+
+@given(st.lists(st.tuples(st.integers(1, 3), st.integers(0, 10**6)), max_size=300,
+                unique_by=lambda t: t[1]), st.integers(1, 400))
+def test_top_by_selection_or_by_sort_is_the_sorted_prefix(counts: list[tuple[int, int]],
+                                                          limit: int) -> None:
+    rows = [row(c, f"b{n}") for c, n in counts]
+    assert top(rows, limit) == sorted(rows, key=sort_key)[:limit]

@@ -50,3 +50,33 @@ def test_readiness_and_the_rest() -> None:
     assert (query.self_url, query.total_partitions, query.cache_ttl_s) == ("http://w1", 4, 5.0)
     registry.begin_rebalance()
     assert not query.is_ready()
+
+
+def test_first_rows_and_total_and_their_memo() -> None:
+    registry, query = service()
+    for n in range(30):  # segment bN has N % 7 + 1 members, on partition N % 3
+        for u in range(n % 7 + 1):
+            apply(registry, n % 3, f"u{u}", f"b{n:02d}")
+    every, _ = query.local_query("p", "growth", "label", 0.5)
+    assert len(every) == 30
+    for limit in (1, 4, 29, 30, 31, None):
+        rows, total, covered = query.local_top("p", "growth", "label", 0.5, limit)
+        assert rows == every[:limit] and total == 30 and covered == [0, 1, 2]
+    # A memoised prefix serves smaller limits; a wider one is computed again.
+    five, _, _ = query.local_top("p", "growth", "label", 0.5, 5)
+    three, _, _ = query.local_top("p", "growth", "label", 0.5, 3)
+    assert three == five[:3]
+    assert query.local_top("p", "growth", "label", 0.5, 12)[0] == every[:12]
+
+
+async def test_held_query_sends_its_first_rows_and_total() -> None:
+    registry, query = service()
+    for n in range(10):
+        apply(registry, n % 3, "u1", f"b{n}")
+        if n % 2:
+            apply(registry, n % 3, "u2", f"b{n}")
+    held = await query.held_query("p", "growth", "label", 0.5, [0, 1, 2], 4)
+    every, _ = query.local_query("p", "growth", "label", 0.5)
+    assert held.rows == every[:4] and held.total == 10 and held.partitions == [0, 1, 2]
+    part = await query.held_query("p", "growth", "label", 0.5, [1], None)
+    assert part.total == len(part.rows) == 3
