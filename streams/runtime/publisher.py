@@ -176,7 +176,8 @@ class ChangePublisher:
         if changes:
             deliveries = await self.sink.send_partitions(changes_topic, changes)
             await all_delivered(await self.sink.send_partitions(counts_topic, counts,
-                                                                deliveries, tombstones))
+                                                                deliveries, tombstones),
+                                self.sink.delivery_timeout_s)
 
     def _key(self, key: SegmentKey) -> bytes:
         data = self._keys.get(key)

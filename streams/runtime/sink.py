@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -71,13 +71,44 @@ class Failures:
 _Wait = tuple[Awaitable[Any], frozenset[Source], int | None]
 
 
+class DeliveryTimedOut(Exception):
+    """A write the broker did not acknowledge within the produce timeout."""
+
+
+def _outcome(future: asyncio.Future[Any]) -> Any:
+    if future.cancelled():
+        return asyncio.CancelledError()
+    return future.exception() or future.result()
+
+
+async def settle(awaitables: Iterable[Awaitable[Any]], timeout_s: float | None
+                 ) -> list[Any]:
+    """The results of ``awaitables``, a failure as its exception; one not done within
+    ``timeout_s`` fails with DeliveryTimedOut. The idempotent producer never gives up on a batch
+    (aiokafka 0.14 retries it until the broker takes it, sender.py ``_can_retry``), so the
+    produce timeout is kept here: the batch's records are read again, and the late write, if it
+    lands, is a duplicate that last-writer-wins absorbs."""
+    futures = [asyncio.ensure_future(a) for a in awaitables]
+    if not futures:
+        return []
+    if timeout_s is None:
+        return await asyncio.gather(*futures, return_exceptions=True)
+    done, pending = await asyncio.wait(futures, timeout=timeout_s)
+    for future in pending:
+        future.add_done_callback(_outcome)  # its failure, if any, retrieved when it comes
+    timed_out = DeliveryTimedOut(f"not acknowledged within {timeout_s:g} s")
+    return [_outcome(f) if f in done else timed_out for f in futures]
+
+
 class Sink:
     def __init__(self, producer: Callable[[], Producer], names: Names,
-                 max_request_size: int, check: Callable[[], None] = lambda: None) -> None:
+                 max_request_size: int, check: Callable[[], None] = lambda: None,
+                 delivery_timeout_s: float | None = None) -> None:
         self._producer = producer  # the producer exists once the worker has started
         self._names = names
         self._max_request_size = max_request_size
         self._check = check  # raises when nothing may be written now (runtime/stalls.py)
+        self.delivery_timeout_s = delivery_timeout_s  # SEGMENTS_PRODUCE_TIMEOUT_MS
 
     async def send_output(self, out: BatchOutput) -> Failures:
         """Send a batch's dead letters, repartitioned events and durable writes, and wait for
@@ -100,7 +131,7 @@ class Sink:
                                   frozenset({(input_topic, partition),
                                              (repartition_topic, partition)}),
                                   partition, waits, failures)
-        results = await asyncio.gather(*(w for w, _, _ in waits), return_exceptions=True)
+        results = await settle([w for w, _, _ in waits], self.delivery_timeout_s)
         for result, (_, sources, changelog_partition) in zip(results, waits, strict=True):
             if isinstance(result, BaseException):
                 failures.add(sources, changelog_partition, result)
@@ -138,7 +169,7 @@ class Sink:
         returns, per partition, the offset the broker gave each record, in order."""
         placed: list[tuple[int, int]] = []
         futures = await self._send(topic, by_partition, [], placed)
-        results = await asyncio.gather(*futures, return_exceptions=True)
+        results = await settle(futures, self.delivery_timeout_s)
         offsets: dict[int, list[int]] = {}
         for result, (partition, n) in zip(results, placed, strict=True):
             if isinstance(result, BaseException):
@@ -202,9 +233,10 @@ class Sink:
         return sorted(await self._producer().partitions_for(topic))
 
 
-async def all_delivered(deliveries: list[asyncio.Future[Any]]) -> None:
-    """Wait for every delivery; raise the first failure (after all of them are done, so that no
-    failure goes unretrieved)."""
-    for result in await asyncio.gather(*deliveries, return_exceptions=True):
+async def all_delivered(deliveries: list[asyncio.Future[Any]],
+                        timeout_s: float | None = None) -> None:
+    """Wait for every delivery; raise the first failure (after all of them are done or timed
+    out, so that no failure goes unretrieved)."""
+    for result in await settle(deliveries, timeout_s):
         if isinstance(result, BaseException):
             raise result

@@ -183,7 +183,7 @@ def build_worker(settings: Settings, topics: TopicReport | None = None) -> Worke
             app, name=table, listener=recovery, key_type=bytes, value_type=bytes,
             partitions=settings.partitions, recovery_buffer_size=10_000))
     sink = Sink(lambda: raw_producer(app), names, app.conf.producer_max_request_size,
-                check=stalls.check)
+                check=stalls.check, delivery_timeout_s=settings.produce_timeout_ms / 1000)
 
     def input_copartitioned() -> bool:
         # The partition counts the group's assignment was computed from (an unknown count:

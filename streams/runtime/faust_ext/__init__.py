@@ -74,6 +74,7 @@ PRIVATE_API: tuple[tuple[str, str, str], ...] = (
     ("aiokafka.consumer.consumer", "AIOKafkaConsumer", "_subscription"),
     ("aiokafka.consumer.consumer", "AIOKafkaConsumer", "_coordinator"),
     ("aiokafka.consumer.consumer", "AIOKafkaConsumer", "_fetcher"),
+    ("aiokafka.consumer.consumer", "AIOKafkaConsumer", "_client"),
     ("aiokafka.consumer.fetcher", "Fetcher", "_records"),
     ("aiokafka.consumer.fetcher", "Fetcher", "_in_flight"),
     ("aiokafka.consumer.group_coordinator", "GroupCoordinator", "generation"),

@@ -417,10 +417,12 @@ def offsets_report(app: Any) -> str:
         assignment = subscription.assignment if subscription is not None else None
         fetcher = consumer._thread._consumer._fetcher
         fetched = fetcher._records
+        cluster = consumer._thread._consumer._client.cluster
         lines[0] += f", fetches in flight to nodes {sorted(fetcher._in_flight)}"
     except AttributeError:  # not started, or not the aiokafka driver
         assignment = None
         fetched = {}
+        cluster = None
     active = consumer._active_partitions
     for tp in sorted(consumer.assignment()):
         acked = consumer._acked.get(tp) or []
@@ -440,5 +442,7 @@ def offsets_report(app: Any) -> str:
             + (", paused" if tp in consumer._paused_partitions else "")
             + (", inactive" if active is not None and tp not in active else "")
             + (", buffered" if tp in consumer._buffered_partitions else "")
-            + (", fetched" if TopicPartition(tp.topic, tp.partition) in fetched else ""))
+            + (", fetched" if TopicPartition(tp.topic, tp.partition) in fetched else "")
+            + ("" if cluster is None else
+               f", leader {cluster.leader_for_partition(TopicPartition(tp.topic, tp.partition))}"))
     return "\n".join(lines)
