@@ -61,11 +61,42 @@ async def deployment(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFact
     workers = [cluster.add_worker()]
     try:
         await feed(cluster, workers, records)
+        # A segment that surely empties after its count was published (the withdrawals above
+        # may all land within one change interval, and a count never published needs no
+        # tombstone): one member, published, then withdrawn.
+        now = int(time.time() * 1000)
+        for doc in ({"weight": 0.9, "ts": now}, {"weight": None, "ts": now + 1}):
+            one = [_tomb_event(doc)]
+            oracle.feed(one)
+            await feed(cluster, workers, one)
+            await _wait_for_count(cluster, published=doc["weight"] is not None)
         # (also: the topics equal GET /segments, and every record validates: see final_check)
         await final_check(cluster, oracle, workers, thresholds=WATCHED, watched=WATCHED)
         yield Deployment(cluster, workers, oracle)
     finally:
         cluster.stop_all()
+
+
+def _tomb_event(doc: dict[str, object]) -> Record:
+    family = (PROGRAM, "label", "tomb", "view")
+    value = {"program_id": PROGRAM, "user_id": "tomb-user", "segment_basis": "label",
+             "basis_id": "tomb", "action_type": "view", "in_history": False, **doc}
+    return Record(family_key(family), orjson.dumps(value), int(str(doc["ts"])), True)
+
+
+async def _wait_for_count(cluster: Cluster, published: bool, timeout_s: float = 60.0) -> None:
+    """Until segment-counts' last record of the "tomb" segment at 0.5 is a count (``published``)
+    or a tombstone."""
+    key = orjson.dumps([PROGRAM, "growth", "label", "tomb", "view", 0.5])
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        last = [r for r in await read_topic_complete(cluster.bootstrap, cluster.counts_topic)
+                if r.key == key]
+        if last and (last[-1].value is not None) == published:
+            return
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"segment-counts has no {'count' if published else 'tombstone'} "
+                         f"for {key!r}")
 
 
 @pytest.mark.asyncio(loop_scope="session")
