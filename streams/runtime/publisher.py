@@ -180,17 +180,18 @@ class ChangePublisher:
                                 self.sink.delivery_timeout_s)
 
     def _key(self, key: SegmentKey) -> bytes:
-        data = self._keys.get(key)
-        if data is None:
-            if len(self._keys) >= KEY_MEMO_MAX:
-                self._keys.clear()
-            data = self._keys[key] = emitted_key(key)
-        return data
+        return _memo(self._keys, key, emitted_key)
 
     def _segment_key(self, key: SegmentKey) -> bytes:
-        data = self._segment_keys.get(key)
-        if data is None:
-            if len(self._segment_keys) >= KEY_MEMO_MAX:
-                self._segment_keys.clear()
-            data = self._segment_keys[key] = segment_key(key)
-        return data
+        return _memo(self._segment_keys, key, segment_key)
+
+
+def _memo(memo: dict[SegmentKey, bytes], key: SegmentKey,
+          encode: Callable[[SegmentKey], bytes]) -> bytes:
+    """``encode(key)``, remembered in ``memo`` (emptied once it holds KEY_MEMO_MAX keys)."""
+    data = memo.get(key)
+    if data is None:
+        if len(memo) >= KEY_MEMO_MAX:
+            memo.clear()
+        data = memo[key] = encode(key)
+    return data
