@@ -13,7 +13,7 @@ if [ "${1:-}" = "--quick" ]; then
 fi
 scripts/setup.sh
 
-say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+say() { printf '\033[1m==> %s\033[0m (at %ds)\n' "$*" "$SECONDS"; }
 static_log=$(mktemp)
 trap 'rm -f "$static_log"' EXIT
 
@@ -24,26 +24,28 @@ say "ruff and mypy --strict (in the background)"
 static_pid=$!
 
 pytest_=(.venv/bin/python -m pytest -p no:cacheprovider --durations=25 --durations-min=1)
-unit_rc=0
+side_rc=0
 set +e
 if [ "$quick" = 1 ]; then
   say "pytest (quick: unit tests and the stream-core smoke test)"
   "${pytest_[@]}" tests/unit tests/integration/test_stream_core.py "$@"
   rc=$?
 elif [ "$#" = 0 ]; then
-  # The unit tests need a core and no time window; the integration and end-to-end tests mostly
-  # wait on workers and brokers. The unit tests run beside them, niced so that they yield.
-  say "pytest: unit tests (in the background) and integration + end-to-end tests"
-  unit_log=$(mktemp)
-  trap 'rm -f "$static_log" "$unit_log"' EXIT
-  nice -n 10 "${pytest_[@]}" tests/unit >"$unit_log" 2>&1 &
-  unit_pid=$!
-  "${pytest_[@]}" tests/integration tests/e2e
+  # Two lanes. The timed integration tests (fault schedules, session timeouts, deadlines) run
+  # at normal priority; everything without a timing window (unit and end-to-end tests, and
+  # integration tests marked `untimed`) runs beside them, niced so that it yields the cores.
+  say "pytest: timed integration tests; beside them (niced) unit, end-to-end and untimed tests"
+  side_log=$(mktemp)
+  trap 'rm -f "$static_log" "$side_log"' EXIT
+  nice -n 10 "${pytest_[@]}" tests/unit tests/e2e tests/integration \
+    -m "not integration or untimed" >"$side_log" 2>&1 &
+  side_pid=$!
+  "${pytest_[@]}" tests/integration -m "not untimed"
   rc=$?
-  wait "$unit_pid"
-  unit_rc=$?
-  say "pytest: unit tests"
-  cat "$unit_log"
+  wait "$side_pid"
+  side_rc=$?
+  say "pytest: unit, end-to-end and untimed integration tests (ran beside)"
+  cat "$side_log"
 else
   say "pytest"
   "${pytest_[@]}" "$@"
@@ -55,7 +57,7 @@ set -e
 
 say "ruff and mypy --strict"
 cat "$static_log"
-for name in rc unit_rc; do
+for name in rc side_rc; do
   if [ "${!name}" = 5 ]; then
     echo "pytest collected no tests: that is a failure here" >&2
     printf -v "$name" 1
@@ -64,10 +66,10 @@ done
 if [ "$static_rc" != 0 ]; then
   echo "ruff or mypy failed (exit $static_rc)" >&2
 fi
-if [ "$unit_rc" != 0 ]; then
-  echo "the unit tests failed (exit $unit_rc)" >&2
+if [ "$side_rc" != 0 ]; then
+  echo "the tests run beside failed (exit $side_rc)" >&2
 fi
-for code in "$rc" "$unit_rc" "$static_rc"; do
+for code in "$rc" "$side_rc" "$static_rc"; do
   if [ "$code" != 0 ]; then
     exit "$code"
   fi

@@ -90,6 +90,7 @@ async def _changelog_stats(bootstrap: str, admin: AIOKafkaAdminClient, topic: st
         await consumer.stop()
 
 
+@pytest.mark.untimed  # RSS after a flood: CPU-bound, no deadline
 @pytest.mark.asyncio(loop_scope="session")
 async def test_a_flood_of_made_up_withdrawals_is_forgotten_and_late_events_are_dead_letters(
         kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> None:

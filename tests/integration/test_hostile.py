@@ -458,6 +458,7 @@ CLIENT_THRESHOLDS = 10_000
 CLIENT_CONCURRENCY = 32
 
 
+@pytest.mark.untimed  # 102,000 GETs and the RSS they leave: CPU-bound, no deadline
 async def test_hostile_clients_do_not_grow_memory(kafka_bootstrap: str, tmp_path: Path) -> None:
     """100,000 GETs, each for a program of its own, over 10,000 distinct thresholds: memos and
     caches stay bounded (in-process cache, and Redis with near copies)."""
