@@ -32,19 +32,26 @@ if [ "$quick" = 1 ]; then
   rc=$?
 elif [ "$#" = 0 ]; then
   # Two lanes. The timed integration tests (fault schedules, session timeouts, deadlines) run
-  # at normal priority; everything without a timing window (unit and end-to-end tests, and
-  # integration tests marked `untimed`) runs beside them, niced so that it yields the cores.
-  say "pytest: timed integration tests; beside them (niced) unit, end-to-end and untimed tests"
+  # at normal priority; beside them, niced so that they yield the cores, what has no timing
+  # window: the end-to-end tests (light, but with generous waits: nice 5), then the unit tests
+  # and the integration tests marked `untimed` (CPU-bound, no window: nice 10).
+  say "pytest: timed integration tests; beside them (niced) end-to-end, unit and untimed tests"
   side_log=$(mktemp)
   trap 'rm -f "$static_log" "$side_log"' EXIT
-  nice -n 10 "${pytest_[@]}" tests/unit tests/e2e tests/integration \
-    -m "not integration or untimed" >"$side_log" 2>&1 &
+  (
+    nice -n 5 "${pytest_[@]}" tests/e2e
+    e2e_rc=$?
+    nice -n 10 "${pytest_[@]}" tests/unit tests/integration -m "not integration or untimed"
+    cpu_rc=$?
+    if [ "$e2e_rc" != 0 ]; then exit "$e2e_rc"; fi
+    exit "$cpu_rc"
+  ) >"$side_log" 2>&1 &
   side_pid=$!
   "${pytest_[@]}" tests/integration -m "not untimed"
   rc=$?
   wait "$side_pid"
   side_rc=$?
-  say "pytest: unit, end-to-end and untimed integration tests (ran beside)"
+  say "pytest: end-to-end, unit and untimed integration tests (ran beside)"
   cat "$side_log"
 else
   say "pytest"
