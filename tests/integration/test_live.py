@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -370,10 +371,14 @@ async def test_metrics_are_true_against_a_known_backlog(cluster: Cluster) -> Non
                     break
                 assert time.monotonic() < deadline, seen[-5:]
                 await asyncio.sleep(0.05)
-            exact = [s for s in seen if s[0] + s[1] == produced]
-            behind = [s for s in seen if s[1] > 0]
+            # Until its first fetch after SIGCONT the worker still shows what it knew before the
+            # stop (however long a loaded machine makes that): judged from the first change on.
+            before = (float(len(warm)), 0.0)
+            since = list(itertools.dropwhile(lambda s: s == before, seen))
+            exact = [s for s in since if s[0] + s[1] == produced]
+            behind = [s for s in since if s[1] > 0]
             assert behind and max(s[1] for s in behind) >= BACKLOG // 2, seen[:5]
-            assert len(exact) >= len(seen) - 2, seen[:5]
+            assert len(exact) >= len(since) - 2, since[:5]
             hist = m["segments_event_freshness_seconds"]
             count = value(hist, "segments_event_freshness_seconds_count")
             applied = value(m["segments_events"], "segments_events_total", outcome="applied")
