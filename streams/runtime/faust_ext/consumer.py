@@ -20,6 +20,7 @@ acknowledged by the broker by then).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -428,11 +429,19 @@ def offsets_report(app: Any) -> str:
         acked = consumer._acked.get(tp) or []
         gaps = consumer._gap.get(tp)
         position = None
+        client_view = ""  # aiokafka's own state of the partition, apart from Faust's
         if assignment is not None:
             try:
-                position = assignment.state_value(tp).position
-            except Exception:  # no position yet
-                position = None
+                state = assignment.state_value(TopicPartition(tp.topic, tp.partition))
+                position = state._position
+                client_view = (
+                    (", client-paused" if state.paused else "")
+                    + (", awaiting reset" if state.awaiting_reset else "")
+                    + f", highwater {state.highwater}"
+                    + (f", last response {time.time() - state.timestamp / 1000:.1f}s ago"
+                       if state.timestamp else ", no fetch response yet"))
+            except Exception:  # not in the client's assignment
+                client_view = ", not in the client's assignment"
         lines.append(
             f"  {tp.topic}[{tp.partition}]: committed {consumer._committed_offset.get(tp)}, "
             f"read {consumer._read_offset.get(tp)}, acked {len(acked)}"
@@ -443,6 +452,7 @@ def offsets_report(app: Any) -> str:
             + (", inactive" if active is not None and tp not in active else "")
             + (", buffered" if tp in consumer._buffered_partitions else "")
             + (", fetched" if TopicPartition(tp.topic, tp.partition) in fetched else "")
+            + client_view
             + ("" if cluster is None else
                f", leader {cluster.leader_for_partition(TopicPartition(tp.topic, tp.partition))}"))
     return "\n".join(lines)
