@@ -136,6 +136,20 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _migrate(args: argparse.Namespace) -> int:
+    from streams.settings import Settings
+    from streams.tools.exceptions import MigrationRefused
+    from streams.tools.migrate import run_migration
+
+    try:
+        report = asyncio.run(run_migration(Settings.from_env(), args.to_app_id, args.partitions))
+    except MigrationRefused as exc:
+        print(f"segments migrate: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(report.summary())
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from streams.tools.demo import run_demo
 
@@ -255,6 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="benchmarks", help="folder for results.json")
     bench.add_argument("--doc", default="BENCHMARKS.md", help="markdown file with the table")
     bench.set_defaults(func=_bench)
+
+    migrate = sub.add_parser(
+        "migrate", help="copy this deployment's state (SEGMENTS_APP_ID) into a new app id's "
+                        "topics with another partition count, while it runs (README)")
+    migrate.add_argument("--to-app-id", required=True, help="the new deployment's app id")
+    migrate.add_argument("--partitions", type=int, required=True,
+                         help="its partition count (its workers run with SEGMENTS_PARTITIONS=N)")
+    migrate.set_defaults(func=_migrate)
 
     demo = sub.add_parser("demo", help="local Kafka + a worker + sample events, then serve")
     demo.add_argument("--port", type=int, default=9092, help="Kafka port")

@@ -144,6 +144,26 @@ _LONGEST_SUFFIX = len("-emitted-counts-changelog")
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]", "*"})
 
 
+# Kafka's rule for a group.instance.id (JoinGroupRequest.validateGroupInstanceId).
+_INSTANCE_ID = re.compile(r"[A-Za-z0-9._-]{1,249}")
+# A static member's session must outlast its restart (a stop, then a start to the join).
+STATIC_SESSION_TIMEOUT_MS = 30_000
+DYNAMIC_SESSION_TIMEOUT_MS = 6_000  # the brokers' default group.min.session.timeout.ms
+
+
+def _instance_id(env: Mapping[str, str]) -> str:
+    raw = env.get("SEGMENTS_INSTANCE_ID")
+    if raw is None or raw == "":
+        return ""
+    value = raw.strip()
+    if not _INSTANCE_ID.fullmatch(value) or value in (".", ".."):
+        raise SettingsError(
+            f"SEGMENTS_INSTANCE_ID={raw!r} is not usable as a Kafka group.instance.id (1-249 "
+            "letters, digits, '.', '_', '-'; not '.' or '..'); give each worker its own, stable "
+            "across restarts (e.g. the pod name of a StatefulSet)")
+    return value
+
+
 def _name(env: Mapping[str, str], name: str, default: str, reserve: int = 0) -> str:
     value = (env.get(name) or "").strip() or default
     if not _TOPIC_NAME.fullmatch(value) or len(value) + reserve > 249:
@@ -197,6 +217,11 @@ class Settings:
     # is still accepted (not used), for a rotation without downtime (SECURITY.md).
     cluster_secret: str = field(default="", repr=False)
     cluster_secret_previous: str = field(default="", repr=False)
+    # Static membership: the consumer group's group.instance.id; empty: a dynamic member.
+    instance_id: str = ""
+    # A member not heard from in this time is out of the group (0: 6 s, or 30 s with an
+    # instance id, so that a restarted static member is back before it).
+    session_timeout_ms: int = 0
 
     def __post_init__(self) -> None:
         if self.api_keys_file and not self.cluster_secret:
@@ -228,6 +253,9 @@ class Settings:
                     "SEGMENTS_ADVERTISED_URL (e.g. http://worker-1:6066)")
             host = f"[{self.web_host}]" if ":" in self.web_host else self.web_host
             object.__setattr__(self, "advertised_url", f"http://{host}:{self.web_port}")
+        if not self.session_timeout_ms:
+            object.__setattr__(self, "session_timeout_ms", STATIC_SESSION_TIMEOUT_MS
+                               if self.instance_id else DYNAMIC_SESSION_TIMEOUT_MS)
 
     @property
     def names(self) -> Names:
@@ -272,4 +300,8 @@ class Settings:
             api_keys_file=(env.get("SEGMENTS_API_KEYS_FILE") or "").strip(),
             cluster_secret=env.get("SEGMENTS_CLUSTER_SECRET") or "",
             cluster_secret_previous=env.get("SEGMENTS_CLUSTER_SECRET_PREVIOUS") or "",
+            instance_id=_instance_id(env),
+            # Faust refuses a session longer than its broker request timeout (90 s).
+            session_timeout_ms=_int(env, "SEGMENTS_SESSION_TIMEOUT_MS", 0, minimum=6_000,
+                                    maximum=90_000),
         )

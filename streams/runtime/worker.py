@@ -56,7 +56,7 @@ from streams.settings import Settings
 logger = logging.getLogger(__name__)
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
-SESSION_TIMEOUT_S = 6.0
+SESSION_TIMEOUT_S = 6.0  # the shortest session (a dynamic member's): the stall guard's measure
 HEARTBEAT_S = 1.0
 REBALANCE_TIMEOUT_S = 60.0  # under broker_request_timeout (90 s): JoinGroup waits this long
 
@@ -101,7 +101,11 @@ def _faust_app(s: Settings) -> faust.App:
         # A member that stops heartbeating is out after 6 s, the brokers' default minimum
         # (group.min.session.timeout.ms); peers stop asking it at once (api/fanout.py) and
         # answer from standbys meanwhile. Heartbeats at a sixth of it survive a lost one or two.
-        broker_session_timeout=SESSION_TIMEOUT_S,
+        # A static member (SEGMENTS_INSTANCE_ID) keeps a longer session by default: it never
+        # leaves the group when it stops (aiokafka sends no LeaveGroup with an instance id), so
+        # a restart within the session gets its partitions back with no rebalance.
+        broker_session_timeout=s.session_timeout_ms / 1000.0,
+        consumer_group_instance_id=s.instance_id or None,
         broker_heartbeat_interval=HEARTBEAT_S,
         # A member rejoins a rebalance only once its last assignment's partitions are rebuilt
         # (recovery runs in the assignment callback): the group waits that long for it, else

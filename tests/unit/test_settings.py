@@ -41,6 +41,14 @@ def test_defaults() -> None:
     ({"SEGMENTS_ADVERTISED_URL": "worker-1:6066"}, "SEGMENTS_ADVERTISED_URL"),
     ({"SEGMENTS_MAX_FUTURE_MS": "-5"}, "SEGMENTS_MAX_FUTURE_MS"),
     ({"SEGMENTS_PRODUCE_TIMEOUT_MS": "10"}, "SEGMENTS_PRODUCE_TIMEOUT_MS"),
+    ({"SEGMENTS_INSTANCE_ID": "worker 1"}, "SEGMENTS_INSTANCE_ID"),
+    ({"SEGMENTS_INSTANCE_ID": "w/1"}, "SEGMENTS_INSTANCE_ID"),
+    ({"SEGMENTS_INSTANCE_ID": "é"}, "SEGMENTS_INSTANCE_ID"),
+    ({"SEGMENTS_INSTANCE_ID": ".."}, "SEGMENTS_INSTANCE_ID"),
+    ({"SEGMENTS_INSTANCE_ID": "   "}, "SEGMENTS_INSTANCE_ID"),
+    ({"SEGMENTS_INSTANCE_ID": "w" * 250}, "SEGMENTS_INSTANCE_ID"),
+    ({"SEGMENTS_SESSION_TIMEOUT_MS": "5000"}, "SEGMENTS_SESSION_TIMEOUT_MS"),
+    ({"SEGMENTS_SESSION_TIMEOUT_MS": "120000"}, "SEGMENTS_SESSION_TIMEOUT_MS"),
     # security (contract section 10)
     ({"SEGMENTS_API_KEYS_FILE": "/dev/null"}, "SEGMENTS_CLUSTER_SECRET"),
     ({"SEGMENTS_CLUSTER_SECRET": "short"}, "SEGMENTS_CLUSTER_SECRET"),
@@ -62,6 +70,17 @@ def test_values_that_cannot_work_are_refused(env: dict[str, str], words: str) ->
     with pytest.raises(SettingsError) as err:
         Settings.from_env(env)
     assert words in str(err.value)
+
+
+def test_static_membership() -> None:
+    dynamic = Settings.from_env({})
+    assert (dynamic.instance_id, dynamic.session_timeout_ms) == ("", 6_000)
+    # A static member's session outlasts a restart, unless told otherwise.
+    static = Settings.from_env({"SEGMENTS_INSTANCE_ID": " segments-0.eu_1 "})
+    assert (static.instance_id, static.session_timeout_ms) == ("segments-0.eu_1", 30_000)
+    assert Settings.from_env({"SEGMENTS_INSTANCE_ID": "w" * 249,
+                              "SEGMENTS_SESSION_TIMEOUT_MS": "10000"}).session_timeout_ms == 10_000
+    assert Settings.from_env({"SEGMENTS_SESSION_TIMEOUT_MS": "20000"}).session_timeout_ms == 20_000
 
 
 def test_every_interface_with_an_advertised_url() -> None:
