@@ -179,6 +179,7 @@ async def answers(worker: Worker, programs: list[str]) -> dict[tuple[str, str, s
     return out
 
 
+@pytest.mark.untimed  # judged by its answers; its waits are minutes long
 async def test_migrate_8_to_32_partitions_while_the_source_runs(kafka_bootstrap: str,
                                                                 tmp_path: Path) -> None:
     started = time.monotonic()
@@ -255,6 +256,7 @@ async def test_migrate_8_to_32_partitions_while_the_source_runs(kafka_bootstrap:
         new.stop_all()
 
 
+@pytest.mark.untimed  # judged by its answers; its waits are minutes long
 async def test_migrate_copies_the_events_repartitioned_but_not_applied(
         kafka_bootstrap: str, tmp_path: Path) -> None:
     """The cut's second step, made certain: input records whose events are in the repartition
