@@ -186,6 +186,38 @@ def _report_offsets(cluster: Cluster) -> None:
             w.proc.send_signal(signal.SIGUSR1)
 
 
+async def _broker_view(cluster: Cluster, tps: list[TopicPartition]) -> str:
+    """What a fresh consumer sees of the partitions a stalled group has not read: the leader
+    and replicas the broker describes, and one fetch from the beginning (records, high-water
+    mark), to tell a broker that does not serve them from a worker that does not ask."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=cluster.bootstrap, **cluster.kafka)
+    consumer = AIOKafkaConsumer(bootstrap_servers=cluster.bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest", **cluster.kafka)
+    lines = []
+    await admin.start()
+    await start_consumer(consumer)
+    try:
+        described = await admin.describe_topics(sorted({tp.topic for tp in tps}))
+        for d in described:
+            for p in d["partitions"]:
+                if TopicPartition(d["topic"], p["partition"]) in tps:
+                    lines.append(f"  {d['topic']}[{p['partition']}]: leader {p['leader']}, "
+                                 f"replicas {p['replicas']}, isr {p['isr']}")
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        got = await consumer.getmany(*tps, timeout_ms=3000)
+        for tp in tps:
+            lines.append(f"  {tp.topic}[{tp.partition}]: a fresh consumer read "
+                         f"{len(got.get(tp, []))} records from the beginning, high-water "
+                         f"{consumer.highwater(tp)}, last stable {consumer.last_stable_offset(tp)}")
+    except KafkaError as exc:
+        lines.append(f"  (broker view failed: {exc!r})")
+    finally:
+        await consumer.stop()
+        await admin.close()
+    return "broker view of the partitions not read:\n" + "\n".join(lines)
+
+
 async def wait_no_lag(cluster: Cluster, timeout_s: float = 600.0) -> None:
     deadline = time.monotonic() + timeout_s
     topics = [cluster.input_topic, cluster.repartition_topic]
@@ -206,6 +238,8 @@ async def wait_no_lag(cluster: Cluster, timeout_s: float = 600.0) -> None:
             elif lag > 0 and not reported and time.monotonic() - moved > STUCK_S:
                 reported = True
                 _report_offsets(cluster)
+                print(await _broker_view(cluster, sorted(
+                    tp for tp, (done, end) in lags.items() if done != end)), flush=True)
             # Done when two reads in a row find every offset committed at the same end: a
             # commit follows the writes of its batch, so nothing is left in flight.
             if lag == 0 and lags == caught_up:
