@@ -29,6 +29,7 @@ PRIVATE_API: tuple[tuple[str, str, str], ...] = (
     ("faust.transport.consumer", "Consumer", "_drain_messages"),
     ("faust.transport.consumer", "Consumer", "_to_message"),
     ("faust.transport.consumer", "Consumer", "_wait_next_records"),
+    ("faust.transport.consumer", "Consumer", "_commit_offsets"),
     ("faust.transport.consumer", "Consumer", "_add_gap"),
     ("faust.transport.consumer", "Consumer", "_new_offset"),
     ("faust.transport.consumer", "Consumer", "_committed_offset"),

@@ -165,6 +165,18 @@ class BatchConsumer(AIOKafkaDriverConsumer):
                 self._n_acked += len(new)
             notify(self._waiting_for_ack)
 
+    async def _commit_offsets(self, offsets: Any, start_new_transaction: bool = True) -> bool:
+        """Faust's commit, minus its belief in a commit that failed: Faust records the offsets
+        as committed even when the broker refused them (a commit racing a rebalance), so a
+        partition whose first commit failed, given back to this worker, is read again from
+        the beginning with every ack below that belief dropped, and is never committed
+        (RELIABILITY.md, offsets)."""
+        before = {tp: self._committed_offset.get(tp) for tp in offsets}
+        did_commit: bool = await super()._commit_offsets(offsets, start_new_transaction)
+        if not did_commit:
+            undo_failed_commit(self._committed_offset, before, offsets)
+        return did_commit
+
     async def perform_seek(self) -> None:
         self._epoch += 1
         try:
@@ -369,6 +381,20 @@ class _Fetch:
     batch: list[Any] = field(default_factory=list)
     last: dict[Any, int] = field(default_factory=dict)  # per partition: last offset taken
     gaps: list[tuple[Any, int, int]] = field(default_factory=list)  # missing offsets
+
+
+def undo_failed_commit(committed: Any, before: dict[Any, int | None], attempted: Any) -> None:
+    """Where a failed commit left its offset as the committed one, the committed offset goes
+    back to what it was before it (none: unknown); an offset that something else set since
+    (a seek to the broker's committed offsets) stays."""
+    for tp, offset in attempted.items():
+        if committed.get(tp) != offset or before.get(tp) == offset:
+            continue
+        previous = before.get(tp)
+        if previous is None:
+            committed.pop(tp, None)
+        else:
+            committed[tp] = previous
 
 
 def consumer_lag(app: Any) -> dict[tuple[str, int], int]:
