@@ -140,6 +140,7 @@ class FakeReader:
     def __init__(self) -> None:
         self.logs: dict[str, dict[int, list[tuple[bytes | None, bytes | None]]]] = {}
         self.reads: list[tuple[str, set[int]]] = []
+        self.slices: list[tuple[str, int, int]] = []  # topic, partition, start
         self.failing: BaseException | None = None
 
     def write(self, topic: str, partition: int, key: bytes | None, value: bytes | None) -> None:
@@ -169,6 +170,24 @@ class FakeReader:
 
     async def highwaters(self, topic: str, partitions: set[int]) -> dict[int, int]:
         return {p: self.end(topic, p) for p in partitions}
+
+    async def end_offset(self, topic: str, partition: int) -> int:
+        if self.failing is not None:
+            raise self.failing
+        return self.end(topic, partition)
+
+    async def read_slice(self, topic: str, partition: int, start: int, limit: int
+                         ) -> tuple[list[tuple[bytes | None, bytes | None]], int]:
+        """At most ``limit`` records from ``start`` (``slices`` notes each call)."""
+        self.slices.append((topic, partition, start))
+        if self.failing is not None:
+            raise self.failing
+        records = self.logs.get(topic, {}).get(partition, [])[start:start + limit]
+        return list(records), start + len(records)
+
+    def rebuilt(self, topic: str) -> set[int]:
+        """The partitions of ``topic`` read from their start in slices."""
+        return {p for t, p, start in self.slices if t == topic and start == 0}
 
 
 @dataclass

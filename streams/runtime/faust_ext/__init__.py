@@ -48,6 +48,7 @@ PRIVATE_API: tuple[tuple[str, str, str], ...] = (
     ("faust.transport.consumer", "Consumer", "seek_wait"),
     ("faust.transport.consumer", "Consumer", "on_partitions_revoked"),
     ("faust.transport.consumer", "Consumer", "on_partitions_assigned"),
+    ("faust.transport.consumer", "Consumer", "resume_partitions"),
     ("faust.transport.consumer", "Consumer", "flow_active"),
     ("faust.transport.consumer", "Consumer", "suspend_flow"),
     ("faust.transport.consumer", "Consumer", "consumer_stopped_errors"),
