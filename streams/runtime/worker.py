@@ -33,6 +33,7 @@ from streams.codec.names import RECOMMENDATIONS, TABLES, Names
 from streams.runtime import faust_ext
 from streams.runtime.batches import BatchProcessor
 from streams.runtime.exceptions import TopicMismatch
+from streams.runtime.faust_ext.assignor import standby_aware
 from streams.runtime.faust_ext.consumer import (
     consumer_lag,
     install,
@@ -156,6 +157,9 @@ def build_worker(settings: Settings, topics: TopicReport | None = None) -> Worke
         return consumer_lag(app) if registry.phase is Phase.SERVING else {}
 
     recommendations_changelog = names.changelog_topic(RECOMMENDATIONS)
+    # A departed owner's partitions go to the worker keeping their standby copy (contract §11).
+    standby_aware(app, recommendations_changelog, settings.partitions,
+                  settings.standby_replicas)
 
     def owners() -> dict[str, list[int]]:
         meta = app.assignor.table_metadata(recommendations_changelog)
