@@ -4,10 +4,11 @@ for a rebuild.
 
 The assignment callback (runtime/recovery.py) only decides which partitions need a cold rebuild
 and hands them to ``Rebuilds.assign``; their input stays paused (faust_ext/consumer.py keeps
-them out of Faust's resume) while ``run`` reads them, one partition at a time, in slices of
-``SLICE`` records with the event loop given back between slices. Each ``Rebuild`` goes through
-its ``Step``: READING both changelogs up to their current ends, SETTLING (indexes built in
-steps), then installed in the registry and its input resumed once the worker serves.
+them out of Faust's resume) while ``run`` reads their changelogs together (one consumer, as a
+fetch serves many partitions at the cost of one) in slices of ``SLICE`` records, the event loop
+given back between slices. Each ``Rebuild`` goes through its ``Step``: READING both changelogs
+up to their current ends, SETTLING (indexes built in steps), WAITING, then installed in the
+registry and its input resumed, each partition on its own, once the worker serves.
 
 Invariants:
 - a partition's input is handled only once its state holds both changelogs up to their ends
@@ -154,12 +155,21 @@ class Rebuilds:
             pass
 
     async def step(self) -> bool:
-        """One bounded piece of work on the first rebuild that can progress; False if none
-        can (nothing queued, or only rebuilds waiting for the worker to serve)."""
-        for job in list(self.jobs.values()):
-            if job.step is Step.WAITING and not self._installable():
-                continue
-            await self._advance(job)
+        """One bounded piece of work: a slice read across the partitions still being read,
+        or the settling of one, or the install of those read and settled; False if nothing
+        can progress (nothing queued, or only rebuilds waiting for the worker to serve)."""
+        jobs = list(self.jobs.values())
+        reading = [job for job in jobs if job.step is Step.READING]
+        if reading:
+            await self._read_slice(reading)
+            return True
+        settling = next((job for job in jobs if job.step is Step.SETTLING), None)
+        if settling is not None:
+            await self._settle(settling)
+            return True
+        waiting = [job for job in jobs if job.step is Step.WAITING]
+        if waiting and self._installable():
+            await self._install_all(waiting)
             return True
         return False
 
@@ -169,69 +179,96 @@ class Rebuilds:
     def _current(self, job: Rebuild) -> bool:
         return self.jobs.get(job.partition) is job
 
-    async def _advance(self, job: Rebuild) -> None:
-        p = job.partition
-        if job.step is Step.READING:
-            if not job.ends:
-                job.ends = await self._ends(p)
-            for table in TABLES:
-                if job.positions.get(table, 0) < job.ends[table]:
-                    await self._read_slice(job, table)
-                    return
-            job.step = Step.SETTLING
-            return
-        if job.step is Step.SETTLING:
-            for _ in job.state.settle_steps(self.registry.settle_budget):
-                await asyncio.sleep(0)
-                if not self._current(job):
-                    return
-            job.step = Step.WAITING
-            return
-        # WAITING: anything written since the ends were read is read first.
-        generation = self.registry.generation
-        ends = await self._ends(p)
-        if not self._current(job):
-            return
-        if any(ends[t] > job.positions.get(t, 0) for t in TABLES):
-            job.ends = ends
-            job.state.settled = False  # (the install settles what came since)
-            job.step = Step.READING
-            return
-        async with self.registry.fence.batch:
-            if (not self._current(job) or self.registry.generation != generation
-                    or not self._installable()):
-                return
-            self._install(job)
-        self._resume(p)
+    def _tp(self, table: str, partition: int) -> tuple[str, int]:
+        return self.names.changelog_topic(table), partition
 
-    async def _ends(self, partition: int) -> dict[str, int]:
-        ends = {}
-        for table in TABLES:
-            ends[table] = await asyncio.wait_for(
-                self.reader.end_offset(self.names.changelog_topic(table), partition),
-                END_TIMEOUT_S)
-        return ends
+    async def _ends(self, jobs: list[Rebuild]) -> dict[int, dict[str, int]]:
+        """Per partition, its changelogs' current ends (one request for all)."""
+        tps = [self._tp(t, job.partition) for job in jobs for t in TABLES]
+        ends = await asyncio.wait_for(self.reader.end_offsets(tps), END_TIMEOUT_S)
+        tables = {self.names.changelog_topic(t): t for t in TABLES}
+        out: dict[int, dict[str, int]] = {}
+        for (topic, p), end in ends.items():
+            out.setdefault(p, {})[tables[topic]] = end
+        return out
 
-    async def _read_slice(self, job: Rebuild, table: str) -> None:
-        p = job.partition
-        start = job.positions.get(table, 0)
-        records, after = await self.reader.read_slice(self.names.changelog_topic(table), p,
-                                                      start, self.slice_records)
-        if not self._current(job):
-            return  # cancelled meanwhile: nothing of it applied
-        state = job.state
-        for i, (key, value) in enumerate(records):
-            load_record(state, table, p, key, value, self._skipped)
-            if i % LOAD_SLICE == LOAD_SLICE - 1:
-                await loaded_slice()
-                if not self._current(job):
-                    return
-        job.positions[table] = max(after, start)
-        job.records += len(records)
-        self.metrics.rebuild_records.inc(len(records))
+    async def _read_slice(self, jobs: list[Rebuild]) -> None:
+        """One slice (``slice_records`` records in all) of every changelog partition not yet
+        read to its end; partitions read to their ends go on to settle."""
+        unknown = [job for job in jobs if not job.ends]
+        if unknown:
+            ends = await self._ends(unknown)
+            for job in unknown:
+                if self._current(job):
+                    job.ends = ends[job.partition]
+        starts: dict[tuple[str, int], int] = {}
+        for job in jobs:
+            if not self._current(job):
+                continue
+            behind = [t for t in TABLES if job.positions.get(t, 0) < job.ends[t]]
+            if not behind:
+                job.step = Step.SETTLING
+            for t in behind:
+                starts[self._tp(t, job.partition)] = job.positions.get(t, 0)
+        if not starts:
+            return
+        read = await self.reader.read_slices(starts, self.slice_records)
+        tables = {self.names.changelog_topic(t): t for t in TABLES}
+        n = 0
+        for (topic, p), (records, after) in read.items():
+            target = self.jobs.get(p)
+            table = tables[topic]
+            start = starts[(topic, p)]
+            if target is None or target.step is not Step.READING:
+                continue  # cancelled meanwhile: nothing of it applied
+            for key, value in records:
+                load_record(target.state, table, p, key, value, self._skipped)
+                n += 1
+                if n % LOAD_SLICE == 0:
+                    await loaded_slice()
+                    if not self._current(target):
+                        break
+            else:
+                target.positions[table] = max(after, start)
+                target.records += len(records)
+        self.metrics.rebuild_records.inc(n)
         await loaded_slice()
         if self.slice_pause_s:
             await asyncio.sleep(self.slice_pause_s)
+
+    async def _settle(self, job: Rebuild) -> None:
+        for _ in job.state.settle_steps(self.registry.settle_budget):
+            await asyncio.sleep(0)
+            if not self._current(job):
+                return
+        job.step = Step.WAITING
+
+    async def _install_all(self, jobs: list[Rebuild]) -> None:
+        """Put the read and settled partitions in service, but those whose changelogs grew
+        since they were read (read on first)."""
+        generation = self.registry.generation
+        ends = await self._ends(jobs)
+        ready = []
+        for job in jobs:
+            if not self._current(job):
+                continue
+            now = ends[job.partition]
+            if any(now[t] > job.positions.get(t, 0) for t in TABLES):
+                job.ends = now
+                job.state.settled = False  # (the install settles what came since)
+                job.step = Step.READING
+            else:
+                ready.append(job)
+        if not ready:
+            return
+        async with self.registry.fence.batch:
+            if self.registry.generation != generation or not self._installable():
+                return
+            ready = [job for job in ready if self._current(job)]
+            for job in ready:
+                self._install(job)
+        for job in ready:
+            self._resume(job.partition)
 
     def _install(self, job: Rebuild) -> None:
         """In service (the caller holds the batch fence, the worker serves)."""

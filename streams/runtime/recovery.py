@@ -41,6 +41,7 @@ from streams.runtime.partitions import PartitionRegistry
 
 logger = logging.getLogger(__name__)
 
+Record = tuple[bytes | None, bytes | None]  # key, value
 OnRecord = Callable[[int, bytes | None, bytes | None], None]  # partition, key, value
 Highwaters = Callable[[str, set[int]], Awaitable[dict[int, int]]]  # topic, partitions -> ends
 
@@ -70,13 +71,14 @@ class Reader(Protocol):
         """Hand every record of the partitions, from their start to their current end, to
         ``on_record``; return, per partition, the last offset read."""
 
-    async def end_offset(self, topic: str, partition: int) -> int:
-        """The partition's current end (the offset its next record gets)."""
+    async def end_offsets(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """Each (topic, partition)'s current end (the offset its next record gets)."""
 
-    async def read_slice(self, topic: str, partition: int, start: int, limit: int
-                         ) -> tuple[list[tuple[bytes | None, bytes | None]], int]:
-        """At most ``limit`` records (key, value) of the partition from offset ``start`` on,
-        and the offset to read next (past compacted-away offsets too)."""
+    async def read_slices(self, starts: dict[tuple[str, int], int], limit: int
+                          ) -> dict[tuple[str, int], tuple[list[Record], int]]:
+        """At most ``limit`` records (key, value) in all of the (topic, partition)s, each from
+        its offset in ``starts`` on; per partition those read and the offset to read next
+        (past compacted-away offsets too)."""
 
 
 # Records fetched at once (aiokafka unpacks them in one go: a few milliseconds).
@@ -103,45 +105,51 @@ class ChangelogReader:
         # For slices (the background rebuilds): one consumer kept between them, so that a
         # slice going on where the last one ended needs no seek, and so no new fetch.
         self._slices: AIOKafkaConsumer | None = None
-        self._sliced: TopicPartition | None = None
+        self._sliced: set[TopicPartition] = set()
 
     async def _slice_consumer(self) -> AIOKafkaConsumer:
         if self._slices is None:
             consumer = self._make_consumer()
             await start_consumer(consumer)
-            self._slices, self._sliced = consumer, None
+            self._slices, self._sliced = consumer, set()
         return self._slices
 
-    async def end_offset(self, topic: str, partition: int) -> int:
+    async def end_offsets(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
         consumer = await self._slice_consumer()
-        tp = TopicPartition(topic, partition)
         try:
-            return int((await consumer.end_offsets([tp]))[tp])
+            ends = await consumer.end_offsets([TopicPartition(t, p) for t, p in partitions])
         except Exception:
             await self.close()
             raise
+        return {(tp.topic, tp.partition): int(end) for tp, end in ends.items()}
 
-    async def read_slice(self, topic: str, partition: int, start: int, limit: int
-                         ) -> tuple[list[tuple[bytes | None, bytes | None]], int]:
+    async def read_slices(self, starts: dict[tuple[str, int], int], limit: int
+                          ) -> dict[tuple[str, int], tuple[list[Record], int]]:
         consumer = await self._slice_consumer()
-        tp = TopicPartition(topic, partition)
+        tps = {TopicPartition(t, p): start for (t, p), start in starts.items()}
         try:
-            if self._sliced != tp:
-                consumer.assign([tp])
-                self._sliced = tp
-                consumer.seek(tp, start)
-            elif await consumer.position(tp) != start:
-                consumer.seek(tp, start)
-            batch = await consumer.getmany(tp, timeout_ms=500, max_records=limit)
-            records = [(m.key, m.value) for m in batch.get(tp, []) if m.offset >= start]
-            return records, await consumer.position(tp)
+            if set(tps) != self._sliced:
+                consumer.assign(list(tps))
+                self._sliced = set(tps)
+                for tp, start in tps.items():
+                    consumer.seek(tp, start)
+            else:
+                for tp, start in tps.items():
+                    if await consumer.position(tp) != start:
+                        consumer.seek(tp, start)
+            batch = await consumer.getmany(*tps, timeout_ms=500, max_records=limit)
+            out = {}
+            for tp, start in tps.items():
+                records = [(m.key, m.value) for m in batch.get(tp, []) if m.offset >= start]
+                out[(tp.topic, tp.partition)] = (records, await consumer.position(tp))
+            return out
         except Exception:
             await self.close()
             raise
 
     async def close(self) -> None:
         if self._slices is not None:
-            consumer, self._slices, self._sliced = self._slices, None, None
+            consumer, self._slices, self._sliced = self._slices, None, set()
             with contextlib.suppress(Exception):
                 await consumer.stop()
 

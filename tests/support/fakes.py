@@ -171,19 +171,26 @@ class FakeReader:
     async def highwaters(self, topic: str, partitions: set[int]) -> dict[int, int]:
         return {p: self.end(topic, p) for p in partitions}
 
-    async def end_offset(self, topic: str, partition: int) -> int:
+    async def end_offsets(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
         if self.failing is not None:
             raise self.failing
-        return self.end(topic, partition)
+        return {(t, p): self.end(t, p) for t, p in partitions}
 
-    async def read_slice(self, topic: str, partition: int, start: int, limit: int
-                         ) -> tuple[list[tuple[bytes | None, bytes | None]], int]:
-        """At most ``limit`` records from ``start`` (``slices`` notes each call)."""
-        self.slices.append((topic, partition, start))
+    async def read_slices(self, starts: dict[tuple[str, int], int], limit: int
+                          ) -> dict[tuple[str, int], tuple[list[tuple[bytes | None, bytes | None]],
+                                                           int]]:
+        """At most ``limit`` records in all, partition after partition in (topic, partition)
+        order (``slices`` notes each partition read and where from)."""
         if self.failing is not None:
             raise self.failing
-        records = self.logs.get(topic, {}).get(partition, [])[start:start + limit]
-        return list(records), start + len(records)
+        out = {}
+        for (topic, partition), start in sorted(starts.items()):
+            records = self.logs.get(topic, {}).get(partition, [])[start:start + limit]
+            limit -= len(records)
+            if records:
+                self.slices.append((topic, partition, start))
+            out[(topic, partition)] = (list(records), start + len(records))
+        return out
 
     def rebuilt(self, topic: str) -> set[int]:
         """The partitions of ``topic`` read from their start in slices."""

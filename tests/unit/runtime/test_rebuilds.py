@@ -74,7 +74,7 @@ async def test_the_callback_reads_nothing_and_each_partition_serves_once_rebuilt
     assert 0 not in w.registry.active and w.rebuilds.jobs[0].records == 2 * SLICE
     await w.rebuilds.drain()
     assert set(w.registry.active) == {0, 1, 2} and not w.registry.rebuilding
-    assert w.resumed == [0, 1]  # partition by partition, each once in service
+    assert w.resumed == [0, 1]  # each once, once in service
     assert count(w.registry.active[0]) == 35 and count(w.registry.active[1]) == 5
     # slices of at most SLICE records, each from where the last one ended
     assert [s for t, p, s in reader.slices if t == RECS and p == 0] == [0, 10, 20, 30]
