@@ -256,9 +256,13 @@ class FamilyStore:
                 work = 0
                 yield
 
-    def take_dirty(self) -> set[FamilyKey]:
-        dirty, self.dirty = self.dirty, set()
-        return dirty
+    def take_dirty(self, limit: int | None = None) -> set[FamilyKey]:
+        """The dirty families (at most ``limit`` of them, the others stay dirty)."""
+        dirty = self.dirty
+        if limit is None or len(dirty) <= limit:
+            self.dirty = set()
+            return dirty
+        return {dirty.pop() for _ in range(limit)}
 
     def query(self, program_id: str, segment_type: str, segment_basis: str,
               min_weight: float) -> list[SegmentRow]:
