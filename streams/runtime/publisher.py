@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 KEY_MEMO_MAX = 200_000  # segment keys whose record key is remembered
 # Dirty families one round of a tick publishes at most, over all partitions.
-PUBLICATION_MAX = 16_384
+PUBLICATION_MAX = 4_096
 
 
 class ChangePublisher:

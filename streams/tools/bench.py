@@ -495,6 +495,9 @@ async def long_tail_memory(run: Run, recs: int) -> dict[str, Any]:
         del records
         await wait_no_lag(own, timeout_s=1800)
         await worker.wait_ready()
+        # Idle: the change publisher has published the load's last changes (a million
+        # recommendations in new families move hundreds of thousands of segments), then 5 s.
+        await wait_changes_published(worker)
         await asyncio.sleep(5.0)
         rss = worker.rss()
         held = await worker.recommendations()
@@ -504,6 +507,27 @@ async def long_tail_memory(run: Run, recs: int) -> dict[str, Any]:
             "recommendations_per_family": held / families, "rss_bytes": rss,
             "rss_bytes_idle_empty": rss_empty, "rss_bytes_per_recommendation": rss / held,
             "delta_bytes_per_recommendation": (rss - rss_empty) / held}
+
+
+async def wait_changes_published(worker: WorkerProc, quiet_s: float = 2.0,
+                                  timeout_s: float = 300.0) -> None:
+    """Until the worker's count of change events published has not moved for ``quiet_s``."""
+    async def published(session: aiohttp.ClientSession) -> str:
+        async with session.get(worker.url + "/metrics") as r:
+            lines = (await r.text()).splitlines()
+        return "".join(x for x in lines if x.startswith("segments_change_events_total"))
+
+    deadline = time.perf_counter() + timeout_s
+    async with aiohttp.ClientSession() as session:
+        last = await published(session)
+        quiet_since = time.perf_counter()
+        while time.perf_counter() < deadline:
+            await asyncio.sleep(0.5)
+            now = await published(session)
+            if now != last:
+                last, quiet_since = now, time.perf_counter()
+            elif time.perf_counter() - quiet_since >= quiet_s:
+                return
 
 
 async def pair_rss(run: Run, replicas: int) -> int:
