@@ -48,13 +48,22 @@ _INT64 = struct.Struct("=q")
 _DOUBLE = struct.Struct("=d")
 _HIST = INT64_MIN  # the sign bit: in_history
 _BITS = INT64_MAX  # the weight's bits
-_WITHDRAWN = _INT64.unpack(_DOUBLE.pack(float("nan")))[0]
+_WITHDRAWN: int = _INT64.unpack(_DOUBLE.pack(float("nan")))[0]
+
+
+def _bits(x: float) -> int:
+    """The IEEE-754 bits of ``x`` as a signed 64-bit int."""
+    bits: int = _INT64.unpack(_DOUBLE.pack(x))[0]
+    return bits
+
+
+_ONE = _bits(1.0)
 
 
 def _encode(weight: float | None, in_history: bool) -> int:
     """A slot's weight column value. ``+ 0.0`` makes -0.0 (a valid weight, equal to 0.0)
     0.0, whose sign bit is free for in_history."""
-    bits: int = _WITHDRAWN if weight is None else _INT64.unpack(_DOUBLE.pack(weight + 0.0))[0]
+    bits = _WITHDRAWN if weight is None else _bits(weight + 0.0)
     return bits | _HIST if in_history else bits
 
 
@@ -107,7 +116,18 @@ class Family:
             if segment_type == "growth":
                 return indexes[0].count_at_least(m) + indexes[1].count_at_least(m)
             return indexes[segment_type != "base"].count_at_least(m)
-        return len(self._selected(segment_type, m))
+        # A scan of the weights' bits: for doubles >= 0 their order is the ints' order, and
+        # NaN's (a withdrawal) are above 1.0's.
+        if not m <= 1.0:
+            return 0
+        low = 0 if m <= 0.0 else _bits(m)
+        n = 0
+        growth = segment_type == "growth"
+        base = segment_type == "base"
+        for value in self.cols[_HEAD + 2::_WIDTH]:
+            if low <= value & _BITS <= _ONE and (growth or (value < 0) == base):
+                n += 1
+        return n
 
     def stats_at_least(self, segment_type: str, m: float) -> tuple[int, float]:
         """``(count, mean weight)`` of the segment's members with a weight >= ``m``; ``(0,
