@@ -266,10 +266,7 @@ async def readyz(request: web.Request) -> web.Response:
     """Readiness: whether GET /segments with consistency=any can be answered here."""
     backend = request.app[BACKEND]
     reason = backend.readiness()
-    body: dict[str, object] = {"ready": reason is None, "serving": backend.is_ready()}
-    rebuilding = backend.rebuilding()
-    if rebuilding:
-        body["rebuilding"] = rebuilding
+    body = {"ready": reason is None, "serving": backend.is_ready()}
     if reason is None:
         return json_response(body)
     return json_response(body | {"reason": reason}, status=503,
@@ -277,17 +274,12 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """Readiness as it was before /readyz (ready = serving every partition assigned to it now,
-    none still being rebuilt), and what the worker holds: O(partitions), from counters kept as
-    the states change."""
+    """Readiness as it was before /readyz (ready = serving its partitions now), and what the
+    worker holds: O(partitions), from counters kept as the states change."""
     backend = request.app[BACKEND]
-    rebuilding = backend.rebuilding()
-    ready = backend.is_ready() and not rebuilding
-    body: dict[str, object] = {
-        "ready": ready, "partitions": backend.partitions(),
-        "recommendations": backend.recommendations(), "standbys": backend.standbys()}
-    if rebuilding:
-        body["rebuilding"] = rebuilding
+    ready = backend.is_ready()
+    body = {"ready": ready, "partitions": backend.partitions(),
+            "recommendations": backend.recommendations(), "standbys": backend.standbys()}
     return json_response(body, status=200 if ready else 503,
                          headers=None if ready else {"Retry-After": str(RETRY_AFTER_S)})
 
