@@ -34,14 +34,15 @@ elif [ "$#" = 0 ]; then
   # Two lanes. The timed integration tests (fault schedules, session timeouts, deadlines) run
   # at normal priority; beside them, niced so that they yield the cores, what has no timing
   # window: the end-to-end tests (light, but with generous waits: nice 5), then the unit tests
-  # and the integration tests marked `untimed` (CPU-bound, no window: nice 10).
+  # and the tests marked `untimed` (CPU-bound, no window: nice 10).
   say "pytest: timed integration tests; beside them (niced) end-to-end, unit and untimed tests"
   side_log=$(mktemp)
   trap 'rm -f "$static_log" "$side_log"' EXIT
   (
-    nice -n 5 "${pytest_[@]}" tests/e2e
+    nice -n 5 "${pytest_[@]}" tests/e2e -m "not untimed"
     e2e_rc=$?
-    nice -n 10 "${pytest_[@]}" tests/unit tests/integration -m "not integration or untimed"
+    nice -n 10 "${pytest_[@]}" tests/unit tests/e2e tests/integration \
+      -m "(not integration and not e2e) or untimed"
     cpu_rc=$?
     if [ "$e2e_rc" != 0 ]; then exit "$e2e_rc"; fi
     exit "$cpu_rc"

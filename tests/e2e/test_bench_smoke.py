@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.e2e
+# CPU-bound (the bench ingests at full speed), no window but its 420 s: the nice-10 pass.
+pytestmark = [pytest.mark.e2e, pytest.mark.untimed]
 
 
 def test_bench_quick_runs_and_writes_results(kafka_bootstrap: str, tmp_path: Path) -> None:

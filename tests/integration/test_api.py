@@ -312,24 +312,32 @@ async def _counter(api: Setup, worker: int, name: str) -> float:
     async with api.session.get(api.workers[worker].url + "/metrics") as resp:
         text = await resp.text()
     return sum(float(line.split()[-1]) for line in text.splitlines()
-               if line.startswith(name + " "))
+               if line.startswith((name + " ", name + "{")))
 
 
 @pytest.mark.asyncio(loop_scope="session")
 async def test_sixteen_identical_misses_cost_one_computation_per_worker(api: Setup) -> None:
     metric = "segments_query_computations_total"
     want = api.oracle.segments(PROGRAM, "base", "asset", 0.375)
+    stale_metric = "segments_stale_answers_total"
     for refresh, most in (("false", 1), ("true", 2)):
         before = [await _counter(api, w, metric) for w in (0, 1)]
+        stale_before = [await _counter(api, w, stale_metric) for w in (0, 1)]
         answers = await asyncio.gather(*(
             api.get({"segment_type": "base", "segment_basis": "assets", "min_weight": "0.375",
                      "size": "20", "force_refresh": refresh}, worker=n % 2)
             for n in range(16)))
         after = [await _counter(api, w, metric) for w in (0, 1)]
+        stale = [await _counter(api, w, stale_metric) - b for w, b in zip((0, 1), stale_before,
+                                                                          strict=True)]
         computed = [a - b for a, b in zip(after, before, strict=True)]
         # misses: one computation per worker (its first miss; the others join it or hit the
-        # cache it wrote); force_refresh: one, and one shared by those that came during it
-        assert all(0 <= c <= most for c in computed) and sum(computed) >= 1, computed
+        # cache it wrote); force_refresh: one, and one shared by those that came during it.
+        # A stale answer (a peer slower than its timeout, on a loaded machine) is not cached:
+        # each may cost the next request one more computation.
+        assert all(0 <= c <= most + s for c, s in zip(computed, stale, strict=True)), (
+            computed, stale)
+        assert sum(computed) >= 1, computed
         for status, body in answers:
             assert status == 200 and body["total"] == len(want)
             assert_rows_equal(items_as_rows(body["items"]), want[:20], f"refresh {refresh}")
