@@ -155,6 +155,24 @@ class MigratedCluster(Cluster):
         return self.source_input
 
 
+async def source_and_target(bootstrap: str, tmp_path: Path) -> tuple[Cluster, MigratedCluster]:
+    """A source deployment on 8 partitions reading an input topic of INPUT_PARTITIONS (created
+    here), and the 32-partition deployment it migrates to, reading the same input."""
+    old = Cluster(bootstrap, tmp_path / "old", partitions=8)
+    old.run_dir.mkdir()
+    new = MigratedCluster(bootstrap, tmp_path / "new", partitions=32,
+                          source_input=old.input_topic)
+    new.run_dir.mkdir()
+    new.extra_env["SEGMENTS_INPUT_TOPIC"] = old.input_topic
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(old.input_topic, INPUT_PARTITIONS, 1)])
+    finally:
+        await admin.close()
+    return old, new
+
+
 def migrate(cluster: Cluster, *args: str) -> tuple[int, str, float]:
     """`segments migrate ARGS` with the source deployment's settings: exit code, output, seconds."""
     t0 = time.monotonic()
@@ -186,18 +204,7 @@ async def test_migrate_8_to_32_partitions_while_the_source_runs(kafka_bootstrap:
     records = list(generate(sum(MIGRATE_EVENTS), seed=2302, programs=2, users=2000,
                             late_ratio=0.05))
     before, during = MIGRATE_EVENTS[0], MIGRATE_EVENTS[0] + MIGRATE_EVENTS[1]
-    old = Cluster(kafka_bootstrap, tmp_path / "old", partitions=8)
-    old.run_dir.mkdir()
-    new = MigratedCluster(kafka_bootstrap, tmp_path / "new", partitions=32,
-                          source_input=old.input_topic)
-    new.run_dir.mkdir()
-    new.extra_env["SEGMENTS_INPUT_TOPIC"] = old.input_topic
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(old.input_topic, INPUT_PARTITIONS, 1)])
-    finally:
-        await admin.close()
+    old, new = await source_and_target(kafka_bootstrap, tmp_path)
     try:
         source = old.add_worker()
         await wait_ready(source)
@@ -265,18 +272,7 @@ async def test_migrate_copies_the_events_repartitioned_but_not_applied(
     group does not read them from the input again."""
     records = list(generate(3_000, seed=2303, programs=2, users=1000, late_ratio=0.05))
     applied, backlog = records[:2_000], records[2_000:]
-    old = Cluster(kafka_bootstrap, tmp_path / "old", partitions=8)
-    old.run_dir.mkdir()
-    new = MigratedCluster(kafka_bootstrap, tmp_path / "new", partitions=32,
-                          source_input=old.input_topic)
-    new.run_dir.mkdir()
-    new.extra_env["SEGMENTS_INPUT_TOPIC"] = old.input_topic
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(old.input_topic, INPUT_PARTITIONS, 1)])
-    finally:
-        await admin.close()
+    old, new = await source_and_target(kafka_bootstrap, tmp_path)
     try:
         source = old.add_worker()
         await wait_ready(source)
