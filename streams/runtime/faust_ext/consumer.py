@@ -170,7 +170,7 @@ class BatchConsumer(AIOKafkaDriverConsumer):
         as committed even when the broker refused them (a commit racing a rebalance), so a
         partition whose first commit failed, given back to this worker, is read again from
         the beginning with every ack below that belief dropped, and is never committed
-        (RELIABILITY.md, offsets)."""
+        (RELIABILITY.md, rebalances and recovery)."""
         before = {tp: self._committed_offset.get(tp) for tp in offsets}
         did_commit: bool = await super()._commit_offsets(offsets, start_new_transaction)
         if not did_commit:
