@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
@@ -384,14 +385,24 @@ async def read_topic_complete(bootstrap: str, topic: str, timeout_s: float = 120
         await admin.close()
 
 
-def last_change_events(records: list[Any]) -> dict[tuple[Any, ...], dict[str, Any]]:
+Decoded = list[tuple[Any, dict[str, Any] | None]]  # (record, its value parsed; None: tombstone)
+
+
+def decoded(records: list[Any]) -> Decoded:
+    """Records of a topic keyed by segment in partition order, each value parsed once (the
+    checks below read a hundred thousand of them)."""
+    return [(r, None if r.value is None else orjson.loads(r.value))
+            for r in sorted(records, key=lambda r: (r.partition, r.offset))]
+
+
+def last_change_events(records: Decoded) -> dict[tuple[Any, ...], dict[str, Any]]:
     """The latest change event per (program, type, basis, basis_id, action, min_weight), as a
     consumer keeps it (contract §4): the greatest ``version``, in partition order (the changes
     of one segment share its key, hence its partition); a record whose version is not greater
     than the one kept is dropped."""
     last: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for r in sorted(records, key=lambda r: (r.partition, r.offset)):
-        c = json.loads(r.value)
+    for _, c in records:
+        assert c is not None, "a change event is never a tombstone"
         key = (c["program_id"], c["segment_type"], c["segment_basis"], c["segment_basis_id"],
                c["action_type"], c["min_weight"])
         kept = last.get(key)
@@ -411,26 +422,33 @@ class VersionedTable:
     problems: list[str] = field(default_factory=list)
 
     @classmethod
-    def read(cls, records: list[Any], partitions: int | None = None) -> VersionedTable:
+    def read(cls, records: Decoded, partitions: int | None = None) -> VersionedTable:
         """``partitions``: the topic's, when every record must be on the partition Kafka's
         default partitioner gives its key."""
         table = cls()
-        for r in sorted(records, key=lambda r: (r.partition, r.offset)):
-            if partitions is not None and r.partition != partition_for(r.key, partitions):
-                table.problems.append(f"{r.key!r} on partition {r.partition}")
-            if r.value is None:
+        partition_of: dict[bytes, int] = {}  # (memo: a key's murmur2 costs ~6 us)
+        segment_keys: dict[tuple[Any, ...], bytes] = {}  # (memo: json.dumps per record is slow)
+        for r, value in records:
+            if partitions is not None:
+                partition = partition_of.get(r.key)
+                if partition is None:
+                    partition = partition_of[r.key] = partition_for(r.key, partitions)
+                if r.partition != partition:
+                    table.problems.append(f"{r.key!r} on partition {r.partition}")
+            if value is None:
                 header = dict(r.headers or ()).get("version")
                 if header is None:
                     table.problems.append(f"tombstone of {r.key!r} without a version header")
                     continue
-                version, value = int(header), None
+                version = int(header)
             else:
-                value = json.loads(r.value)
                 version = value["version"]
-                want = json.dumps([value["program_id"], value["segment_type"],
-                                   value["segment_basis"], value["segment_basis_id"],
-                                   value["action_type"], value["min_weight"]],
-                                  separators=(",", ":"), ensure_ascii=False).encode()
+                fields = (value["program_id"], value["segment_type"], value["segment_basis"],
+                          value["segment_basis_id"], value["action_type"], value["min_weight"])
+                want = segment_keys.get(fields)
+                if want is None:
+                    want = segment_keys[fields] = json.dumps(
+                        list(fields), separators=(",", ":"), ensure_ascii=False).encode()
                 if r.key != want:
                     table.problems.append(f"key {r.key!r} of value {value}")
             kept = table.kept.get(r.key)
@@ -441,7 +459,7 @@ class VersionedTable:
         return table
 
     @staticmethod
-    def versions_follow_time(records: list[Any], slack_ms: int = 3_000) -> tuple[list[str], int]:
+    def versions_follow_time(records: Decoded, slack_ms: int = 3_000) -> tuple[list[str], int]:
         """Change events (their ``ts`` is when they were published, one clock for all workers
         here): an event published ``slack_ms`` or more after another of the same key has a
         greater version, whoever published them; so a paused old owner's late writes (appended
@@ -451,8 +469,8 @@ class VersionedTable:
         by_key: dict[bytes, list[tuple[int, int]]] = {}
         newest: dict[int, int] = {}
         late = 0
-        for r in sorted(records, key=lambda r: (r.partition, r.offset)):
-            c = json.loads(r.value)
+        for r, c in records:
+            assert c is not None, "a change event is never a tombstone"
             by_key.setdefault(r.key, []).append((c["ts"], c["version"]))
             if c["ts"] + slack_ms <= newest.get(r.partition, c["ts"]):
                 late += 1
@@ -492,6 +510,11 @@ class FinalCheckReport:
     late_writes: int = 0  # change events appended seconds after later-published ones
 
 
+# GET /segments queries final_check has in flight at once: a worker computes one on a core while
+# the others wait for peers or the network; more only queue on 2 cores.
+QUERIES_AT_ONCE = 4
+
+
 async def final_check(cluster: Cluster, oracle: Any, workers: list[Worker], *,
                       thresholds: tuple[float, ...] | None = None,
                       watched: tuple[float, ...] = (0.5,), check_changes: bool = True,
@@ -502,7 +525,7 @@ async def final_check(cluster: Cluster, oracle: Any, workers: list[Worker], *,
     event at all for unlisted segments). Answers are asked with ``consistency=strict``: from the
     partitions' owners. 503s and mismatches are retried until ``timeout_s`` (workers may still
     be rebalancing or publishing their last changes); any other status fails at once."""
-    from tests.support.oracle import THRESHOLDS, TYPES, assert_rows_equal
+    from tests.support.oracle import THRESHOLDS, TYPES
 
     thresholds = thresholds or THRESHOLDS
     started = time.monotonic()
@@ -516,48 +539,33 @@ async def final_check(cluster: Cluster, oracle: Any, workers: list[Worker], *,
     async with aiohttp.ClientSession(timeout=timeout) as session:
         while True:
             attempts += 1
-            problem = ""
-            queries = 0
             for w in workers:
                 if w.proc is None or w.proc.poll() is not None:
                     raise AssertionError(f"worker {w.port} is not running:\n{w.log()}")
-                for (p, t, b, m), rows in want.items():
-                    ans = await walk_pages(session, w.url, p, t, b, m, consistency="strict",
-                                           headers=cluster.headers)
-                    queries += 1
-                    if ans.status == 503:
-                        unavailable += 1
-                        assert ans.retry_after, f"503 without Retry-After: {ans.body}"
-                        problem = f"{w.port}: 503 {ans.body}"
-                        break
-                    assert ans.status == 200, f"{w.port} {p}/{t}/{b}/{m}: {ans.status} {ans.body}"
-                    try:
-                        assert_rows_equal(ans.rows, rows, f"worker {w.port} {p}/{t}/{b}/{m}")
-                    except AssertionError as exc:
-                        problem = f"{exc}; {rows_diff(ans.rows, rows)}"
-                        break
-                if problem:
-                    break
+            problem, queries, seen_503 = await _ask_all(session, cluster, workers, want)
+            unavailable += seen_503
             n_changes = 0
             if not problem and check_changes:
                 await asyncio.sleep(settle_s)
-                records = await read_topic_complete(cluster.bootstrap, cluster.changes_topic,
-                                                    **cluster.kafka)
+                records = decoded(await read_topic_complete(
+                    cluster.bootstrap, cluster.changes_topic, **cluster.kafka))
                 n_changes = len(records)
                 changes = VersionedTable.read(records, cluster.partitions)
                 ordered, late_writes = VersionedTable.versions_follow_time(records)
                 problem = "; ".join([*changes.problems, *ordered][:3]) or _changes_problem(
                     last_change_events(records), want, watched)
                 # Every record written validates against schemas/ (contract 4c).
-                problem = problem or "; ".join(record_problems(records, "change"))
+                problem = problem or "; ".join(record_problems(
+                    [r for r, _ in records], "change", values=[v for _, v in records]))
                 # A consumer of segment-counts from the beginning holds every listed segment at
                 # every watched threshold, and nothing else (contract §4b).
-                count_records = await read_topic_complete(cluster.bootstrap, cluster.counts_topic,
-                                                          **cluster.kafka)
+                count_records = decoded(await read_topic_complete(
+                    cluster.bootstrap, cluster.counts_topic, **cluster.kafka))
                 counts = VersionedTable.read(count_records, cluster.partitions)
                 problem = problem or "; ".join(counts.problems[:3]) or _counts_problem(
-                    counts.counts(), want, watched) or "; ".join(
-                    record_problems(count_records, "count"))
+                    counts.counts(), want, watched) or "; ".join(record_problems(
+                        [r for r, _ in count_records], "count",
+                        values=[v for _, v in count_records]))
             if not problem:
                 if not check_changes:
                     return FinalCheckReport(time.monotonic() - started, attempts, unavailable,
@@ -569,6 +577,46 @@ async def final_check(cluster: Cluster, oracle: Any, workers: list[Worker], *,
                 raise AssertionError(f"final check still failing after {timeout_s}s "
                                      f"({attempts} attempts): {problem}")
             await asyncio.sleep(1.0)
+
+
+async def _ask_all(session: aiohttp.ClientSession, cluster: Cluster, workers: list[Worker],
+                   want: dict[tuple[Any, ...], list[tuple[Any, ...]]]) -> tuple[str, int, int]:
+    """Every query of ``want`` on every worker (all pages, strict), QUERIES_AT_ONCE at a time;
+    none is started once one found a problem (the attempt is over). Returns the first problem
+    in (worker, query) order ("" if none), the queries answered and the 503s among them."""
+    from tests.support.oracle import assert_rows_equal
+
+    jobs = iter(enumerate((w, query, rows) for w in workers for query, rows in want.items()))
+    found: dict[int, str] = {}
+    answered = unavailable = 0
+
+    async def asker() -> None:
+        nonlocal answered, unavailable
+        for i, (w, (p, t, b, m), rows) in jobs:
+            if found:
+                return
+            ans = await walk_pages(session, w.url, p, t, b, m, consistency="strict",
+                                   headers=cluster.headers)
+            answered += 1
+            if ans.status == 503:
+                unavailable += 1
+                assert ans.retry_after, f"503 without Retry-After: {ans.body}"
+                found[i] = f"{w.port}: 503 {ans.body}"
+                return
+            assert ans.status == 200, f"{w.port} {p}/{t}/{b}/{m}: {ans.status} {ans.body}"
+            try:
+                assert_rows_equal(ans.rows, rows, f"worker {w.port} {p}/{t}/{b}/{m}")
+            except AssertionError as exc:
+                found[i] = f"{exc}; {rows_diff(ans.rows, rows)}"
+                return
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(QUERIES_AT_ONCE):
+                group.create_task(asker())
+    except ExceptionGroup as failed:  # the others are cancelled: raised as if asked in turn
+        raise failed.exceptions[0] from None
+    return (found[min(found)] if found else ""), answered, unavailable
 
 
 def rows_diff(got: list[Any], want: list[tuple[Any, ...]], limit: int = 8) -> str:
