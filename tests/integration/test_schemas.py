@@ -34,7 +34,8 @@ from tests.support.pty_process import PtyProcess
 from tests.support.schemas import record_problems
 from tests.support.terminal import last_frame, plain, table_rows
 
-pytestmark = pytest.mark.integration
+# untimed: its waits are a minute long, and only what the topics hold is judged.
+pytestmark = [pytest.mark.integration, pytest.mark.untimed]
 
 SEGMENTS = str(Path(sys.executable).parent / "segments")
 WATCHED = (0.5, 0.8)
