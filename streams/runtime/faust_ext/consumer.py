@@ -170,10 +170,17 @@ class BatchConsumer(AIOKafkaDriverConsumer):
         as committed even when the broker refused them (a commit racing a rebalance), so a
         partition whose first commit failed, given back to this worker, is read again from
         the beginning with every ack below that belief dropped, and is never committed
-        (RELIABILITY.md, rebalances and recovery)."""
+        (RELIABILITY.md, rebalances and recovery). Nor does it see a rebalance that overlapped
+        the commit: it records its offsets after the revocation forgot them and the seek set
+        the broker's, whether or not its consumer thread still sent them."""
         before = {tp: self._committed_offset.get(tp) for tp in offsets}
+        epoch = self._epoch
         did_commit: bool = await super()._commit_offsets(offsets, start_new_transaction)
-        if not did_commit:
+        if self._epoch != epoch:
+            raced = forget_raced_commit(self._committed_offset, offsets)
+            if raced:
+                await self._reseek(raced)  # the broker's committed offsets, read again
+        elif not did_commit:
             undo_failed_commit(self._committed_offset, before, offsets)
         return did_commit
 
@@ -395,6 +402,16 @@ def undo_failed_commit(committed: Any, before: dict[Any, int | None], attempted:
             committed.pop(tp, None)
         else:
             committed[tp] = previous
+
+
+def forget_raced_commit(committed: Any, attempted: Any) -> set[Any]:
+    """After a commit that a seek overlapped: where the offset Faust recorded is the one it
+    attempted, whether the broker holds it is unknown; it is forgotten (Faust's state for a
+    partition whose committed offset is not known yet). Returns those partitions."""
+    raced = {tp for tp, offset in attempted.items() if committed.get(tp) == offset}
+    for tp in raced:
+        committed.pop(tp, None)
+    return raced
 
 
 def consumer_lag(app: Any) -> dict[tuple[str, int], int]:

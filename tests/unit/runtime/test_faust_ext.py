@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from streams.runtime import faust_ext
 
@@ -123,3 +126,46 @@ def test_a_failed_commit_is_undone_unless_something_set_the_offset_since() -> No
     before: dict[str, int | None] = {"a": None, "b": None, "c": 5, "d": None, "e": 4}
     undo_failed_commit(committed, before, {"a": 10, "b": 20, "c": 9, "d": 7, "e": 4})
     assert committed == {"c": 5, "d": 3, "e": 4}
+
+
+def test_a_commit_a_rebalance_overlapped_leaves_no_belief_behind() -> None:
+    from streams.runtime.faust_ext.consumer import forget_raced_commit
+
+    # a: Faust recorded 10 after the seek had set the broker's 4; b: the seek set 6 after the
+    # record (stays); c: not attempted.
+    committed: dict[str, int | None] = {"a": 10, "b": 6, "c": 2}
+    assert forget_raced_commit(committed, {"a": 10, "b": 9}) == {"a"}
+    assert committed == {"b": 6, "c": 2}
+
+
+async def test_a_rebalance_during_a_commit_makes_the_consumer_forget_its_offsets(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """BatchConsumer._commit_offsets around Faust's: after a seek (rebalance) while Faust
+    awaited the commit, the partition's committed offset is the broker's (read again), not
+    the one attempted."""
+    from faust.transport.consumer import Consumer
+
+    from streams.runtime.faust_ext.consumer import BatchConsumer
+
+    async def faust_commit(self: Any, offsets: Any, start_new_transaction: bool = True
+                           ) -> bool:
+        # Faust's, as it goes in a rebalance: the revocation and the seek happen while it
+        # awaits the broker, then it records the offsets it attempted.
+        self._epoch += 1  # (BatchConsumer.on_partitions_revoked / perform_seek)
+        self._committed_offset["p0"] = 4  # the seek read the broker's offset
+        self._committed_offset.update(offsets)
+        return True
+
+    reseeks: list[set[str]] = []
+
+    async def reseek(tps: set[str]) -> None:  # asks the broker: it holds 4
+        reseeks.append(tps)
+        consumer._committed_offset.update({tp: 4 for tp in tps})
+
+    monkeypatch.setattr(Consumer, "_commit_offsets", faust_commit)
+    consumer = BatchConsumer.__new__(BatchConsumer)
+    consumer._committed_offset = {"p0": 4}
+    consumer._epoch = 0
+    monkeypatch.setattr(consumer, "_reseek", reseek)
+    assert await consumer._commit_offsets({"p0": 10}) is True
+    assert (consumer._committed_offset, reseeks) == ({"p0": 4}, [{"p0"}])
