@@ -213,3 +213,44 @@ async def test_a_fetch_under_way_when_the_copies_change_is_dropped() -> None:
         w.consumer.gate.set()
         await until(lambda: w.standbys.ready() == [2])
         assert counts(w.standbys.standbys[2].state) == [3]
+
+
+class _GatedSeeks(FakeChangelogConsumer):
+    """A consumer whose next seek to the beginning waits for ``gate`` (once ``armed``)."""
+
+    def __init__(self, reader: FakeReader) -> None:
+        super().__init__(reader)
+        self.armed = False
+        self.seeking = asyncio.Event()
+        self.seek_gate = asyncio.Event()
+
+    async def seek_to_beginning(self, *tps: Any) -> None:
+        await super().seek_to_beginning(*tps)
+        if self.armed:
+            self.armed = False
+            self.seeking.set()
+            await self.seek_gate.wait()
+
+
+async def test_copies_changed_while_the_reader_seeks_are_not_fed_from_the_old_positions() -> None:
+    """The copies change while the reader is being pointed at them (a rebalance during its
+    seeks): what it then fetches, from the old copies' positions, is not applied to the new
+    copies (a new copy of partition 2 would miss the start of its changelog, and be ready)."""
+    reader = FakeReader()
+    write(reader, 2, "u1", 0.7)
+    write(reader, 2, "u2", 0.7)
+    consumer = _GatedSeeks(reader)
+    w = Worker(reader, {2}, consumer=consumer)
+    await w.rebalance({0, 1})
+    async with w.following():
+        await until(lambda: w.standbys.ready() == [2])
+        consumer.armed = True
+        await w.standbys.reassign({2, 3})  # a copy of 3 too: the reader seeks anew
+        await asyncio.wait_for(consumer.seeking.wait(), 1)
+        async with w.standbys.lock:  # meanwhile: 2 taken over and made again, from the start
+            assert w.standbys.take(2) is not None
+        await w.standbys.reassign({2, 3})
+        write(reader, 2, "u3", 0.7)  # (its owner goes on writing)
+        consumer.seek_gate.set()
+        await until(lambda: w.standbys.ready() == [2, 3])
+        assert counts(w.standbys.standbys[2].state) == [3]
