@@ -226,10 +226,12 @@ class StandbyReplicas:
             await start_consumer(self._tail)
             self._changed.set()
         consumer = self._tail
+        # Taken before the seeks: copies that change while the reader is pointed at them (the
+        # awaits of _assign) make this fetch, from the old copies' positions, be dropped.
+        generation = self._generation
         if self._changed.is_set():
             self._changed.clear()
             await self._assign(consumer)
-        generation = self._generation
         batch = await consumer.getmany(timeout_ms=200, max_records=READ_BATCH)
         for tp in consumer.assignment():
             end = consumer.highwater(tp)
