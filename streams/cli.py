@@ -168,6 +168,7 @@ def _bench(args: argparse.Namespace) -> int:
         cfg.long_tail_recommendations = 20_000
         cfg.pushdown_segments, cfg.pushdown_workers, cfg.pushdown_requests = 1_000, 2, 10
     cfg.pushdown_only = args.pushdown_only
+    cfg.long_tail_only = args.long_tail_only
     for name in ("events", "api_recommendations", "api_segments", "clients", "api_requests",
                  "probes", "stream_clients", "long_tail_recommendations", "pushdown_segments",
                  "pushdown_workers", "pushdown_rate"):
@@ -265,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--pushdown-rate", type=float,
                        help="phase 9's load, events/s (half the ingest rate; 10000 alone)")
     bench.add_argument("--pushdown-only", action="store_true", help="run phase 9 alone")
+    bench.add_argument("--long-tail-only", action="store_true",
+                       help="run phase 8 (long-tail memory) alone")
     bench.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     bench.add_argument("--out", default="benchmarks", help="folder for results.json")
     bench.add_argument("--doc", default="BENCHMARKS.md", help="markdown file with the table")

@@ -13,8 +13,6 @@ when the segment has no member at that threshold.
 
 from __future__ import annotations
 
-import orjson
-
 from streams.codec.exact import encode_exact
 from streams.domain.family import SegmentKey
 from streams.domain.ledger import CountChange
@@ -25,8 +23,11 @@ def segment_key(key: SegmentKey) -> bytes:
     return encode_exact([program_id, segment_type, basis, basis_id, action_type, min_weight])
 
 
+# Payloads are encoded exact-size (encode_exact: what orjson writes for these values, whose
+# floats are in [0, 1]): a tick publishes a change per moved segment, each held until the
+# broker acknowledges it, and orjson's bytes hold its 4 KiB working buffer.
 def change_payload(change: CountChange, now_ms: int, as_of: int) -> bytes:
-    return orjson.dumps({
+    return encode_exact({
         "program_id": change.program_id, "segment_type": change.segment_type,
         "segment_basis": change.segment_basis, "segment_basis_id": change.segment_basis_id,
         "action_type": change.action_type, "name": change.name,
@@ -40,7 +41,7 @@ def count_payload(change: CountChange, as_of: int) -> bytes | None:
     """The segment's current count; None (a tombstone) when it has no member."""
     if change.user_count == 0:
         return None
-    return orjson.dumps({
+    return encode_exact({
         "program_id": change.program_id, "segment_type": change.segment_type,
         "segment_basis": change.segment_basis, "segment_basis_id": change.segment_basis_id,
         "action_type": change.action_type, "name": change.name,

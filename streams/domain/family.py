@@ -3,12 +3,13 @@ action_type), and the growth, base and discovery counts and strengths derived fr
 
 from __future__ import annotations
 
+import struct
 import sys
 from array import array
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from streams.domain.events import INT64_MIN, FamilyKey, SegmentType
+from streams.domain.events import INT64_MAX, INT64_MIN, FamilyKey, SegmentType
 from streams.domain.threshold_index import ThresholdIndex
 
 # (family, segment_type, threshold): one segment at one watched threshold.
@@ -24,42 +25,66 @@ class StoredRecommendation(NamedTuple):
     offset: int
 
 
-# How a Family holds its recommendations: in columns. Each user has a slot (a small int: the
-# ints up to 256 are shared objects), and per slot the weight in an array of doubles (NaN for a
-# withdrawn one), the order (ts, offset) in an array of signed 64-bit ints, and in_history in a
-# bytearray: a few tens of bytes per recommendation instead of a tuple, a float and an int
-# each, and no small objects for the garbage collector to walk or to pin the allocator's
-# arenas. Kafka's
-# timestamps and offsets are signed 64-bit ints, and so are the events' ts (validated).
+# How a Family holds its recommendations: in one column of signed 64-bit ints, three per slot
+# (a user's position): the order (ts, offset) of its latest event, then its weight's IEEE-754
+# bits with in_history in the sign bit (weights are >= 0, so that bit is free; NaN: withdrawn).
+# Kafka's timestamps and offsets are signed 64-bit ints, and so are the events' ts (validated).
+# One array object per family and no small objects per recommendation: most families are tiny
+# (an asset recommended to a few users), so their fixed cost, in objects, is what counts.
 #
-# Most families are tiny (an asset recommended to a few users), so their fixed cost is what
-# counts: a family of at most TINY_MAX slots keeps its users in a list (the slot is the
-# position) and no threshold index (a query scans its columns); a larger one maps users to
-# slots in a dict and keeps a base and a discovery index (growth is their union).
+# A family of at most TINY_MAX slots keeps its users in a list (the slot is the position) and
+# no threshold index (a query scans its column); a larger one maps users to slots in a dict
+# and keeps a base and a discovery index (growth is their union).
 TINY_MAX = 8
-_WITHDRAWN = float("nan")
-# orders[0], orders[1]: the (ts, offset) of the event the name comes from; slot i's order is at
-# 2 * i + 2, 2 * i + 3. (INT64_MIN, -1) is before every event (offsets are >= 0).
+# cols[0], cols[1]: the (ts, offset) of the event the name comes from; slot i is at
+# _HEAD + _WIDTH * i: ts, offset, weight. (INT64_MIN, -1) is before every event (offsets >= 0).
 _NO_NAME_ORDER = (INT64_MIN, -1)
+_HEAD = 2
+_WIDTH = 3
 # The order of a slot whose recommendation was forgotten (a changelog tombstone read back): no
 # event has a negative offset, so it holds no state; ``sweep`` removes it.
 _FORGOTTEN_OFFSET = -1
+_INT64 = struct.Struct("=q")
+_DOUBLE = struct.Struct("=d")
+_HIST = INT64_MIN  # the sign bit: in_history
+_BITS = INT64_MAX  # the weight's bits
+_WITHDRAWN: int = _INT64.unpack(_DOUBLE.pack(float("nan")))[0]
+
+
+def _bits(x: float) -> int:
+    """The IEEE-754 bits of ``x`` as a signed 64-bit int."""
+    bits: int = _INT64.unpack(_DOUBLE.pack(x))[0]
+    return bits
+
+
+_ONE = _bits(1.0)
+
+
+def _encode(weight: float | None, in_history: bool) -> int:
+    """A slot's weight column value. ``+ 0.0`` makes -0.0 (a valid weight, equal to 0.0)
+    0.0, whose sign bit is free for in_history."""
+    bits = _WITHDRAWN if weight is None else _bits(weight + 0.0)
+    return bits | _HIST if in_history else bits
+
+
+def _weight(value: int) -> float:
+    """The weight of a slot's column value (NaN: withdrawn)."""
+    w: float = _DOUBLE.unpack(_INT64.pack(value & _BITS))[0]
+    return w
 
 
 class Family:
     """All segments of one (program, basis, basis_id, action_type): the latest state of each
     user's recommendation, the name, and (beyond TINY_MAX slots) the threshold indexes."""
 
-    __slots__ = ("hist", "indexes", "key", "name", "orders", "slots", "version", "weights")
+    __slots__ = ("cols", "indexes", "key", "name", "slots", "version")
 
     def __init__(self, key: FamilyKey = ("", "", "", ""),
                  version: list[int] | None = None) -> None:
         self.key = key  # the one FamilyKey object the store, its queues and the ledger share
         # Tiny: the users in slot order; else user -> slot.
         self.slots: list[str] | dict[str, int] = []
-        self.weights = array("d")
-        self.orders = array("q", _NO_NAME_ORDER)
-        self.hist = bytearray()
+        self.cols = array("q", _NO_NAME_ORDER)
         # (base, discovery) of a family that is not tiny, once built (None while rebuilding).
         self.indexes: tuple[ThresholdIndex, ThresholdIndex] | None = None
         self.name = ""
@@ -91,7 +116,18 @@ class Family:
             if segment_type == "growth":
                 return indexes[0].count_at_least(m) + indexes[1].count_at_least(m)
             return indexes[segment_type != "base"].count_at_least(m)
-        return len(self._selected(segment_type, m))
+        # A scan of the weights' bits: for doubles >= 0 their order is the ints' order, and
+        # NaN's (a withdrawal) are above 1.0's.
+        if not m <= 1.0:
+            return 0
+        low = 0 if m <= 0.0 else _bits(m)
+        n = 0
+        growth = segment_type == "growth"
+        base = segment_type == "base"
+        for value in self.cols[_HEAD + 2::_WIDTH]:
+            if low <= value & _BITS <= _ONE and (growth or (value < 0) == base):
+                n += 1
+        return n
 
     def stats_at_least(self, segment_type: str, m: float) -> tuple[int, float]:
         """``(count, mean weight)`` of the segment's members with a weight >= ``m``; ``(0,
@@ -111,14 +147,24 @@ class Family:
         count += count2
         return (count, (total + total2) / count) if count else (0, 0.0)
 
+    def _columns(self) -> tuple[array[float], array[int]]:
+        """Every slot's weight (NaN: withdrawn) and its column value (negative: in_history),
+        in slot order."""
+        cols = self.cols
+        # The column read as doubles: a weight's bits with the sign bit of in_history are the
+        # weight, negated if in history (-0.0 for 0.0); abs undoes it.
+        signed = array("d", cols.tobytes())[_HEAD + 2::_WIDTH]
+        return array("d", map(abs, signed)), cols[_HEAD + 2::_WIDTH]
+
     def _selected(self, segment_type: str, m: float) -> list[float]:
-        """A scan of the columns: the weights >= ``m`` of the segment's members (NaN, a
+        """A scan of the column: the weights >= ``m`` of the segment's members (NaN, a
         withdrawal, is never >= ``m``)."""
+        weights, values = self._columns()
         if segment_type == "growth":
-            return [w for w in self.weights if w >= m]
+            return [w for w in weights if w >= m]
         if segment_type == "base":
-            return [w for w, h in zip(self.weights, self.hist, strict=True) if h and w >= m]
-        return [w for w, h in zip(self.weights, self.hist, strict=True) if not h and w >= m]
+            return [w for w, v in zip(weights, values, strict=True) if v < 0 and w >= m]
+        return [w for w, v in zip(weights, values, strict=True) if v >= 0 and w >= m]
 
     def get(self, user_id: str) -> StoredRecommendation | None:
         slot = self._slot(user_id)
@@ -131,16 +177,19 @@ class Family:
         slot = self._slot(user_id)
         if slot is None or not self._held(slot):
             return False
-        w = self.weights[slot]
-        return w == w or self.orders[2 * slot + 2] >= watermark
+        o = _HEAD + _WIDTH * slot
+        cols = self.cols
+        return cols[o + 2] & _BITS != _WITHDRAWN or cols[o] >= watermark
 
     def _held(self, slot: int) -> bool:
-        return self.orders[2 * slot + 3] != _FORGOTTEN_OFFSET
+        return self.cols[_HEAD + _WIDTH * slot + 1] != _FORGOTTEN_OFFSET
 
     def _record(self, slot: int) -> StoredRecommendation:
-        w = self.weights[slot]
-        return StoredRecommendation(None if w != w else w, bool(self.hist[slot]),
-                                    self.orders[2 * slot + 2], self.orders[2 * slot + 3])
+        o = _HEAD + _WIDTH * slot
+        cols = self.cols
+        value = cols[o + 2]
+        w = _weight(value)
+        return StoredRecommendation(None if w != w else w, value < 0, cols[o], cols[o + 1])
 
     def put(self, user_id: str, weight: float | None, in_history: bool, ts: int, offset: int,
             name: str) -> bool | None:
@@ -154,8 +203,9 @@ class Family:
         if weight is not None and not 0.0 <= weight <= 1.0:
             raise ValueError(f"weight must be in [0, 1], got {weight!r}")
         slot = self._slot(user_id)
+        value = _encode(weight, in_history)
         if slot is None:
-            self._append(user_id, weight, in_history, ts, offset)
+            self._append(user_id, value, ts, offset)
             self._rename(ts, offset, name)
             indexes = self.indexes
             if indexes is None:
@@ -167,19 +217,19 @@ class Family:
         if not self._advance(slot, ts, offset):
             return None
         self._rename(ts, offset, name)
-        old = self.weights[slot]
-        old_hist = self.hist[slot]
-        if old == old:  # not withdrawn
-            if old == weight and old_hist == in_history:
-                return False
-        elif weight is None:
+        o = _HEAD + _WIDTH * slot + 2
+        cols = self.cols
+        old = cols[o]
+        if old == value:
             return False
-        self.weights[slot] = _WITHDRAWN if weight is None else weight
-        self.hist[slot] = in_history
+        old_withdrawn = old & _BITS == _WITHDRAWN
+        if old_withdrawn and weight is None:
+            return False  # (the flag of a withdrawal withdrawn again stays)
+        cols[o] = value
         indexes = self.indexes
         if indexes is not None:
-            if old == old:
-                indexes[not old_hist].remove(old)
+            if not old_withdrawn:
+                indexes[old >= 0].remove(_weight(old))
             if weight is not None:
                 indexes[not in_history].add(weight)
         return True
@@ -189,46 +239,49 @@ class Family:
         """Rebuild path: ``put`` without the indexes (``build_indexes`` makes them once all
         records are in). True if stored."""
         slot = self._slot(user_id)
+        value = _encode(weight, in_history)
         if slot is None:
-            self._append(user_id, weight, in_history, ts, offset)
+            self._append(user_id, value, ts, offset)
         elif self._advance(slot, ts, offset):
-            self.weights[slot] = _WITHDRAWN if weight is None else weight
-            self.hist[slot] = in_history
+            self.cols[_HEAD + _WIDTH * slot + 2] = value
         else:
             return False
         self._rename(ts, offset, name)
         return True
 
-    def _append(self, user_id: str, weight: float | None, in_history: bool, ts: int,
-                offset: int) -> None:
+    def _append(self, user_id: str, value: int, ts: int, offset: int) -> None:
         """A new user's slot."""
         # Interned: a user appears in many segments; they then share one string. Not for a
         # withdrawal, often of a made-up user that ages out: churning the interpreter's intern
         # table with short-lived strings leaves it twice its size (BENCHMARKS.md, memory).
-        user = user_id if weight is None else sys.intern(user_id)
+        user = user_id if value & _BITS == _WITHDRAWN else sys.intern(user_id)
         slots = self.slots
-        slot = len(self.weights)
+        slot = len(slots)
         if isinstance(slots, dict):
             slots[user] = slot
-        elif slot < TINY_MAX:
+            cols = self.cols
+            cols.append(ts)
+            cols.append(offset)
+            cols.append(value)
+            return
+        if slot < TINY_MAX:
             slots.append(user)
         else:
             self.slots = {u: s for s, u in enumerate(slots)}
             self.slots[user] = slot
-        self.weights.append(_WITHDRAWN if weight is None else weight)
-        self.orders.append(ts)
-        self.orders.append(offset)
-        self.hist.append(in_history)
+        # A new array of the exact size (an append would reserve room for a few more slots,
+        # which a tiny family mostly never fills).
+        self.cols = self.cols + array("q", (ts, offset, value))
 
     def _advance(self, slot: int, ts: int, offset: int) -> bool:
         """Move the slot's order to (ts, offset) if that is more recent; False if not."""
-        orders = self.orders
-        o = 2 * slot + 2
-        stored_ts = orders[o]
-        if ts < stored_ts or (ts == stored_ts and offset <= orders[o + 1]):
+        cols = self.cols
+        o = _HEAD + _WIDTH * slot
+        stored_ts = cols[o]
+        if ts < stored_ts or (ts == stored_ts and offset <= cols[o + 1]):
             return False
-        orders[o] = ts
-        orders[o + 1] = offset
+        cols[o] = ts
+        cols[o + 1] = offset
         return True
 
     def forget(self, user_id: str, indexed: bool) -> bool:
@@ -238,13 +291,15 @@ class Family:
         slot = self._slot(user_id)
         if slot is None:
             return False
-        w = self.weights[slot]
+        o = _HEAD + _WIDTH * slot
+        cols = self.cols
+        value = cols[o + 2]
         indexes = self.indexes
-        if indexed and indexes is not None and w == w:
-            indexes[not self.hist[slot]].remove(w)
-        self.weights[slot] = _WITHDRAWN
-        self.orders[2 * slot + 2] = INT64_MIN
-        self.orders[2 * slot + 3] = _FORGOTTEN_OFFSET
+        if indexed and indexes is not None and value & _BITS != _WITHDRAWN:
+            indexes[value >= 0].remove(_weight(value))
+        cols[o] = INT64_MIN
+        cols[o + 1] = _FORGOTTEN_OFFSET
+        cols[o + 2] = _WITHDRAWN | (value & _HIST)
         return True
 
     def sweep(self, before: int) -> tuple[list[str], int | None]:
@@ -252,21 +307,21 @@ class Family:
         pass that renumbers the others. Returns the users whose withdrawals were forgotten
         (not those forgotten before) and the oldest withdrawal kept (None if none is; the
         withdrawal the name comes from is kept while the family has members, uncounted)."""
-        weights, orders, hist = self.weights, self.orders, self.hist
+        cols = self.cols
         gone: list[str] = []
         oldest: int | None = None
-        kept_weights, kept_orders, kept_hist = array("d"), array("q", orders[:2]), bytearray()
+        kept_cols = cols[:_HEAD]
         kept: list[str] = []
         namer: tuple[str, int] | None = None  # the forgotten withdrawal the name comes from
         live = False
         for user, slot in self._pairs():
-            w = weights[slot]
-            if w != w:  # withdrawn
-                ts, offset = orders[2 * slot + 2], orders[2 * slot + 3]
+            o = _HEAD + _WIDTH * slot
+            if cols[o + 2] & _BITS == _WITHDRAWN:
+                ts, offset = cols[o], cols[o + 1]
                 if offset == _FORGOTTEN_OFFSET:
                     continue
                 if ts < before:
-                    if ts == orders[0] and offset == orders[1]:
+                    if ts == cols[0] and offset == cols[1]:
                         namer = user, slot
                     else:
                         gone.append(user)
@@ -276,10 +331,7 @@ class Family:
             else:
                 live = True
             kept.append(user)
-            kept_weights.append(w)
-            kept_orders.append(orders[2 * slot + 2])
-            kept_orders.append(orders[2 * slot + 3])
-            kept_hist.append(hist[slot])
+            kept_cols.extend(cols[o:o + _WIDTH])
         if namer is not None:
             user, slot = namer
             if live:
@@ -287,14 +339,12 @@ class Family:
                 # tombstoned), so that a rebuild from the changelog names the family as this
                 # state does. One per family; freed once a newer event names it.
                 kept.append(user)
-                kept_weights.append(_WITHDRAWN)
-                kept_orders.append(orders[0])
-                kept_orders.append(orders[1])
-                kept_hist.append(hist[slot])
+                o = _HEAD + _WIDTH * slot
+                kept_cols.extend(cols[o:o + _WIDTH])
             else:
                 gone.append(user)
         if len(kept) != len(self.slots):
-            self.weights, self.orders, self.hist = kept_weights, kept_orders, kept_hist
+            self.cols = array("q", kept_cols)  # (exact size)
             # Tiny again at half the bound, so that a family near it does not flip back and
             # forth; only withdrawals went, and they are in no index.
             if isinstance(self.slots, list) or len(kept) <= TINY_MAX // 2:
@@ -312,16 +362,17 @@ class Family:
             return
         base: list[float] = []
         discovery: list[float] = []
-        for w, h in zip(self.weights, self.hist, strict=True):
+        weights, values = self._columns()
+        for w, v in zip(weights, values, strict=True):
             if w == w:  # not withdrawn
-                (base if h else discovery).append(w)
+                (base if v < 0 else discovery).append(w)
         self.indexes = ThresholdIndex.of(base), ThresholdIndex.of(discovery)
 
     def _rename(self, ts: int, offset: int, name: str) -> None:
-        orders = self.orders
-        if ts > orders[0] or (ts == orders[0] and offset > orders[1]):
-            orders[0] = ts
-            orders[1] = offset
+        cols = self.cols
+        if ts > cols[0] or (ts == cols[0] and offset > cols[1]):
+            cols[0] = ts
+            cols[1] = offset
             self.name = name
 
     def records(self) -> Iterator[tuple[str, StoredRecommendation]]:

@@ -214,34 +214,40 @@ class ChangeLedger:
             if sk[0] not in families:
                 store.dirty.add(sk[0])
 
-    def take(self, store: FamilyStore) -> Publication | None:
+    def take(self, store: FamilyStore, limit: int | None = None) -> Publication | None:
         """Step 1: the counts that differ from the last published ones (dirty families only),
         uncertain publications again (the same change when the count is still the one it
-        announced), and the confirmations due; None when there is nothing to write."""
+        announced), and the confirmations due; None when there is nothing to write.
+        ``limit``: of at most that many dirty families that moved (the others stay dirty)."""
         changes: list[CountChange] = []
         uncertain = self.uncertain
         emitted = self.emitted
         families = store.families
         watched = self._watched
-        for key in store.take_dirty():
-            fam = families.get(key)
-            if fam is None:
-                self._take_gone(key, changes)
-                continue
-            for (segment_type, m), previous in zip(
-                    watched, emitted.get(key, self._none_published), strict=True):
-                count = fam.count_at_least(segment_type, m)
-                sk: SegmentKey | None = None
-                if count == previous:
-                    if not uncertain:
-                        continue
-                    sk = (key, segment_type, m)
-                    if sk not in uncertain:
-                        continue
-                    previous = uncertain[sk]
-                count, mean = fam.stats_at_least(segment_type, m)
-                changes.append(CountChange(sk or (key, segment_type, m), fam.name, count,
-                                           previous, mean))
+        # Families taken until one of them moved (or none is left dirty): a publication is
+        # None only when nothing is to be written.
+        while True:
+            for key in store.take_dirty(limit):
+                fam = families.get(key)
+                if fam is None:
+                    self._take_gone(key, changes)
+                    continue
+                for (segment_type, m), previous in zip(
+                        watched, emitted.get(key, self._none_published), strict=True):
+                    count = fam.count_at_least(segment_type, m)
+                    sk: SegmentKey | None = None
+                    if count == previous:
+                        if not uncertain:
+                            continue
+                        sk = (key, segment_type, m)
+                        if sk not in uncertain:
+                            continue
+                        previous = uncertain[sk]
+                    count, mean = fam.stats_at_least(segment_type, m)
+                    changes.append(CountChange(sk or (key, segment_type, m), fam.name, count,
+                                               previous, mean))
+            if changes or limit is None or not store.dirty:
+                break
         confirmations = self.take_confirmations()
         if not changes and not confirmations:
             return None

@@ -45,9 +45,10 @@ class PartitionState:
         yield from self.ledger.settle_steps(self.store, budget)
         self.settled = True
 
-    def take_publication(self) -> Publication | None:
+    def take_publication(self, limit: int | None = None) -> Publication | None:
+        """The ledger's next publication, of at most ``limit`` dirty families."""
         self.store.finish_rebuild()  # (a no-op unless rebuilding)
-        return self.ledger.take(self.store)
+        return self.ledger.take(self.store, limit)
 
     def recommendations(self) -> int:
         return self.store.recommendations()

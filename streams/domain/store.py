@@ -115,11 +115,11 @@ class FamilyStore:
             return None
         if fam is None:
             fam = self._family(key)
-        size = len(fam.weights)
+        size = len(fam)
         changed = fam.put(ev.user_id, ev.weight, ev.in_history, ts, offset, ev.name)
         if changed is None:
             return False
-        self.held += len(fam.weights) - size
+        self.held += len(fam) - size
         if max_ts is None or ts > max_ts:
             self.max_ts = ts
         if ev.weight is None:
@@ -133,12 +133,12 @@ class FamilyStore:
              ts: int, offset: int, name: str) -> None:
         """Rebuild path: one stored recommendation back (any order: last-writer-wins holds)."""
         fam = self._family(family)
-        size = len(fam.weights)
+        size = len(fam)
         if self.rebuilding:
             fam.load(user_id, weight, in_history, ts, offset, name)
         elif fam.put(user_id, weight, in_history, ts, offset, name) is not None:
             fam.version[0] += 1
-        self.held += len(fam.weights) - size
+        self.held += len(fam) - size
         if self.max_ts is None or ts > self.max_ts:
             self.max_ts = ts
         if weight is None:
@@ -184,10 +184,10 @@ class FamilyStore:
             if fam is None:
                 self._not_before.pop(key, None)
                 continue
-            size = len(fam.weights)
+            size = len(fam)
             budget -= size
             gone, oldest = fam.sweep(watermark)
-            self.held += len(fam.weights) - size
+            self.held += len(fam) - size
             if gone:
                 n += len(gone)
                 self.forgotten.extend((key, user) for user in gone)
@@ -215,7 +215,7 @@ class FamilyStore:
 
     def _drop(self, key: FamilyKey) -> None:
         """Remove an empty family (no version bump: it lists no segment)."""
-        self.held -= len(self.families.pop(key).weights)  # (0: it is empty)
+        self.held -= len(self.families.pop(key))  # (0: it is empty)
         self._not_before.pop(key, None)
         bases = self.by_program[key[0]]
         families = bases[key[1]]
@@ -256,9 +256,13 @@ class FamilyStore:
                 work = 0
                 yield
 
-    def take_dirty(self) -> set[FamilyKey]:
-        dirty, self.dirty = self.dirty, set()
-        return dirty
+    def take_dirty(self, limit: int | None = None) -> set[FamilyKey]:
+        """The dirty families (at most ``limit`` of them, the others stay dirty)."""
+        dirty = self.dirty
+        if limit is None or len(dirty) <= limit:
+            self.dirty = set()
+            return dirty
+        return {dirty.pop() for _ in range(limit)}
 
     def query(self, program_id: str, segment_type: str, segment_basis: str,
               min_weight: float) -> list[SegmentRow]:

@@ -33,6 +33,8 @@ from streams.runtime.sink import Sink, all_delivered
 logger = logging.getLogger(__name__)
 
 KEY_MEMO_MAX = 200_000  # segment keys whose record key is remembered
+# Dirty families one round of a tick publishes at most, over all partitions.
+PUBLICATION_MAX = 4_096
 
 
 class ChangePublisher:
@@ -53,44 +55,68 @@ class ChangePublisher:
 
     async def tick(self) -> None:
         """Timer body. An exception escaping a Faust timer stops the worker, so every failure
-        is logged here and the changes are taken again at the next tick."""
+        is logged here and the changes are taken again at the next tick.
+
+        The dirty families are published in rounds of at most PUBLICATION_MAX families in all,
+        each round written and acknowledged before the next is taken: what a round holds in
+        memory at once is bounded however many families a burst touched."""
         registry = self.registry
         if not registry.serving or self.rebalancing():
             return
         async with registry.fence.publish:
             if not registry.serving:
                 return
-            taken: list[tuple[PartitionState, Publication]] = []
             unknown = {p for p, state in registry.active.items()
                        if state.ledger.next_offset is None}
             if unknown:
                 self._give_up(unknown, "its emitted-counts offset is not known (a write failed)")
-            for state in list(registry.active.values()):
-                publication = state.take_publication()
-                if publication is not None:
-                    taken.append((state, publication))
-                # After a burst a tick holds thousands of changes: let requests and batches in
-                # between partitions instead of after all.
-                await asyncio.sleep(0)
-            if not taken:
-                return
-            recorded = False
-            try:
-                taken = await self._record(taken)
-                recorded = True
-                await self._publish([p for _, p in taken])
-            except Exception:
-                logger.exception("publishing %d count changes failed; retrying",
-                                 sum(len(p.changes) for _, p in taken))
-                for state, publication in taken:
-                    state.ledger.failed(publication, state.store, recorded)
-                return
+            states = list(registry.active.values())
+            limit = max(1, PUBLICATION_MAX // max(1, len(states)))
+            # Only the families dirty now: those dirtied meanwhile wait for the next tick, so
+            # a tick ends under sustained load too.
+            rounds = max([-(-len(state.store.dirty) // limit) for state in states], default=0)
+            wrote = False
+            for _ in range(max(1, rounds)):
+                if not registry.serving or self.rebalancing():
+                    break
+                published = await self._round(states, limit)
+                if published is None:
+                    break
+                wrote = True
+                self.changes += published
+                self.metrics.change_events.inc(published)
+            if wrote:
+                self.publications += 1
+
+    async def _round(self, states: list[PartitionState], limit: int) -> int | None:
+        """One round of a tick: each partition's publication of at most ``limit`` dirty
+        families (steps 1 to 3); the changes published, None if there was nothing to write or
+        it failed."""
+        taken: list[tuple[PartitionState, Publication]] = []
+        for state in states:
+            if self.registry.active.get(state.number) is not state:
+                continue  # (gone meanwhile)
+            publication = state.take_publication(limit)
+            if publication is not None:
+                taken.append((state, publication))
+            # Let requests and batches in between partitions instead of after all.
+            await asyncio.sleep(0)
+        if not taken:
+            return None
+        recorded = False
+        try:
+            taken = await self._record(taken)
+            recorded = True
+            await self._publish([p for _, p in taken])
+        except Exception:
+            logger.exception("publishing %d count changes failed; retrying",
+                             sum(len(p.changes) for _, p in taken))
             for state, publication in taken:
-                state.ledger.published(publication)
-            self.publications += 1
-            published = sum(len(p.changes) for _, p in taken)
-            self.changes += published
-            self.metrics.change_events.inc(published)
+                state.ledger.failed(publication, state.store, recorded)
+            return None
+        for state, publication in taken:
+            state.ledger.published(publication)
+        return sum(len(p.changes) for _, p in taken)
 
     async def confirm(self) -> None:
         """Record the published changes of every active partition as published (at a

@@ -5,6 +5,8 @@ its two representations: tiny (a user list, no index, queries scan the columns) 
 from __future__ import annotations
 
 import math
+import sys
+from array import array
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -137,3 +139,27 @@ def test_the_withdrawal_the_name_comes_from_is_kept_while_the_family_has_members
     lonely = Family()
     lonely.put("gone", None, False, 2, 1, "n")
     assert lonely.sweep(10) == (["gone"], None)  # no member to name: freed
+
+
+@settings(max_examples=200, deadline=None)
+@given(weight=st.none() | weights_st, in_history=st.booleans(),
+       ts=st.integers(-(1 << 63), (1 << 63) - 1), offset=st.integers(0, (1 << 63) - 1))
+def test_a_slot_holds_any_weight_flag_and_order_exactly(weight: float | None, in_history: bool,
+                                                        ts: int, offset: int) -> None:
+    # One column holds the order and the weight's bits, with in_history in the sign bit.
+    fam = Family()
+    fam.put("other", 0.25, not in_history, ts, offset, "n")
+    fam.put("u", weight, in_history, ts, offset, "n")
+    rec = fam.get("u")
+    assert rec is not None and (rec.weight, rec.in_history, rec.ts, rec.offset) == (
+        weight, in_history, ts, offset)
+    assert rec.weight is None or math.copysign(1.0, rec.weight) == 1.0  # -0.0 is held as 0.0
+    assert fam.get("other") == (0.25, not in_history, ts, offset)
+
+
+def test_a_tiny_family_holds_one_exact_size_column() -> None:
+    fam = Family()
+    for i in range(TINY_MAX):
+        fam.put(f"u{i}", i / TINY_MAX, i % 2 == 0, 1, i, "n")
+        exact = array("q", [0] * (2 + 3 * (i + 1)))
+        assert sys.getsizeof(fam.cols) == sys.getsizeof(exact)

@@ -3,6 +3,9 @@ what a new owner publishes after a crash; the cases the crash test once found th
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from streams.domain.events import Event
 from streams.domain.ledger import CountChange, Publication
 from streams.domain.partition import PartitionState
@@ -226,3 +229,33 @@ def test_a_new_owner_publishes_0_for_a_family_it_no_longer_holds() -> None:
     uncertain = _rebuilt_with(state, [((FAMILY, "discovery", 0.5), 0, 3)])
     assert [(c.segment_type, c.user_count, c.previous_user_count)
             for c in _take(uncertain)] == [("discovery", 0, 3)]
+
+
+@settings(max_examples=100, deadline=None)
+@given(events=st.lists(st.tuples(st.integers(0, 11), st.integers(0, 3),
+                                 st.none() | st.floats(0.0, 1.0)), max_size=60),
+       limit=st.integers(1, 5))
+def test_publications_of_a_limited_number_of_families_add_up_to_one(
+        events: list[tuple[int, int, float | None]], limit: int) -> None:
+    # The same events in two partitions: one publishes everything in one publication, the
+    # other in publications of at most ``limit`` families each, until none is left.
+    whole, limited = PartitionState(0, WATCHED), PartitionState(0, WATCHED)
+    for ts, (family, user, weight) in enumerate(events):
+        ev = Event("p", f"u{user}", "asset", f"a{family}", "A", "view", weight, user % 2 == 0,
+                   ts)
+        whole.apply(ev, ts)
+        limited.apply(ev, ts)
+    expected: dict[object, int] = {}
+    publication = whole.take_publication()
+    if publication is not None:
+        whole.ledger.published(publication)
+        expected = {c.key: c.user_count for c in publication.changes}
+    got: dict[object, int] = {}
+    while (publication := limited.take_publication(limit)) is not None:
+        assert len({c.family for c in publication.changes}) <= limit
+        for c in publication.changes:
+            assert c.key not in got  # each segment's change once
+            got[c.key] = c.user_count
+        limited.ledger.published(publication)
+    assert got == expected and not limited.store.dirty
+    assert limited.ledger.emitted == whole.ledger.emitted
