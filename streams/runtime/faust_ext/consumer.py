@@ -20,6 +20,7 @@ acknowledged by the broker by then).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ from faust.transport.drivers.aiokafka import Consumer as AIOKafkaDriverConsumer
 from faust.types import TP
 from faust.types.tuples import ack_lock
 from mode.utils.futures import notify
+
+logger = logging.getLogger(__name__)
 
 # Faust's driver hard-codes fetch_max_wait_ms=1500. Requests on a broker connection are answered
 # in order, so every request queued behind a fetch waiting for data (metadata, offsets, commits,
@@ -179,7 +182,9 @@ class BatchConsumer(AIOKafkaDriverConsumer):
         if self._epoch != epoch:
             raced = forget_raced_commit(self._committed_offset, offsets)
             if raced:
-                await self._reseek(raced)  # the broker's committed offsets, read again
+                logger.info("a seek overlapped the commit of %s: sought back to the broker's "
+                            "committed offsets", sorted(raced))
+                await self._reseek(raced)
         elif not did_commit:
             undo_failed_commit(self._committed_offset, before, offsets)
         return did_commit
