@@ -173,14 +173,16 @@ class BatchConsumer(AIOKafkaDriverConsumer):
         as committed even when the broker refused them (a commit racing a rebalance), so a
         partition whose first commit failed, given back to this worker, is read again from
         the beginning with every ack below that belief dropped, and is never committed
-        (RELIABILITY.md, rebalances and recovery). Nor does it see a rebalance that overlapped
-        the commit: it records its offsets after the revocation forgot them and the seek set
-        the broker's, whether or not its consumer thread still sent them."""
+        (RELIABILITY.md, rebalances and recovery). Nor does it see a seek that overlapped the
+        commit (a rebalance's, a rewind): it records the offsets it attempted over the
+        broker's that the seek set, whether or not its consumer thread still sent them (it
+        drops partitions no longer assigned); those partitions are sought back to, and
+        record, the broker's committed offsets."""
         before = {tp: self._committed_offset.get(tp) for tp in offsets}
         epoch = self._epoch
         did_commit: bool = await super()._commit_offsets(offsets, start_new_transaction)
         if self._epoch != epoch:
-            raced = forget_raced_commit(self._committed_offset, offsets)
+            raced = raced_commit(self._committed_offset, offsets)
             if raced:
                 logger.info("a seek overlapped the commit of %s: sought back to the broker's "
                             "committed offsets", sorted(raced))
@@ -254,6 +256,8 @@ class BatchConsumer(AIOKafkaDriverConsumer):
             self._read_offset[tp] = offset
             if offset is not None:
                 self._committed_offset[tp] = offset
+            else:  # none committed: none recorded (as after Faust's revocation)
+                self._committed_offset.pop(tp, None)
 
     async def _drain_messages(self, fetcher: Any) -> None:
         # Faust's loop (faust/transport/consumer.py, Consumer._drain_messages), with the
@@ -409,14 +413,11 @@ def undo_failed_commit(committed: Any, before: dict[Any, int | None], attempted:
             committed[tp] = previous
 
 
-def forget_raced_commit(committed: Any, attempted: Any) -> set[Any]:
-    """After a commit that a seek overlapped: where the offset Faust recorded is the one it
-    attempted, whether the broker holds it is unknown; it is forgotten (Faust's state for a
-    partition whose committed offset is not known yet). Returns those partitions."""
-    raced = {tp for tp, offset in attempted.items() if committed.get(tp) == offset}
-    for tp in raced:
-        committed.pop(tp, None)
-    return raced
+def raced_commit(committed: Any, attempted: Any) -> set[Any]:
+    """After a commit that a seek overlapped: the partitions whose recorded offset is the one
+    it attempted (recorded over what the seek had set; whether the broker holds it is not
+    known)."""
+    return {tp for tp, offset in attempted.items() if committed.get(tp) == offset}
 
 
 def consumer_lag(app: Any) -> dict[tuple[str, int], int]:

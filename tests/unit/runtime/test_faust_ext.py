@@ -128,17 +128,15 @@ def test_a_failed_commit_is_undone_unless_something_set_the_offset_since() -> No
     assert committed == {"c": 5, "d": 3, "e": 4}
 
 
-def test_a_commit_a_rebalance_overlapped_leaves_no_belief_behind() -> None:
-    from streams.runtime.faust_ext.consumer import forget_raced_commit
+def test_the_partitions_of_a_raced_commit_are_those_still_recorded_at_the_attempt() -> None:
+    from streams.runtime.faust_ext.consumer import raced_commit
 
     # a: Faust recorded 10 after the seek had set the broker's 4; b: the seek set 6 after the
-    # record (stays); c: not attempted.
-    committed: dict[str, int | None] = {"a": 10, "b": 6, "c": 2}
-    assert forget_raced_commit(committed, {"a": 10, "b": 9}) == {"a"}
-    assert committed == {"b": 6, "c": 2}
+    # record; c: not attempted.
+    assert raced_commit({"a": 10, "b": 6, "c": 2}, {"a": 10, "b": 9}) == {"a"}
 
 
-async def test_a_rebalance_during_a_commit_makes_the_consumer_forget_its_offsets(
+async def test_after_a_commit_a_seek_overlapped_the_broker_offsets_are_recorded(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """BatchConsumer._commit_offsets around Faust's: after a seek (rebalance) while Faust
     awaited the commit, the partition's committed offset is the broker's (read again), not
