@@ -165,3 +165,57 @@ async def test_records_fausts_recovery_replays_set_the_next_emitted_counts_offse
     for table in (RECOMMENDATIONS, EMITTED_COUNTS):
         await recovery.on_recovered(table, {1})
     assert registry.active[1].ledger.next_offset == 2
+
+
+class _FailingOn(FakeReader):
+    """Fails the reads of one topic only."""
+
+    def __init__(self, topic: str) -> None:
+        super().__init__()
+        self.failing_topic: str | None = topic
+
+    async def read(self, topic: str, partitions: set[int], on_record: object) -> dict[int, int]:
+        if topic == self.failing_topic:
+            self.reads.append((topic, set(partitions)))
+            raise ConnectionError("broker away")
+        return await super().read(topic, partitions, on_record)
+
+
+async def test_an_aborted_repair_leaves_no_offset_behind_that_would_skip_the_rebuild() -> None:
+    """A repair that read one changelog and failed on the other gives its partition up: the
+    next assignment of it reads it from the start (what the aborted read remembered would make
+    Faust's recovery replay only what came after it, into an empty state)."""
+    registry = PartitionRegistry((0.5,))
+    reader = _FailingOn(EMITTED)
+    recovery = Recovery(registry, reader, NAMES, reader.highwaters)
+    write_recommendation(reader, 0, "u1", 0.7)
+    write_recommendation(reader, 0, "u2", 0.7)
+    await rebalance(recovery, {0})
+    registry.mark_stale({0})
+    await recovery.repair()  # recommendations read, emitted counts failed
+    assert registry.stale == {0} and 0 not in registry.recovering
+    reader.failing_topic = None
+    await rebalance(recovery, {0})
+    assert counts(registry, 0) == [2]
+
+
+async def test_a_repair_a_rebalance_interrupts_leaves_no_offset_behind() -> None:
+    """A repair whose settling a rebalance interrupts: that rebalance, assigning the partition
+    here again, rebuilds it from the start."""
+    registry, reader, recovery = setup()
+    write_recommendation(reader, 0, "u1", 0.7)
+    write_recommendation(reader, 0, "u2", 0.7)
+    await rebalance(recovery, {0})
+    registry.mark_stale({0})
+    registry.settle_budget = 1
+    repair = asyncio.create_task(recovery.repair())
+    for _ in range(1000):  # until read, settling in steps
+        if registry.recovering:
+            break
+        await asyncio.sleep(0)
+    assert registry.recovering
+    registry.begin_rebalance()  # (the revocation)
+    await repair
+    assert 0 not in registry.recovering
+    await rebalance(recovery, {0})
+    assert counts(registry, 0) == [2]
