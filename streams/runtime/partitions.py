@@ -257,8 +257,13 @@ class PartitionRegistry:
         self.stale -= partitions
 
     def abort_repair(self, partitions: set[int]) -> None:
+        """A repair that failed or was interrupted: what it read is dropped, and so is how far
+        it read (kept, it would have the next assignment replay only what came after, into an
+        empty state)."""
         for p in partitions:
             self.recovering.pop(p, None)
+            for offsets in self.read_upto.values():
+                offsets.pop(p, None)
 
     def stop(self) -> None:
         self.phase = Phase.STOPPING
