@@ -191,12 +191,60 @@ class BatchConsumer(AIOKafkaDriverConsumer):
             undo_failed_commit(self._committed_offset, before, offsets)
         return did_commit
 
+    def _new_offset(self, tp: Any) -> int | None:
+        """Faust's, with its check that the acked offsets start where the committed one is
+        kept where Faust skips it (no committed offset recorded, or 0): a partition of the
+        handler's topics is committed only contiguously from a known start, never over a
+        hole at the head of what was handled (its records are read again and fill it).
+        Faust's tolerance of one missing offset there (a transaction marker) stays."""
+        if tp.topic in self._batch_topics:
+            acked = self._acked[tp]
+            if acked:
+                committed = self._committed_offset[tp]
+                if committed is None:
+                    return None
+                head = min(acked)
+                gaps = self._gap[tp]
+                if gaps:
+                    head = min(head, min(interval.begin for interval in gaps))
+                if head - committed > 1:
+                    return None
+        offset: int | None = super()._new_offset(tp)
+        return offset
+
     async def perform_seek(self) -> None:
         self._epoch += 1
         try:
             await super().perform_seek()
         finally:
             self._epoch += 1
+        await self._record_beginnings()
+
+    async def _record_beginnings(self) -> None:
+        """Where no committed offset is recorded for an assigned partition of the handler's
+        topics (the broker has none: it is read from its beginning), its beginning offset is
+        recorded, the start ``_new_offset`` commits from."""
+        tps = [tp for tp in self.assignment()
+               if tp.topic in self._batch_topics and self._committed_offset.get(tp) is None]
+        if not tps:
+            return
+        consumer = self._thread._ensure_consumer()
+
+        async def beginnings(tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+            found: dict[TopicPartition, int] = await consumer.beginning_offsets(tps)
+            return found
+
+        try:
+            found = await self._thread.call_thread(
+                beginnings, [TopicPartition(tp.topic, tp.partition) for tp in tps])
+        except Exception as exc:
+            logger.warning("beginning offsets of %s unknown (%r): none of them is committed "
+                           "until the next seek", sorted(tps), exc)
+            return
+        for atp, offset in found.items():
+            tp = TP(atp.topic, atp.partition)
+            if self._committed_offset.get(tp) is None:
+                self._committed_offset[tp] = offset
 
     async def seek(self, partition: Any, offset: int) -> None:
         self._epoch += 1
@@ -226,9 +274,11 @@ class BatchConsumer(AIOKafkaDriverConsumer):
         all partitions when it fetched while its flow was stopped."""
         consumer = self._thread._ensure_consumer()
 
-        async def seek_back(tps: list[TopicPartition]) -> dict[TopicPartition, int | None]:
-            # In the consumer's thread, like every other call on the aiokafka consumer.
-            positions: dict[TopicPartition, int | None] = {}
+        async def seek_back(tps: list[TopicPartition]
+                            ) -> dict[TopicPartition, tuple[int | None, int]]:
+            # In the consumer's thread, like every other call on the aiokafka consumer. Per
+            # partition: the committed offset (None: the beginning) and where reading starts.
+            positions: dict[TopicPartition, tuple[int | None, int]] = {}
             assigned = consumer.assignment()
             for tp in tps:
                 if tp not in assigned:
@@ -236,10 +286,10 @@ class BatchConsumer(AIOKafkaDriverConsumer):
                 offset = await consumer.committed(tp)
                 if offset is not None and offset > 0:
                     consumer.seek(tp, offset)
+                    positions[tp] = (offset, offset)
                 else:
                     await consumer.seek_to_beginning(tp)
-                    offset = None
-                positions[tp] = offset
+                    positions[tp] = (None, (await consumer.beginning_offsets([tp]))[tp])
             return positions
 
         self._epoch += 1
@@ -251,13 +301,10 @@ class BatchConsumer(AIOKafkaDriverConsumer):
             return
         finally:
             self._epoch += 1
-        for atp, offset in positions.items():
+        for atp, (offset, start) in positions.items():
             tp = TP(atp.topic, atp.partition)
             self._read_offset[tp] = offset
-            if offset is not None:
-                self._committed_offset[tp] = offset
-            else:  # none committed: none recorded (as after Faust's revocation)
-                self._committed_offset.pop(tp, None)
+            self._committed_offset[tp] = start  # (none committed: the beginning, _new_offset)
 
     async def _drain_messages(self, fetcher: Any) -> None:
         # Faust's loop (faust/transport/consumer.py, Consumer._drain_messages), with the

@@ -57,7 +57,7 @@ def test_no_private_name_is_used_outside_faust_ext() -> None:
 def test_every_private_name_faust_ext_uses_is_listed() -> None:
     listed = {name for _, _, name in faust_ext.PRIVATE_API}
     own = {"_epoch", "_reseek", "_ack_offsets", "_fetch", "_handle", "_handled_offsets",
-           "_batch_topics", "_listener", "_Fetch", "_handled_next"}
+           "_batch_topics", "_listener", "_Fetch", "_handled_next", "_record_beginnings"}
     for path in (RUNTIME / "faust_ext").glob("*.py"):
         unlisted = _private_uses(path) - listed - own
         assert not unlisted, f"{path.name} uses private names not in PRIVATE_API: {unlisted}"
@@ -167,3 +167,46 @@ async def test_after_a_commit_a_seek_overlapped_the_broker_offsets_are_recorded(
     monkeypatch.setattr(consumer, "_reseek", reseek)
     assert await consumer._commit_offsets({"p0": 10}) is True
     assert (consumer._committed_offset, reseeks) == ({"p0": 4}, [{"p0"}])
+
+
+def _with_acks(committed: int | None, acked: list[int], topic: str = "in") -> Any:
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from faust.types import TP
+    from intervaltree import IntervalTree
+
+    from streams.runtime.faust_ext.consumer import BatchConsumer
+
+    consumer = BatchConsumer.__new__(BatchConsumer)
+    consumer.app = SimpleNamespace(batch_topics=frozenset({"in"}))
+    consumer._committed_offset = defaultdict(lambda: None)
+    consumer._acked = defaultdict(list)
+    consumer._acked_index = defaultdict(set)
+    consumer._gap = defaultdict(IntervalTree)
+    tp = TP(topic, 0)
+    if committed is not None:
+        consumer._committed_offset[tp] = committed
+    consumer._acked[tp] = list(acked)
+    consumer._acked_index[tp] = set(acked)
+    return consumer, tp
+
+
+@pytest.mark.parametrize(("committed", "acked", "new"), [
+    (None, [0, 1, 2], None),  # where the partition starts is not known: no commit
+    (0, [5, 6, 7], None),  # a hole at the head (Faust skips its check for 0)
+    (0, [0, 1, 2], 3),
+    (0, [1, 2], 3),  # Faust's tolerance of one (a transaction marker) stays
+    (10, [13, 14], None),
+    (10, [10, 11, 13], 12),
+    (10, [11, 12], 13),  # (the tolerance)
+])
+def test_the_handlers_partitions_are_committed_only_contiguously_from_a_known_start(
+        committed: int | None, acked: list[int], new: int | None) -> None:
+    consumer, tp = _with_acks(committed, acked)
+    assert consumer._new_offset(tp) == new
+
+
+def test_other_topics_keep_fausts_offsets() -> None:
+    consumer, tp = _with_acks(None, [5, 6], topic="other")
+    assert consumer._new_offset(tp) == 7
