@@ -42,6 +42,7 @@ from aiokafka import AIOKafkaProducer
 
 from streams.tools.produce import Record, generate
 from streams.tools.redis_local import RedisServer
+from tests.support.dump import deployment_topics, dump_topics
 from tests.support.faults import exact_problem, rename_program
 from tests.support.harness import (
     Cluster,
@@ -337,8 +338,10 @@ async def test_reads_survive_a_kill_and_a_stop(kafka_bootstrap: str, redis_serve
             # and the greatest version per key of both count topics equals GET /segments.
             report = await final_check(cluster, oracle, workers, timeout_s=60)
         except AssertionError as exc:
+            dumped = await dump_topics(kafka_bootstrap, deployment_topics(cluster.app_id),
+                                       tmp_path / "topics-dump")
             raise AssertionError(f"{exc}\n{await diagnosis(workers, oracle, cluster.partitions)}"
-                                 ) from None
+                                 f"\n{dumped}") from None
 
         # -- what the readers saw ------------------------------------------------------------
         problems = [r.problem for r in reads if r.problem]

@@ -38,6 +38,7 @@ from streams.tools import kafka_local
 from streams.tools.probes import group_lag, partition_lags
 from streams.tools.produce import Record, generate
 from streams.tools.redis_local import RedisServer
+from tests.support.dump import deployment_topics, dump_topics
 from tests.support.faults import RssSampler, rss_summary
 from tests.support.harness import (
     Cluster,
@@ -336,8 +337,14 @@ async def test_malformed_changelog_records_are_skipped_on_recovery(hostile: Depl
 async def test_after_all_of_it_every_answer_is_exact_and_the_workers_alive(
         hostile: Deployment) -> None:
     await wait_no_lag(hostile.cluster, timeout_s=240)
-    report = await final_check(hostile.cluster, hostile.oracle, hostile.workers,
-                               timeout_s=FINAL_RETRY_S)
+    try:
+        report = await final_check(hostile.cluster, hostile.oracle, hostile.workers,
+                                   timeout_s=FINAL_RETRY_S)
+    except AssertionError as exc:
+        cluster = hostile.cluster
+        dumped = await dump_topics(cluster.bootstrap, deployment_topics(cluster.app_id),
+                                   cluster.run_dir / "topics-dump", **cluster.kafka)
+        raise AssertionError(f"{exc}\n{dumped}") from None
     hostile.alive()
     log(f"hostile records: final check {report}")
 
