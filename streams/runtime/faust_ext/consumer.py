@@ -216,33 +216,42 @@ class BatchConsumer(AIOKafkaDriverConsumer):
         self._epoch += 1
         try:
             await super().perform_seek()
+            await self._seek_uncommitted()
         finally:
             self._epoch += 1
-        await self._record_beginnings()
 
-    async def _record_beginnings(self) -> None:
-        """Where no committed offset is recorded for an assigned partition of the handler's
-        topics (the broker has none: it is read from its beginning), its beginning offset is
-        recorded, the start ``_new_offset`` commits from."""
+    async def _seek_uncommitted(self) -> None:
+        """Faust's seek to the committed offsets leaves a partition the broker has none for
+        where its consumer was (aiokafka seeks only those with one): records dropped before
+        the rebalance (a fetch across a seek) would not be read again, and their acks, popped
+        at the revocation, would not say which were handled. The assigned partitions of the
+        handler's topics without one are read again from their beginning, which is recorded
+        as their committed offset: where ``_new_offset`` commits from."""
         tps = [tp for tp in self.assignment()
                if tp.topic in self._batch_topics and self._committed_offset.get(tp) is None]
         if not tps:
             return
         consumer = self._thread._ensure_consumer()
 
-        async def beginnings(tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        async def to_beginning(tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+            assigned = consumer.assignment()
+            tps = [tp for tp in tps if tp in assigned]
+            if not tps:
+                return {}
+            await consumer.seek_to_beginning(*tps)
             found: dict[TopicPartition, int] = await consumer.beginning_offsets(tps)
             return found
 
         try:
             found = await self._thread.call_thread(
-                beginnings, [TopicPartition(tp.topic, tp.partition) for tp in tps])
-        except Exception as exc:
-            logger.warning("beginning offsets of %s unknown (%r): none of them is committed "
-                           "until the next seek", sorted(tps), exc)
+                to_beginning, [TopicPartition(tp.topic, tp.partition) for tp in tps])
+        except Exception as exc:  # (a rebalance under way: its own seek comes here again)
+            logger.warning("partitions %s not sought to their beginning (%r): none of them is "
+                           "committed until the next seek", sorted(tps), exc)
             return
         for atp, offset in found.items():
             tp = TP(atp.topic, atp.partition)
+            self._read_offset[tp] = None
             if self._committed_offset.get(tp) is None:
                 self._committed_offset[tp] = offset
 
