@@ -55,11 +55,16 @@ class PtyProcess:
         return done(bytes(self.output))
 
     def interrupt(self, timeout_s: float = 10.0) -> int:
-        """Ctrl-C, as from the keyboard; the exit code."""
+        """Ctrl-C, as from the keyboard; the exit code. The terminal is read meanwhile: a
+        command blocked writing to a full one (a table redrawn while nobody read) would never
+        get to exit."""
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGINT)
+        deadline = time.monotonic() + timeout_s
         try:
-            code = self.proc.wait(timeout_s)
+            while self.proc.poll() is None and time.monotonic() < deadline:
+                self.read(0.1)
+            code = self.proc.wait(max(0.0, deadline - time.monotonic()))
         finally:
             self.close()
         return code
