@@ -14,14 +14,21 @@ import time
 from collections.abc import Callable
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class PtyProcess:
     def __init__(self, argv: list[str], env: dict[str, str], rows: int = 40,
                  columns: int = 160) -> None:
         main_fd, child_fd = pty.openpty()
         fcntl.ioctl(child_fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+        # Ctrl-C as a user's terminal delivers it, however the suite was started: a shell
+        # that runs it in the background without job control (`nohup ... &`) leaves SIGINT
+        # ignored, inherited, and Python then never turns it into KeyboardInterrupt.
         self.proc = subprocess.Popen(argv, stdin=child_fd, stdout=child_fd, stderr=child_fd,
                                      env={**env, "TERM": "xterm-256color"},
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=_default_sigint)
         os.close(child_fd)
         self._fd = main_fd
         self.output = bytearray()
