@@ -191,27 +191,6 @@ class BatchConsumer(AIOKafkaDriverConsumer):
             undo_failed_commit(self._committed_offset, before, offsets)
         return did_commit
 
-    def _new_offset(self, tp: Any) -> int | None:
-        """Faust's, with its check that the acked offsets start where the committed one is
-        kept where Faust skips it (no committed offset recorded, or 0): a partition of the
-        handler's topics is committed only contiguously from a known start, never over a
-        hole at the head of what was handled (its records are read again and fill it).
-        Faust's tolerance of one missing offset there (a transaction marker) stays."""
-        if tp.topic in self._batch_topics:
-            acked = self._acked[tp]
-            if acked:
-                committed = self._committed_offset[tp]
-                if committed is None:
-                    return None
-                head = min(acked)
-                gaps = self._gap[tp]
-                if gaps:
-                    head = min(head, min(interval.begin for interval in gaps))
-                if head - committed > 1:
-                    return None
-        offset: int | None = super()._new_offset(tp)
-        return offset
-
     async def perform_seek(self) -> None:
         self._epoch += 1
         try:
@@ -226,7 +205,7 @@ class BatchConsumer(AIOKafkaDriverConsumer):
         the rebalance (a fetch across a seek) would not be read again, and their acks, popped
         at the revocation, would not say which were handled. The assigned partitions of the
         handler's topics without one are read again from their beginning, which is recorded
-        as their committed offset: where ``_new_offset`` commits from."""
+        as their committed offset."""
         tps = [tp for tp in self.assignment()
                if tp.topic in self._batch_topics and self._committed_offset.get(tp) is None]
         if not tps:
@@ -313,7 +292,7 @@ class BatchConsumer(AIOKafkaDriverConsumer):
         for atp, (offset, start) in positions.items():
             tp = TP(atp.topic, atp.partition)
             self._read_offset[tp] = offset
-            self._committed_offset[tp] = start  # (none committed: the beginning, _new_offset)
+            self._committed_offset[tp] = start  # (none committed: the beginning)
 
     async def _drain_messages(self, fetcher: Any) -> None:
         # Faust's loop (faust/transport/consumer.py, Consumer._drain_messages), with the
