@@ -137,6 +137,49 @@ async def test_restart_within_the_session(kafka_bootstrap: str, tmp_path: Path,
         cluster.stop_all()
 
 
+STOP_EVENTS = 250_000  # a state whose rebuild (in the assignment callback) takes seconds
+
+
+@pytest.mark.untimed  # judged by what the worker logs and answers; its input takes a minute
+async def test_a_worker_stopped_while_it_rebuilds_exits_at_once(kafka_bootstrap: str,
+                                                                tmp_path: Path) -> None:
+    """SIGTERM while the assignment callback rebuilds: the stop cancels the callback, instead of
+    the consumer thread waiting for it until mode's 60 s shutdown timeout (the worker killed
+    half-way by any orchestrator with a shorter grace period); the next worker is exact."""
+    records = list(generate(STOP_EVENTS, seed=2302, programs=2, users=20_000, late_ratio=0.05))
+    cluster = Cluster(kafka_bootstrap, tmp_path)
+    try:
+        first = start_worker(cluster, None)
+        await wait_ready(first)
+        await produce_records(kafka_bootstrap, cluster.input_topic, records)
+        await wait_no_lag(cluster, timeout_s=300.0)
+        assert first.stop() == 0, first.log()
+        cluster.workers.remove(first)
+
+        rebuilding = start_worker(cluster, None)
+        deadline = time.monotonic() + 90.0
+        while "Executing _on_partitions_assigned" not in rebuilding.log_path.read_text(
+                errors="replace"):
+            assert time.monotonic() < deadline, rebuilding.log()
+            await asyncio.sleep(0.05)
+        t0 = time.monotonic()
+        assert rebuilding.stop(timeout_s=50.0) == 0, rebuilding.log()
+        stop_s = time.monotonic() - t0
+        text = rebuilding.log_path.read_text(errors="replace")
+        log(f"stop during the rebuild: {stop_s:.1f}s")
+        assert "its assignment is cancelled" in text, rebuilding.log()
+        assert stop_s < 30.0, stop_s  # 60 s (mode's shutdown timeout) when the stop waited
+        cluster.workers.remove(rebuilding)
+
+        last = start_worker(cluster, None)
+        await wait_ready(last, timeout_s=300.0)
+        oracle = Oracle()
+        oracle.feed(records)
+        await final_check(cluster, oracle, [last], thresholds=CHECKED, timeout_s=60.0)
+    finally:
+        cluster.stop_all()
+
+
 # -- segments migrate ------------------------------------------------------------------------------
 MIGRATE_EVENTS = (8_000, 4_000, 3_000)  # before, during and after the migration
 MIGRATE_RATE = 400.0  # events/s while the migration runs: the source keeps ingesting

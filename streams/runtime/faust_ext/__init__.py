@@ -86,6 +86,10 @@ PRIVATE_API: tuple[tuple[str, str, str], ...] = (
     ("aiokafka.consumer.group_coordinator", "GroupCoordinator", "generation"),
     ("aiokafka.consumer.group_coordinator", "GroupCoordinator", "_start_heartbeat_task"),
     ("aiokafka.consumer.group_coordinator", "GroupCoordinator", "_heartbeat_task"),
+    ("aiokafka.consumer.group_coordinator", "GroupCoordinator", "_stop_heartbeat_task"),
+    ("aiokafka.consumer.group_coordinator", "GroupCoordinator",
+     "_stop_commit_offsets_refresh_task"),
+    ("aiokafka.consumer.group_coordinator", "GroupCoordinator", "_maybe_leave_group"),
     ("faust.transport.consumer", "ConsumerThread", "on_partitions_assigned"),
 )
 

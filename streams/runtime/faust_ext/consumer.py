@@ -74,6 +74,21 @@ class _ConsumerThread(AIOKafkaConsumerThread):
                     return
         super().verify_event_path(now, tp)
 
+    async def on_thread_stop(self) -> None:
+        # A stop during a rebalance cancels the assignment callback's calls into this thread
+        # (the method queue stops first); aiokafka's stop() awaits the coordination task that
+        # waits on that callback and re-raises its CancelledError. Mode's thread would then die
+        # without telling the app it shut down, and the worker's stop would wait 60 s
+        # (shutdown_timeout) or until killed. Finish the consumer's close instead.
+        try:
+            await super().on_thread_stop()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this thread itself is cancelled, not a callback
+            logger.info("the consumer stopped during a rebalance: its assignment was cancelled")
+            await finish_close(self._consumer)
+
     async def on_partitions_assigned(self, assigned: Any, generation_id: int = 0) -> None:
         # aiokafka 0.14 stops heartbeating from the rejoin until the assignment callback has
         # returned (GroupCoordinator.ensure_active_group), and the callback rebuilds the
@@ -82,6 +97,25 @@ class _ConsumerThread(AIOKafkaConsumerThread):
         # this (the consumer's) thread, whose loop only waits for the callback.
         self._ensure_consumer()._coordinator._start_heartbeat_task()
         await super().on_partitions_assigned(assigned, generation_id)
+
+
+async def finish_close(consumer: Any) -> None:
+    """What aiokafka's ``AIOKafkaConsumer.stop`` does after its coordination task ended, for
+    a stop that raised there: leave the group (others rebalance now, not after the session
+    timeout) and close the fetcher and the connections. Best effort: the worker is stopping."""
+    if consumer is None:
+        return
+    try:
+        coordinator = consumer._coordinator
+        if coordinator is not None:
+            await coordinator._stop_heartbeat_task()
+            await coordinator._stop_commit_offsets_refresh_task()
+            await coordinator._maybe_leave_group()
+        if consumer._fetcher is not None:
+            await consumer._fetcher.close()
+        await consumer._client.close()
+    except Exception as exc:  # (a broker gone meanwhile: the process exits anyway)
+        logger.warning("the consumer's close after a cancelled rebalance failed: %r", exc)
 
 
 class BatchConsumer(AIOKafkaDriverConsumer):
@@ -102,6 +136,7 @@ class BatchConsumer(AIOKafkaDriverConsumer):
     _epoch = 0
     # Per partition of the handler's topics: the offset after the last record it handled.
     _handled_next: dict[Any, int] | None = None
+    _assigning: asyncio.Future[None] | None = None  # the assignment callback under way
 
     def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -254,7 +289,21 @@ class BatchConsumer(AIOKafkaDriverConsumer):
 
     async def on_partitions_assigned(self, assigned: Any, generation_id: int = 0) -> None:
         self._epoch += 1
-        await super().on_partitions_assigned(assigned, generation_id)
+        # In a task of its own, so that a stop cancels it (on_stop): the callback rebuilds
+        # state and waits on services the stop has already stopped, and the consumer thread's
+        # stop waits for it (60 s, then the worker is killed mid-way).
+        self._assigning = asyncio.ensure_future(
+            super().on_partitions_assigned(assigned, generation_id))
+        try:
+            await self._assigning
+        finally:
+            self._assigning = None
+
+    async def on_stop(self) -> None:
+        if self._assigning is not None:
+            logger.info("stopping during a rebalance: its assignment is cancelled")
+            self._assigning.cancel()
+        await super().on_stop()
 
     async def _reseek(self, tps: set[Any]) -> None:
         """Seek the assigned partitions of ``tps`` back to their committed offsets (asked of the

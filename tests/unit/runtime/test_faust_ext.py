@@ -57,7 +57,8 @@ def test_no_private_name_is_used_outside_faust_ext() -> None:
 def test_every_private_name_faust_ext_uses_is_listed() -> None:
     listed = {name for _, _, name in faust_ext.PRIVATE_API}
     own = {"_epoch", "_reseek", "_ack_offsets", "_fetch", "_handle", "_handled_offsets",
-           "_batch_topics", "_listener", "_Fetch", "_handled_next", "_seek_uncommitted"}
+           "_batch_topics", "_listener", "_Fetch", "_handled_next", "_seek_uncommitted",
+           "_assigning"}
     for path in (RUNTIME / "faust_ext").glob("*.py"):
         unlisted = _private_uses(path) - listed - own
         assert not unlisted, f"{path.name} uses private names not in PRIVATE_API: {unlisted}"
@@ -87,6 +88,59 @@ async def test_heartbeats_go_on_while_the_assignment_callback_rebuilds() -> None
     thread._ensure_consumer = lambda: AioConsumer()  # type: ignore[method-assign]
     await thread.on_partitions_assigned(set(), 3)
     assert events == ["heartbeats", "rebuild"]
+
+
+class _ClosingConsumer:
+    """The parts of an aiokafka consumer that ``finish_close`` closes, recording the order."""
+
+    def __init__(self, events: list[str]) -> None:
+        class Closer:
+            def __init__(self, *names: str) -> None:
+                for name in names:
+                    async def step(name: str = name) -> None:
+                        events.append(name)
+                    setattr(self, name, step)
+
+        self._coordinator = Closer("_stop_heartbeat_task", "_stop_commit_offsets_refresh_task",
+                                   "_maybe_leave_group")
+        self._fetcher = Closer("close")
+        self._client = Closer("close")
+
+
+async def test_a_stop_during_a_rebalance_still_shuts_the_thread_down(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiokafka's stop() re-raises the CancelledError of an assignment callback that the stop
+    cancelled; the thread finishes the consumer's close (leaving the group) and returns, so
+    mode goes on to tell the app it shut down instead of the worker waiting 60 s."""
+    import asyncio
+
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    from streams.runtime.faust_ext.consumer import _ConsumerThread
+
+    never = asyncio.Event()
+    hang = False
+
+    async def cancelled_stop(self: object) -> None:
+        if hang:
+            await never.wait()
+        raise asyncio.CancelledError
+
+    monkeypatch.setattr(AIOKafkaConsumerThread, "on_thread_stop", cancelled_stop)
+    events: list[str] = []
+    thread = object.__new__(_ConsumerThread)
+    thread.__dict__.update(_consumer=_ClosingConsumer(events))
+    await thread.on_thread_stop()
+    assert events == ["_stop_heartbeat_task", "_stop_commit_offsets_refresh_task",
+                      "_maybe_leave_group", "close", "close"]
+
+    # The thread's own cancellation is not swallowed.
+    hang = True
+    task = asyncio.ensure_future(thread.on_thread_stop())
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
 
 
 def test_the_workers_producer_is_idempotent() -> None:
