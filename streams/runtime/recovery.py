@@ -237,8 +237,8 @@ class Recovery:
             self.load(table, partition, key, value)
 
         read = await self.reader.read(self.names.changelog_topic(table), partitions, on_record)
-        logger.info("read %d %s changelog records of %d partitions in %.2fs", n, table,
-                    len(partitions), time.monotonic() - started)
+        logger.info("read %d %s changelog records of partitions %s in %.2fs", n, table,
+                    sorted(partitions), time.monotonic() - started)
         return read
 
 

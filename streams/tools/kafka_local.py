@@ -788,15 +788,8 @@ def start_cluster(brokers: int = 3, port: int = 9092, data_dir: Path | None = No
                                                  voters=voters))
         _format_storage(java, cp, node, props, cluster_id=cluster_id,
                         java_opts=CLUSTER_JAVA_OPTS)
-        log = open(node / LOG_FILE, "ab")  # noqa: SIM115 - handed to the child process
-        try:
-            proc = subprocess.Popen(
-                [java, *CLUSTER_JAVA_OPTS, "-cp", cp, _log4j_flag(), "kafka.Kafka", str(props)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, cwd=node)
-        finally:
-            log.close()
-        nodes.append(BrokerState(proc.pid, client, controller, version))
+        pid = _launch_node(java, cp, node)
+        nodes.append(BrokerState(pid, client, controller, version))
     state = ClusterState(tuple(nodes))
     _write_private(data_dir / CLUSTER_FILE,
                    json.dumps({"nodes": [asdict(n) for n in state.nodes]}))
@@ -809,6 +802,40 @@ def start_cluster(brokers: int = 3, port: int = 9092, data_dir: Path | None = No
     finally:
         quiet.setLevel(level)
     return state, True
+
+
+def _launch_node(java: str, cp: str, node: Path) -> int:
+    log = open(node / LOG_FILE, "ab")  # noqa: SIM115 - handed to the child process
+    try:
+        proc = subprocess.Popen(
+            [java, *CLUSTER_JAVA_OPTS, "-cp", cp, _log4j_flag(), "kafka.Kafka",
+             str(node / "server.properties")],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, cwd=node)
+    finally:
+        log.close()
+    return proc.pid
+
+
+def restart_node(data_dir: Path, node_id: int, timeout_s: float = 120.0) -> ClusterState:
+    """Start node ``node_id`` (1-based) of the cluster of ``data_dir`` again after it stopped
+    or was killed, with its data and ports; ready once the metadata lists every broker."""
+    data_dir = data_dir.resolve()
+    state = read_cluster(data_dir)
+    if state is None or not 1 <= node_id <= len(state.nodes):
+        raise LocalServiceError(f"no node {node_id} in a cluster of {data_dir}")
+    old = state.nodes[node_id - 1]
+    node = _node_dir(data_dir, node_id)
+    if pid_alive(old.pid) and _is_our_broker(old.pid, node):
+        return state
+    pid = _launch_node(_java(), _classpath(old.version), node)
+    nodes = list(state.nodes)
+    nodes[node_id - 1] = BrokerState(pid, old.port, old.controller_port, old.version)
+    state = ClusterState(tuple(nodes))
+    _write_private(data_dir / CLUSTER_FILE,
+                   json.dumps({"nodes": [asdict(n) for n in state.nodes]}))
+    _wait_for_brokers(state, data_dir, len(nodes), time.monotonic() + timeout_s, timeout_s)
+    return state
 
 
 def _wait_for_brokers(state: ClusterState, data_dir: Path, brokers: int, deadline: float,
