@@ -5,6 +5,8 @@ created topics get the replication rule; weaker existing topics are warned about
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -134,14 +136,21 @@ async def _wait_listed(bootstrap: str, topic: str, timeout_s: float = 30.0) -> N
 
 
 @pytest.fixture(scope="module")
-def three_brokers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A three-node KRaft cluster on loopback (`segments kafka start --brokers 3`)."""
+def three_brokers_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A three-node KRaft cluster on loopback (`segments kafka start --brokers 3`): its data."""
     data = tmp_path_factory.mktemp("kafka-3")
-    state, _ = kafka_local.start_cluster(3, port=0, data_dir=data)
+    kafka_local.start_cluster(3, port=0, data_dir=data)
     try:
-        yield state.bootstrap
+        yield data
     finally:
         kafka_local.stop_cluster(data)
+
+
+@pytest.fixture(scope="module")
+def three_brokers(three_brokers_data: Path) -> str:
+    state = kafka_local.read_cluster(three_brokers_data)
+    assert state is not None
+    return state.bootstrap
 
 
 async def test_on_three_brokers_topics_get_rf_3_and_min_insync_2_and_rf_1_is_warned_about(
@@ -175,3 +184,22 @@ async def test_on_three_brokers_topics_get_rf_3_and_min_insync_2_and_rf_1_is_war
     for name in [*settings.names.changelog_topics, "three-counts"]:
         assert topics[name].cleanup_policy == "compact"
     assert topics["three-dlq"].replication_factor == 1
+
+
+async def test_a_killed_node_of_the_cluster_is_started_again(three_brokers_data: Path) -> None:
+    """``kafka_local.restart_node`` (the scale test's broker fault): the node killed with -9
+    comes back with its data and ports, and the metadata lists all three brokers again."""
+    state = kafka_local.read_cluster(three_brokers_data)
+    assert state is not None
+    old = state.nodes[2]
+    os.kill(old.pid, signal.SIGKILL)
+    for _ in range(100):
+        if not kafka_local.pid_alive(old.pid):
+            break
+        await asyncio.sleep(0.1)
+    assert kafka_local.running_cluster(three_brokers_data) is None
+    new = await asyncio.to_thread(kafka_local.restart_node, three_brokers_data, 3)
+    assert new.nodes[2].pid != old.pid
+    assert (new.nodes[2].port, new.nodes[2].controller_port) == (old.port, old.controller_port)
+    assert kafka_local.running_cluster(three_brokers_data) == new  # (restart_node returns
+    # once the metadata listed the three brokers; a client's next request may still time out)
