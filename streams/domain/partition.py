@@ -28,6 +28,10 @@ class PartitionState:
               min_weight: float) -> list[SegmentRow]:
         return self.store.query(program_id, segment_type, segment_basis, min_weight)
 
+    def top(self, program_id: str, segment_type: str, segment_basis: str, min_weight: float,
+            limit: int | None) -> tuple[list[SegmentRow], int]:
+        return self.store.top(program_id, segment_type, segment_basis, min_weight, limit)
+
     def settle(self) -> None:
         """End of a rebuild: the indexes built, the segments whose counts moved since their
         last publication marked for the next one. Nothing to do right after ``settle_steps``

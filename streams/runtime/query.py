@@ -83,8 +83,15 @@ class QueryService:
         in all, and those partitions."""
         active = self.registry.active
         covered = sorted(active)
-        parts = [active[p].query(program_id, segment_type, segment_basis, min_weight)
-                 for p in covered]
+        if limit is None:
+            parts = [active[p].query(program_id, segment_type, segment_basis, min_weight)
+                     for p in covered]
+            total = sum(map(len, parts))
+        else:  # each partition's first rows only (domain/ranking.py), already in order
+            tops = [active[p].top(program_id, segment_type, segment_basis, min_weight, limit)
+                    for p in covered]
+            parts = [rows for rows, _ in tops]
+            total = sum(n for _, n in tops)
         key = (program_id, segment_type, segment_basis, min_weight)
         hit = self._merged.get(key)
         if (hit is not None and len(hit[0]) == len(parts)
@@ -93,8 +100,10 @@ class QueryService:
             self._merged.move_to_end(key)
             rows = hit[1]
             return (rows if limit is None or limit >= len(rows) else rows[:limit]), hit[2], covered
-        total = sum(map(len, parts))
-        rows = merge_top([top(part, limit) for part in parts], limit)
+        if limit is None:
+            rows = merge_top([top(part, limit) for part in parts], limit)
+        else:
+            rows = merge_top(parts, limit)
         self._merged[key] = (parts, rows, total)
         while len(self._merged) > MERGED_MEMO_MAX:
             self._merged.popitem(last=False)
