@@ -176,9 +176,13 @@ ViewEntry = tuple[int, str, str, SegmentRow]
 class ThresholdView:
     """The listed segments of one (program, basis, segment type) at one threshold, as rows in
     the contract's order, kept up to date like a ``Ranking``: a query of that threshold
-    counts nothing, it reads the first rows."""
+    counts nothing, it reads the first rows.
 
-    __slots__ = ("dirty", "entries", "order", "segment_type", "threshold")
+    Built in steps (``build``): its families are counted a budget at a time, each step
+    reading their current state, and the changes since it was made are in ``dirty``; so once
+    every family is counted (and ``sync`` ran), it is exact, whatever changed meanwhile."""
+
+    __slots__ = ("dirty", "entries", "order", "pending", "segment_type", "threshold")
 
     def __init__(self, segment_type: str, threshold: float,
                  families: Mapping[FamilyKey, Family]) -> None:
@@ -186,39 +190,49 @@ class ThresholdView:
         self.threshold = threshold
         self.entries: dict[FamilyKey, ViewEntry] = {}
         self.dirty: set[FamilyKey] = set()
-        built: list[ViewEntry] = []
-        for key, fam in families.items():
-            row = _row(segment_type, fam, threshold)
-            if row.user_count:
-                entry = (-row.user_count, key[2], key[3], row)
-                self.entries[key] = entry
-                built.append(entry)
-        self.order = _Ordered(built)
+        # Families still to count (None: built; then ``order`` holds every entry).
+        self.pending: list[FamilyKey] | None = list(families)
+        self.order = _Ordered([])
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def build(self, families: Mapping[FamilyKey, Family], budget: int) -> bool:
+        """Count up to ``budget`` more families; True once all are (the view is usable)."""
+        pending = self.pending
+        if pending is None:
+            return True
+        step = pending[-budget:]
+        del pending[-budget:]
+        for key in step:
+            self._set(key, families.get(key), False)
+        if pending:
+            return False
+        self.pending = None
+        self.order = _Ordered(list(self.entries.values()))  # (one sort, not an insert each)
+        return True
 
     def sync(self, families: Mapping[FamilyKey, Family]) -> None:
         dirty = self.dirty
         if not dirty:
             return
-        entries = self.entries
-        order = self.order
-        segment_type = self.segment_type
-        threshold = self.threshold
+        ordered = self.pending is None
         for key in dirty:
-            fam = families.get(key)
-            old = entries.get(key)
-            if old is not None:
-                order.remove(old)
-                del entries[key]
-            if fam is not None:
-                row = _row(segment_type, fam, threshold)
-                if row.user_count:
-                    entry = (-row.user_count, key[2], key[3], row)
-                    entries[key] = entry
-                    order.add(entry)
+            self._set(key, families.get(key), ordered)
         dirty.clear()
+
+    def _set(self, key: FamilyKey, fam: Family | None, ordered: bool) -> None:
+        """The family's entry from its current state (none: not listed)."""
+        old = self.entries.pop(key, None)
+        if old is not None and ordered:
+            self.order.remove(old)
+        if fam is not None:
+            row = _row(self.segment_type, fam, self.threshold)
+            if row.user_count:
+                entry = (-row.user_count, key[2], key[3], row)
+                self.entries[key] = entry
+                if ordered:
+                    self.order.add(entry)
 
     def total(self) -> int:
         return len(self.entries)

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streams.domain import store as store_module
 from streams.domain.events import SEGMENT_TYPES, Event
 from streams.domain.family import Family
 from streams.domain.ranking import BLOCK, Ranking, ThresholdView, _Ordered
@@ -70,8 +71,20 @@ _query = st.tuples(st.just("query"), st.sampled_from(SEGMENT_TYPES),
 
 @settings(max_examples=400, deadline=None)
 @given(st.lists(st.one_of(_event, _event, _event, _tombstone, _expire, _query, _query),
-                max_size=120))
-def test_top_equals_the_brute_force_after_any_changes(ops: list[tuple[object, ...]]) -> None:
+                max_size=120), st.integers(1, 4))
+def test_top_equals_the_brute_force_after_any_changes(ops: list[tuple[object, ...]],
+                                                      step: int) -> None:
+    """(``step``: families a view counts per query, so that views are built over several
+    queries with changes between them.)"""
+    view_step = store_module.VIEW_STEP
+    store_module.VIEW_STEP = step
+    try:
+        apply_and_check(ops)
+    finally:
+        store_module.VIEW_STEP = view_step
+
+
+def apply_and_check(ops: list[tuple[object, ...]]) -> None:
     store = FamilyStore(grace_ms=20)  # a short grace: withdrawals forgotten, families dropped
     ts = 1000
     offset = 0
@@ -99,6 +112,25 @@ def test_top_equals_the_brute_force_after_any_changes(ops: list[tuple[object, ..
         for basis in ("label", "asset"):
             for m in WEIGHTS:
                 check(store, segment_type, basis, m, 3)
+
+
+_one_query = st.tuples(st.just("query"), st.just("growth"), st.just("label"), st.just(0.5),
+                      st.integers(1, 7))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(_event, _event, _tombstone, _expire, _one_query), max_size=80),
+       st.integers(1, 3))
+def test_a_view_built_over_several_queries_with_changes_between(
+        ops: list[tuple[object, ...]], step: int) -> None:
+    """One query asked again and again: its view is made, built a few families at a time
+    with changes between the steps, then kept up to date."""
+    view_step = store_module.VIEW_STEP
+    store_module.VIEW_STEP = step
+    try:
+        apply_and_check(ops)
+    finally:
+        store_module.VIEW_STEP = view_step
 
 
 def test_large_families_and_many_of_them() -> None:
