@@ -15,8 +15,9 @@ changed since (``touch``), so ingest pays one set insertion per event of a ranke
 
 from __future__ import annotations
 
+import heapq
 from bisect import bisect_left, insort
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from streams.domain.events import FamilyKey
@@ -146,27 +147,37 @@ class Ranking:
     def first(self, m: float, limit: int) -> list[SegmentRow]:
         """The first ``limit`` rows at ``m`` in the contract's order (call ``sync`` first).
         Exact: see the module docstring."""
-        if limit <= 0:
-            return []
-        segment_type = self.segment_type
-        found: list[tuple[int, str, str, Family]] = []
-        # The k-th best found so far, refreshed each time ``found`` doubles: a stale one is
-        # only later in the order than the true one, so the scan stops later, never wrongly.
-        kth: tuple[int, str, str] | None = None
-        cap = 2 * limit + 64
-        for entry in self.order:
-            if kth is not None and entry > kth:  # (equal first three: the same family)
-                break
-            fam = entry[3]
-            count = fam.count_at_least(segment_type, m)
-            if count:
-                found.append((-count, entry[1], entry[2], fam))
-                if len(found) >= cap:
-                    found.sort()  # ((basis_id, action_type) unique: never compares families)
-                    del found[limit:]
-                    kth = found[-1][:3]
-        found.sort()
-        return [_row(segment_type, fam, m) for _, _, _, fam in found[:limit]]
+        return first_of([self], m, limit)
+
+
+def first_of(rankings: Sequence[Ranking], m: float, limit: int) -> list[SegmentRow]:
+    """The first ``limit`` rows at ``m`` of rankings of one query (synced), in the contract's
+    order: those of one worker's partitions, scanned together in the order of their bounds
+    (a family is in one partition only), so counted as far as the worker's k-th best needs,
+    not as far as each partition's does."""
+    if not rankings or limit <= 0:
+        return []
+    segment_type = rankings[0].segment_type
+    found: list[tuple[int, str, str, Family]] = []
+    # The k-th best found so far, refreshed each time ``found`` doubles: a stale one is only
+    # later in the order than the true one, so the scan stops later, never wrongly.
+    kth: tuple[int, str, str] | None = None
+    cap = 2 * limit + 64
+    entries: Iterable[Entry] = (rankings[0].order if len(rankings) == 1
+                                else heapq.merge(*(r.order for r in rankings)))
+    for entry in entries:
+        if kth is not None and entry > kth:  # (equal first three: the same family)
+            break
+        fam = entry[3]
+        count = fam.count_at_least(segment_type, m)
+        if count:
+            found.append((-count, entry[1], entry[2], fam))
+            if len(found) >= cap:
+                found.sort()  # ((basis_id, action_type) unique: never compares families)
+                del found[limit:]
+                kth = found[-1][:3]
+    found.sort()
+    return [_row(segment_type, fam, m) for _, _, _, fam in found[:limit]]
 
 
 # (-count, basis_id, action_type, row): a threshold view's entry.

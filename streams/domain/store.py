@@ -344,12 +344,25 @@ class FamilyStore:
             limit: int | None) -> tuple[list[SegmentRow], int]:
         """The first ``limit`` listed segments (None: all) of ``query``'s answer, in the
         contract's order, and how many it lists in all: counted only as far as a ranking of
-        the families by their members needs (domain/ranking.py), not for every segment.
+        the families by their members needs (domain/ranking.py), not for every segment, or
+        read from a threshold view.
 
         Memoised as ``query`` is (the same list while nothing changed: do not modify it)."""
         if limit is None:
             rows = self.query(program_id, segment_type, segment_basis, min_weight)
             return contract_order(list(rows)), len(rows)
+        got = self.top_or_ranking(program_id, segment_type, segment_basis, min_weight, limit)
+        if not isinstance(got, Ranking):
+            return got
+        rows, total = got.first(min_weight, limit), got.total(min_weight)
+        self._memoise_top((program_id, segment_type, segment_basis, min_weight), rows, total)
+        return rows, total
+
+    def top_or_ranking(self, program_id: str, segment_type: str, segment_basis: str,
+                       min_weight: float, limit: int) -> tuple[list[SegmentRow], int] | Ranking:
+        """``top``'s answer when it needs no counting (memoised, or from a threshold view),
+        else the query's ranking, synced, for the caller to scan (ranking.first_of: with
+        other partitions' rankings)."""
         self.finish_rebuild()  # (a no-op unless rebuilding)
         counter = self.versions.get((program_id, segment_basis))
         if counter is None:
@@ -371,24 +384,27 @@ class FamilyStore:
             view.sync(self.families)
         if isinstance(view, ThresholdView) and view.build(self.families, VIEW_STEP):
             rows, total = view.first(limit), view.total()
-        else:
-            if view is None:
-                self._asked[memo_key] = None
-                while len(self._asked) > ASKED_MAX:
-                    self._asked.popitem(last=False)
-            ranking = self._ranking(program_id, segment_type, segment_basis)
-            ranking.sync(self.families)
-            rows, total = ranking.first(min_weight, limit), ranking.total(min_weight)
+            self._memoise_top(memo_key, rows, total)
+            return rows, total
+        if view is None:
+            self._asked[memo_key] = None
+            while len(self._asked) > ASKED_MAX:
+                self._asked.popitem(last=False)
+        ranking = self._ranking(program_id, segment_type, segment_basis)
+        ranking.sync(self.families)
+        return ranking
+
+    def _memoise_top(self, memo_key: _MemoKey, rows: list[SegmentRow], total: int) -> None:
+        counter = self.versions[(memo_key[0], memo_key[2])]
+        hit = self._tops.pop(memo_key, None)
         if hit is not None:
-            del self._tops[memo_key]
             self._tops_rows -= len(hit[1])
-        self._tops[memo_key] = (version, rows, total)
+        self._tops[memo_key] = (counter[0], rows, total)
         self._tops_rows += len(rows)
         while (self._tops_rows > MEMO_MAX_ROWS or len(self._tops) > MEMO_MAX_ANSWERS) and len(
                 self._tops) > 1:
             _, (_, dropped, _) = self._tops.popitem(last=False)
             self._tops_rows -= len(dropped)
-        return rows, total
 
     def _families_of(self, program_id: str, segment_basis: str) -> dict[FamilyKey, Family]:
         return self.by_program.get(program_id, {}).get(segment_basis, {})

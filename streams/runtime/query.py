@@ -12,6 +12,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from streams.domain.ranking import Ranking, first_of
 from streams.domain.rows import Held, SegmentRow, merge_top, top
 from streams.runtime.group_lag import GroupLag
 from streams.runtime.partitions import PartitionRegistry
@@ -88,10 +89,18 @@ class QueryService:
                      for p in covered]
             total = sum(map(len, parts))
         else:  # each partition's first rows only (domain/ranking.py), already in order
-            tops = [active[p].top(program_id, segment_type, segment_basis, min_weight, limit)
-                    for p in covered]
-            parts = [rows for rows, _ in tops]
-            total = sum(n for _, n in tops)
+            parts, total, rankings = [], 0, []
+            for p in covered:
+                got = active[p].top_or_ranking(program_id, segment_type, segment_basis,
+                                               min_weight, limit)
+                if isinstance(got, Ranking):
+                    rankings.append(got)
+                    total += got.total(min_weight)
+                else:
+                    parts.append(got[0])
+                    total += got[1]
+            if rankings:  # scanned together: as far as this worker's first rows need
+                parts.append(first_of(rankings, min_weight, limit))
         key = (program_id, segment_type, segment_basis, min_weight)
         hit = self._merged.get(key)
         if (hit is not None and len(hit[0]) == len(parts)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from streams.domain import store as store_module
 from streams.domain.events import SEGMENT_TYPES, Event
 from streams.domain.family import Family
-from streams.domain.ranking import BLOCK, Ranking, ThresholdView, _Ordered
+from streams.domain.ranking import BLOCK, Ranking, ThresholdView, _Ordered, first_of
 from streams.domain.rows import SegmentRow
 from streams.domain.store import RANKINGS_MAX, FamilyStore
 
@@ -233,3 +233,32 @@ def test_a_view_follows_a_new_name_with_no_other_change() -> None:
     store.apply(Event(PROGRAM, "u", "label", "a", "new", "view", 0.5, True, 2), 4)
     rows, _ = store.top(PROGRAM, "growth", "label", 0.5, 5)
     assert [r.name for r in rows] == ["new", "b"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 9), st.sampled_from(WEIGHTS),
+                          st.booleans()), max_size=150),
+       st.sampled_from(SEGMENT_TYPES), st.sampled_from(WEIGHTS), st.integers(1, 12))
+def test_rankings_of_several_partitions_scanned_together(
+        events: list[tuple[int, int, float, bool]], segment_type: str, m: float,
+        limit: int) -> None:
+    """first_of over one worker's partitions (a family in one of them) equals the brute force
+    over all of them."""
+    stores = [FamilyStore() for _ in range(3)]
+    for offset, (f, user, weight, in_history) in enumerate(events):
+        # A family's partition follows from the family, as the partitioner's does.
+        stores[f % 3].apply(Event(PROGRAM, f"u{user}", "label", f"b{f % 7}", "n",
+                                            ("view", "buy", "add")[f // 7 % 3], weight,
+                                            in_history, 1), offset)
+    rankings = []
+    for store in stores:
+        if store.versions:
+            ranking = store._ranking(PROGRAM, segment_type, "label")
+            ranking.sync(store.families)
+            rankings.append(ranking)
+    rows = first_of(rankings, m, limit)
+    expected = sorted((e for store in stores for e in brute(store, segment_type, "label", m)),
+                      key=lambda r: (-r[0], r[1], r[2]))
+    assert [(r.user_count, r.segment_basis_id, r.action_type) for r in rows] == [
+        e[:3] for e in expected[:limit]]
+    assert sum(r.total(m) for r in rankings) == len(expected)
