@@ -107,8 +107,10 @@ class QueryRunner:
         self._computations = computations
         self._flights: Flights[Served] = Flights(coalesced.inc)
         self._decoded: OrderedDict[str, tuple[bytes, Served]] = OrderedDict()
-        # query -> (as_of_ms of the cached prefix a refresh was started for, its rows)
-        self._ahead: dict[tuple[str, str, str, float, str], tuple[int, int]] = {}
+        # query -> as_of_ms of the cached prefix a refresh was started for
+        self._ahead: dict[tuple[str, str, str, float, str], int] = {}
+        # query -> the rows of the prefix it last computed (a refresh computes as many again)
+        self._lengths: dict[tuple[str, str, str, float, str], int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def cached(self, q: SegmentsQuery, limit: int) -> Served | None:
@@ -134,21 +136,20 @@ class QueryRunner:
 
     def refresh_ahead(self, q: SegmentsQuery, as_of_ms: int, rows: int = 0) -> None:
         """A cached answer of ``q`` computed at ``as_of_ms`` was read: when it is older than
-        ``REFRESH_AHEAD`` of the TTL, recompute the query's prefix (``rows`` long at least, or
-        as long as the last one) in the background, once per prefix."""
+        ``REFRESH_AHEAD`` of the TTL, recompute the query's prefix in the background, once per
+        prefix, as long as the one this worker last computed (``rows`` at least): a refresh
+        never shortens the prefix that the next pages are read from."""
         ttl_s = self._backend.cache_ttl_s
         if time.time() * 1000 - as_of_ms < REFRESH_AHEAD * ttl_s * 1000:
             return
         key = (q.program_id, q.segment_type, q.segment_basis, q.min_weight, q.consistency)
         started = self._ahead.get(key)
-        if started is not None:
-            if started[0] >= as_of_ms:
-                return  # (already started for this prefix or a newer one)
-            rows = max(rows, started[1])
+        if started is not None and started >= as_of_ms:
+            return  # (already started for this prefix or a newer one)
         if len(self._ahead) >= 4096:  # queries no longer read
             self._ahead.clear()
-        limit = max(rows, prefix_limit(q.page, q.size))
-        self._ahead[key] = (as_of_ms, limit)
+        self._ahead[key] = as_of_ms
+        limit = max(rows, self._lengths.get(key, 0), prefix_limit(q.page, q.size))
         task = asyncio.get_running_loop().create_task(self._refresh(q, limit))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -171,6 +172,10 @@ class QueryRunner:
             ends = await self._backend.input_ends()  # (before the answer: later ones not in it)
             self._computations.inc()
             answer = await self._compute(q, limit)
+            if limit is not None:
+                if len(self._lengths) >= 4096:
+                    self._lengths.clear()
+                self._lengths[key] = limit
             if not answer.stale:
                 await self._cache().set(prefix_key(q), pack_prefix(answer, ends),
                                         self._backend.cache_ttl_s)

@@ -250,3 +250,28 @@ async def test_a_read_past_half_the_ttl_recomputes_in_the_background() -> None:
         assert sample(registry, "segments_query_computations_total") == 2
     finally:
         await client.close()
+
+
+async def test_a_refresh_ahead_keeps_the_length_of_the_prefix() -> None:
+    """Page 1 read past half the TTL refreshes the prefix that page 3 needed, not page 1's."""
+    worker = OneWorker()
+    worker.cache_ttl_s = 1.0
+    client = TestClient(TestServer(create_web_app(worker, None)))
+    await client.start_server()
+    try:
+        for page in (1, 3):
+            resp = await client.get("/segments", headers={"program-id": "p"},
+                                    params={"page": str(page), "size": "100"})
+            assert resp.status == 200
+        assert worker.limits == [200, 600]
+        await asyncio.sleep(0.6)
+        resp = await client.get("/segments", headers={"program-id": "p"},
+                                params={"page": "1", "size": "100"})
+        assert resp.status == 200
+        for _ in range(50):
+            await asyncio.sleep(0.02)
+            if len(worker.limits) > 2:
+                break
+        assert worker.limits == [200, 600, 600]
+    finally:
+        await client.close()
