@@ -25,9 +25,10 @@ from streams.domain.family import Family
 from streams.domain.rows import SegmentRow
 from streams.domain.threshold_index import ThresholdIndex
 
-# (-members, basis_id, action_type, family, greatest member weight): (basis_id, action_type)
-# is unique in one ranking, so comparisons never reach the family.
-Entry = tuple[int, str, str, Family, float]
+# (-members, basis_id, action_type, family key, greatest member weight): (basis_id,
+# action_type) is unique in one ranking, so comparisons never reach the key. Keys, not
+# families: a tuple of strings and numbers only, which the garbage collector stops tracking.
+Entry = tuple[int, str, str, FamilyKey, float]
 
 BLOCK = 512  # entries a block holds at most before it is split (an insert moves one block)
 
@@ -93,10 +94,11 @@ class Ranking:
     """The families of one (program, basis) ranked for one segment type by their members: a
     bound of their count at any threshold (module docstring)."""
 
-    __slots__ = ("dirty", "entries", "maxima", "order", "segment_type")
+    __slots__ = ("dirty", "entries", "families", "maxima", "order", "segment_type")
 
     def __init__(self, segment_type: str, families: Mapping[FamilyKey, Family]) -> None:
         self.segment_type = segment_type
+        self.families = families  # where the entries' families are (the store's, at sync)
         self.entries: dict[FamilyKey, Entry] = {}
         self.dirty: set[FamilyKey] = set()  # changed since the last sync (the store adds them)
         built: list[Entry] = []
@@ -104,7 +106,7 @@ class Ranking:
         for key, fam in families.items():
             members, top = fam.members(segment_type)
             if members:
-                entry = (-members, key[2], key[3], fam, top)
+                entry = (-members, key[2], key[3], key, top)
                 self.entries[key] = entry
                 built.append(entry)
                 greatest.append(top)
@@ -116,6 +118,7 @@ class Ranking:
 
     def sync(self, families: Mapping[FamilyKey, Family]) -> None:
         """Bring the changed families' entries up to date (``families``: the store's)."""
+        self.families = families
         dirty = self.dirty
         if not dirty:
             return
@@ -128,13 +131,13 @@ class Ranking:
             members, top = (0, 0.0) if fam is None else fam.members(segment_type)
             old = entries.get(key)
             if old is not None:
-                if old[0] == -members and old[3] is fam and old[4] == top:
+                if old[0] == -members and old[4] == top:
                     continue
                 order.remove(old)
                 maxima.remove(old[4])
                 del entries[key]
             if members and fam is not None:
-                entry = (-members, key[2], key[3], fam, top)
+                entry = (-members, key[2], key[3], key, top)
                 entries[key] = entry
                 order.add(entry)
                 maxima.add(top)
@@ -165,10 +168,17 @@ def first_of(rankings: Sequence[Ranking], m: float, limit: int) -> list[SegmentR
     cap = 2 * limit + 64
     entries: Iterable[Entry] = (rankings[0].order if len(rankings) == 1
                                 else heapq.merge(*(r.order for r in rankings)))
+    stores = [r.families for r in rankings]
     for entry in entries:
         if kth is not None and entry > kth:  # (equal first three: the same family)
             break
-        fam = entry[3]
+        key = entry[3]
+        for families in stores:  # (its family is in one of them: a few lookups at most)
+            fam = families.get(key)
+            if fam is not None:
+                break
+        else:
+            raise KeyError(key)  # (an entry of a family its store no longer holds: a bug)
         count = fam.count_at_least(segment_type, m)
         if count:
             found.append((-count, entry[1], entry[2], fam))
