@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 import time
 from dataclasses import dataclass
 from typing import Annotated, Literal
@@ -29,7 +30,7 @@ from msgspec import Meta
 from api.auth import INTERNAL_ROUTE, NONCE_HEADER, SIGNATURE_HEADER, ClusterAuth
 from api.errors import ServiceUnavailable
 from api.params import MAX_LIMIT, InternalScope, SegmentsQuery
-from streams.domain.rows import SegmentRow, sort_key, top
+from streams.domain.rows import SegmentRow, top
 
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
 LIMIT_HEADER = "Segments-Limit"
@@ -114,24 +115,29 @@ def parse_answer(body: bytes, q: SegmentsQuery, total_partitions: int,
     if asked is not None and not set(parts) <= asked:
         raise BadAnswer(f"partitions {sorted(set(parts) - asked)[:10]} not asked for")
     floor = q.min_weight * (1 - 1e-12)  # a mean of weights >= m, up to its rounding
-    seen: set[tuple[str, str]] = set()
-    for row in answer.items:
-        if row.segment_type != q.segment_type or row.segment_basis != q.segment_basis:
-            raise BadAnswer(f"a row of another query: {row}")
-        if not row.strength >= floor or not math.isfinite(row.strength):
-            raise BadAnswer(f"strength {row.strength} below min_weight {q.min_weight}")
-        family = (row.segment_basis_id, row.action_type)
-        if family in seen:
-            raise BadAnswer(f"segment {family} twice")
-        seen.add(family)
-    rows: list[SegmentRow] = list(answer.items)
+    items = answer.items
+    # The checks in comprehensions, the loop run only to name a problem (thousands of rows).
+    if items and ({(r.segment_type, r.segment_basis) for r in items} != {
+            (q.segment_type, q.segment_basis)} or not min(r.strength for r in items) >= floor
+            or len({(r.segment_basis_id, r.action_type) for r in items}) != len(items)):
+        seen: set[tuple[str, str]] = set()
+        for row in items:
+            if row.segment_type != q.segment_type or row.segment_basis != q.segment_basis:
+                raise BadAnswer(f"a row of another query: {row}")
+            if not row.strength >= floor or not math.isfinite(row.strength):
+                raise BadAnswer(f"strength {row.strength} below min_weight {q.min_weight}")
+            family = (row.segment_basis_id, row.action_type)
+            if family in seen:
+                raise BadAnswer(f"segment {family} twice")
+            seen.add(family)
+    rows: list[SegmentRow] = list(items)
     if answer.total is None:  # a peer that does not push pages down: every row it lists
         return PeerAnswer(top(rows, limit), parts, answer.lag, answer.stale, len(rows))
     # The asking worker merges these rows as they come: their order is checked, not assumed.
     if limit is None or len(rows) != min(limit, answer.total):
         raise BadAnswer(f"{len(rows)} rows of {answer.total} for a limit of {limit}")
-    keys = [sort_key(row) for row in rows]
-    if any(a >= b for a, b in itertools.pairwise(keys)):
+    keys = [(-r.user_count, r.segment_basis_id, r.action_type, r.name) for r in rows]  # sort_key
+    if not all(map(operator.lt, keys, itertools.islice(keys, 1, None))):
         raise BadAnswer("rows not in the contract's order")
     return PeerAnswer(rows, parts, answer.lag, answer.stale, answer.total)
 

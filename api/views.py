@@ -93,6 +93,7 @@ async def get_segments(request: web.Request) -> web.Response:
         entry = None if cached is None else unpack(cached)
         if entry is not None:
             counters.cache_hits.inc()
+            queries.refresh_ahead(q, entry.as_of_ms)
             return _answer_response(entry.body, entry.as_of_ms, entry.lag, stale=False)
         prefix = await queries.cached(q, q.page * q.size)  # a page inside a cached prefix
         if prefix is not None:

@@ -129,6 +129,23 @@ class Family:
                 n += 1
         return n
 
+    def members(self, segment_type: str) -> tuple[int, float]:
+        """``(members, greatest weight)`` of the segment (``(0, 0.0)`` if none): a bound of
+        its count at any threshold, and the greatest threshold at which it is listed."""
+        indexes = self.indexes
+        if indexes is not None:
+            if segment_type == "growth":
+                a, b = indexes
+                top_a, top_b = a.greatest(), b.greatest()
+                if top_a is None:
+                    return (len(b), top_b) if top_b is not None else (0, 0.0)
+                return len(a) + len(b), top_a if top_b is None or top_a > top_b else top_b
+            index = indexes[segment_type != "base"]
+            top = index.greatest()
+            return (0, 0.0) if top is None else (len(index), top)
+        selected = self._selected(segment_type, 0.0)
+        return (len(selected), max(selected)) if selected else (0, 0.0)
+
     def stats_at_least(self, segment_type: str, m: float) -> tuple[int, float]:
         """``(count, mean weight)`` of the segment's members with a weight >= ``m``; ``(0,
         0.0)`` if none. The mean is within threshold_index.py's bound, plus one rounding for

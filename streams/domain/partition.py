@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 from streams.domain.events import Event, FamilyKey
 from streams.domain.ledger import ChangeLedger, Publication
+from streams.domain.ranking import Ranking
 from streams.domain.rows import SegmentRow
 from streams.domain.store import DEFAULT_GRACE_MS, SETTLE_BUDGET, FamilyStore
 
@@ -27,6 +28,15 @@ class PartitionState:
     def query(self, program_id: str, segment_type: str, segment_basis: str,
               min_weight: float) -> list[SegmentRow]:
         return self.store.query(program_id, segment_type, segment_basis, min_weight)
+
+    def top(self, program_id: str, segment_type: str, segment_basis: str, min_weight: float,
+            limit: int | None) -> tuple[list[SegmentRow], int]:
+        return self.store.top(program_id, segment_type, segment_basis, min_weight, limit)
+
+    def top_or_ranking(self, program_id: str, segment_type: str, segment_basis: str,
+                       min_weight: float, limit: int) -> tuple[list[SegmentRow], int] | Ranking:
+        return self.store.top_or_ranking(program_id, segment_type, segment_basis, min_weight,
+                                         limit)
 
     def settle(self) -> None:
         """End of a rebuild: the indexes built, the segments whose counts moved since their

@@ -10,12 +10,22 @@ from collections.abc import Iterator
 
 from streams.domain.events import INT64_MIN, Event, FamilyKey
 from streams.domain.family import TINY_MAX, Family, StoredRecommendation
-from streams.domain.rows import SegmentRow
+from streams.domain.ranking import Ranking, ThresholdView
+from streams.domain.rows import SegmentRow, contract_order
 from streams.domain.tally import ProgramTally
 
 # Rows and answers the query memo holds at most (least recently used first).
 MEMO_MAX_ROWS = 20_000
 MEMO_MAX_ANSWERS = 1_000
+# Rankings and threshold views (domain/ranking.py) one store keeps, least recently queried
+# out first: each holds an entry per family of its program and basis listed in it.
+RANKINGS_MAX = 8
+# Thresholds recently asked of ``top`` without a view: asked again, a view is built (one count
+# of every family), so a one-off threshold costs no view and a repeated one counts nothing.
+ASKED_MAX = 64
+# Families a threshold view counts per query while it is built (the query is answered from
+# the ranking meanwhile): a few milliseconds added to each of its first queries, no spike.
+VIEW_STEP = 1024
 
 _MemoKey = tuple[str, str, str, float]  # program, segment type, basis, threshold
 # The answer for a program and basis not held here: one shared list, so that the merged
@@ -57,6 +67,15 @@ class FamilyStore:
         self.versions: dict[tuple[str, str], list[int]] = {}
         self._memo: OrderedDict[_MemoKey, tuple[int, list[SegmentRow]]] = OrderedDict()
         self._memo_rows = 0
+        # The first rows of a query (``top``), memoised as ``_memo``: (version, rows, total).
+        self._tops: OrderedDict[_MemoKey, tuple[int, list[SegmentRow], int]] = OrderedDict()
+        self._tops_rows = 0
+        # (program, type, basis, threshold or None) -> its view (or ranking: None); (program,
+        # basis) -> its views and rankings, which every event stored in its families is told of.
+        self._rankings: OrderedDict[tuple[str, str, str, float | None],
+                                    Ranking | ThresholdView] = OrderedDict()
+        self._ranked: dict[tuple[str, str], list[Ranking | ThresholdView]] = {}
+        self._asked: OrderedDict[_MemoKey, None] = OrderedDict()
         self.grace_ms = grace_ms
         self.max_ts: int | None = None  # the greatest ts applied (or loaded)
         # (oldest withdrawal's ts, family) per family holding withdrawals; an entry whose ts is
@@ -127,6 +146,8 @@ class FamilyStore:
         fam.version[0] += 1
         if changed:
             self.dirty.add(fam.key)
+        if self._ranked:  # (not only if changed: a view's rows hold the name too)
+            self._touch(fam.key)
         return True
 
     def load(self, family: FamilyKey, user_id: str, weight: float | None, in_history: bool,
@@ -138,6 +159,8 @@ class FamilyStore:
             fam.load(user_id, weight, in_history, ts, offset, name)
         elif fam.put(user_id, weight, in_history, ts, offset, name) is not None:
             fam.version[0] += 1
+        if self._ranked:
+            self._touch(fam.key)
         self.held += len(fam) - size
         if self.max_ts is None or ts > self.max_ts:
             self.max_ts = ts
@@ -149,7 +172,18 @@ class FamilyStore:
         fam = self.families.get(family)
         if fam is not None and fam.forget(user_id, indexed=not self.rebuilding):
             fam.version[0] += 1
+            if self._ranked:
+                self._touch(fam.key)
             self._expire_later(fam.key, INT64_MIN)
+
+    def _touch(self, key: FamilyKey) -> None:
+        """Tell the views and rankings of ``key``'s program and basis that the family
+        changed (every change of its members, weights or name must: they trust their
+        entries)."""
+        ranked = self._ranked.get((key[0], key[1]))
+        if ranked:
+            for ranking in ranked:
+                ranking.dirty.add(key)
 
     def _expire_later(self, family: FamilyKey, ts: int) -> None:
         """``family`` holds a withdrawal at ``ts``: look at it once the watermark passes it
@@ -216,6 +250,8 @@ class FamilyStore:
     def _drop(self, key: FamilyKey) -> None:
         """Remove an empty family (no version bump: it lists no segment)."""
         self.held -= len(self.families.pop(key))  # (0: it is empty)
+        if self._ranked:
+            self._touch(key)
         self._not_before.pop(key, None)
         bases = self.by_program[key[0]]
         families = bases[key[1]]
@@ -231,6 +267,10 @@ class FamilyStore:
             del self.versions[(key[0], key[1])]
             for memo_key in [k for k in self._memo if k[0] == key[0] and k[2] == key[1]]:
                 self._memo_rows -= len(self._memo.pop(memo_key)[1])
+            for memo_key in [k for k in self._tops if k[0] == key[0] and k[2] == key[1]]:
+                self._tops_rows -= len(self._tops.pop(memo_key)[1])
+            for ranking in self._ranked.pop((key[0], key[1]), ()):
+                del self._rankings[_ranking_key(key[0], key[1], ranking)]
 
     def finish_rebuild(self) -> None:
         """End of a rebuild: build every family's indexes; from now on loads and events
@@ -300,6 +340,98 @@ class FamilyStore:
             self._memo_rows -= len(dropped)
         return out
 
+    def top(self, program_id: str, segment_type: str, segment_basis: str, min_weight: float,
+            limit: int | None) -> tuple[list[SegmentRow], int]:
+        """The first ``limit`` listed segments (None: all) of ``query``'s answer, in the
+        contract's order, and how many it lists in all: counted only as far as a ranking of
+        the families by their members needs (domain/ranking.py), not for every segment, or
+        read from a threshold view.
+
+        Memoised as ``query`` is (the same list while nothing changed: do not modify it)."""
+        if limit is None:
+            rows = self.query(program_id, segment_type, segment_basis, min_weight)
+            return contract_order(list(rows)), len(rows)
+        got = self.top_or_ranking(program_id, segment_type, segment_basis, min_weight, limit)
+        if not isinstance(got, Ranking):
+            return got
+        rows, total = got.first(min_weight, limit), got.total(min_weight)
+        self._memoise_top((program_id, segment_type, segment_basis, min_weight), rows, total)
+        return rows, total
+
+    def top_or_ranking(self, program_id: str, segment_type: str, segment_basis: str,
+                       min_weight: float, limit: int) -> tuple[list[SegmentRow], int] | Ranking:
+        """``top``'s answer when it needs no counting (memoised, or from a threshold view),
+        else the query's ranking, synced, for the caller to scan (ranking.first_of: with
+        other partitions' rankings)."""
+        self.finish_rebuild()  # (a no-op unless rebuilding)
+        counter = self.versions.get((program_id, segment_basis))
+        if counter is None:
+            return _NOTHING, 0
+        version = counter[0]
+        memo_key = (program_id, segment_type, segment_basis, min_weight)
+        hit = self._tops.get(memo_key)
+        if hit is not None and hit[0] == version and (limit <= len(hit[1]) or len(
+                hit[1]) == hit[2]):
+            self._tops.move_to_end(memo_key)
+            return (hit[1] if limit >= len(hit[1]) else hit[1][:limit]), hit[2]
+        view = self._rankings.get(memo_key)
+        if view is None and memo_key in self._asked:
+            del self._asked[memo_key]
+            view = self._ranked_by(memo_key, ThresholdView(
+                segment_type, min_weight, self._families_of(program_id, segment_basis)))
+        if isinstance(view, ThresholdView):
+            self._rankings.move_to_end(memo_key)
+            view.sync(self.families)
+        if isinstance(view, ThresholdView) and view.build(self.families, VIEW_STEP):
+            rows, total = view.first(limit), view.total()
+            self._memoise_top(memo_key, rows, total)
+            return rows, total
+        if view is None:
+            self._asked[memo_key] = None
+            while len(self._asked) > ASKED_MAX:
+                self._asked.popitem(last=False)
+        ranking = self._ranking(program_id, segment_type, segment_basis)
+        ranking.sync(self.families)
+        return ranking
+
+    def _memoise_top(self, memo_key: _MemoKey, rows: list[SegmentRow], total: int) -> None:
+        counter = self.versions[(memo_key[0], memo_key[2])]
+        hit = self._tops.pop(memo_key, None)
+        if hit is not None:
+            self._tops_rows -= len(hit[1])
+        self._tops[memo_key] = (counter[0], rows, total)
+        self._tops_rows += len(rows)
+        while (self._tops_rows > MEMO_MAX_ROWS or len(self._tops) > MEMO_MAX_ANSWERS) and len(
+                self._tops) > 1:
+            _, (_, dropped, _) = self._tops.popitem(last=False)
+            self._tops_rows -= len(dropped)
+
+    def _families_of(self, program_id: str, segment_basis: str) -> dict[FamilyKey, Family]:
+        return self.by_program.get(program_id, {}).get(segment_basis, {})
+
+    def _ranking(self, program_id: str, segment_type: str, segment_basis: str) -> Ranking:
+        key = (program_id, segment_type, segment_basis, None)
+        ranking = self._rankings.get(key)
+        if isinstance(ranking, Ranking):
+            self._rankings.move_to_end(key)
+            return ranking
+        built = Ranking(segment_type, self._families_of(program_id, segment_basis))
+        self._ranked_by(key, built)
+        return built
+
+    def _ranked_by(self, key: tuple[str, str, str, float | None],
+                   ranking: Ranking | ThresholdView) -> Ranking | ThresholdView:
+        """Keep ``ranking`` under ``key`` (the least recently used beyond RANKINGS_MAX go)."""
+        self._rankings[key] = ranking
+        self._ranked.setdefault((key[0], key[2]), []).append(ranking)
+        while len(self._rankings) > RANKINGS_MAX:
+            (program, _, basis, _), dropped = self._rankings.popitem(last=False)
+            ranked = self._ranked[(program, basis)]
+            ranked.remove(dropped)
+            if not ranked:
+                del self._ranked[(program, basis)]
+        return ranking
+
     def records(self) -> Iterator[tuple[FamilyKey, str, StoredRecommendation]]:
         for key, fam in self.families.items():
             for user, rec in fam.records():
@@ -317,3 +449,9 @@ class FamilyStore:
     def walk_recommendations(self) -> int:
         """``recommendations()`` by a walk of every family (for tests: what ``held`` equals)."""
         return sum(len(fam) for fam in self.families.values())
+
+
+def _ranking_key(program_id: str, segment_basis: str, ranking: Ranking | ThresholdView
+                 ) -> tuple[str, str, str, float | None]:
+    threshold = ranking.threshold if isinstance(ranking, ThresholdView) else None
+    return (program_id, ranking.segment_type, segment_basis, threshold)

@@ -459,6 +459,14 @@ class ThresholdIndex:
             return 0, 0.0
         return count, total / count
 
+    def greatest(self) -> float | None:
+        """The greatest weight; None when empty."""
+        big = self._big
+        if big is None:
+            items = self._items
+            return items[-1] if items else None
+        return big.maxes[-1]
+
     def weights(self) -> list[float]:
         """All weights in ascending order (a copy)."""
         big = self._big

@@ -12,6 +12,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from streams.domain.ranking import Ranking, first_of
 from streams.domain.rows import Held, SegmentRow, merge_top, top
 from streams.runtime.group_lag import GroupLag
 from streams.runtime.partitions import PartitionRegistry
@@ -83,8 +84,23 @@ class QueryService:
         in all, and those partitions."""
         active = self.registry.active
         covered = sorted(active)
-        parts = [active[p].query(program_id, segment_type, segment_basis, min_weight)
-                 for p in covered]
+        if limit is None:
+            parts = [active[p].query(program_id, segment_type, segment_basis, min_weight)
+                     for p in covered]
+            total = sum(map(len, parts))
+        else:  # each partition's first rows only (domain/ranking.py), already in order
+            parts, total, rankings = [], 0, []
+            for p in covered:
+                got = active[p].top_or_ranking(program_id, segment_type, segment_basis,
+                                               min_weight, limit)
+                if isinstance(got, Ranking):
+                    rankings.append(got)
+                    total += got.total(min_weight)
+                else:
+                    parts.append(got[0])
+                    total += got[1]
+            if rankings:  # scanned together: as far as this worker's first rows need
+                parts.append(first_of(rankings, min_weight, limit))
         key = (program_id, segment_type, segment_basis, min_weight)
         hit = self._merged.get(key)
         if (hit is not None and len(hit[0]) == len(parts)
@@ -93,8 +109,10 @@ class QueryService:
             self._merged.move_to_end(key)
             rows = hit[1]
             return (rows if limit is None or limit >= len(rows) else rows[:limit]), hit[2], covered
-        total = sum(map(len, parts))
-        rows = merge_top([top(part, limit) for part in parts], limit)
+        if limit is None:
+            rows = merge_top([top(part, limit) for part in parts], limit)
+        else:
+            rows = merge_top(parts, limit)
         self._merged[key] = (parts, rows, total)
         while len(self._merged) > MERGED_MEMO_MAX:
             self._merged.popitem(last=False)

@@ -648,6 +648,14 @@ def pushdown_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
                      "1 per worker" if label == "misses" else "reported"))
     rows.append(("503s asked again (partitions moving on a loaded machine)",
                  str(p.get("unavailable_answers_retried", 0)), "reported"))
+    loops = [(name, p[key]) for name, key in (("page 1", "force_refresh_page_1"),
+                                              ("page 50", "force_refresh_page_50"),
+                                              ("cached", "cached"))
+             if "livez_p50_ms" in p.get(key, {})]
+    if loops:  # the event loop's own wait, against which the figures above are measured
+        rows.append(("/livez p50 / p99 meanwhile (the workers' event loop wait)",
+                     "; ".join(f"{name} {v['livez_p50_ms']:.1f} / {v['livez_p99_ms']:.1f} ms"
+                               for name, v in loops), "reported"))
     return rows
 
 

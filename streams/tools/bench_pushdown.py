@@ -8,6 +8,11 @@ those pages (``/internal/segments?limit=page x size``) and, for comparison, with
 cached p50/p99 with 16 clients walking pages 1-50; and the computations (metric
 ``segments_query_computations_total``) that 16 identical concurrent misses, then 16 identical
 concurrent force_refresh, cost each worker.
+
+Where the time goes, alongside: during each measured loop, every worker's ``/livez`` (which
+does nothing: the time the event loop takes to get to a request) is timed every 25 ms, and
+the workers' own handling times (``segments_http_request_duration_seconds``, their mean over
+the loop) of ``/segments`` and of ``/internal/segments`` are read from their metrics.
 """
 
 from __future__ import annotations
@@ -38,6 +43,67 @@ async def _counter(session: aiohttp.ClientSession, url: str, name: str) -> float
         text = await resp.text()
     return sum(float(line.split()[-1]) for line in text.splitlines()
                if line.startswith(name + " "))
+
+
+async def _handling(session: aiohttp.ClientSession, urls: list[str]
+                    ) -> dict[str, tuple[float, float]]:
+    """Route -> (seconds, requests) of its 200s, summed over the workers."""
+    name = "segments_http_request_duration_seconds"
+    out: dict[str, tuple[float, float]] = {}
+    for url in urls:
+        async with session.get(url + "/metrics") as resp:
+            text = await resp.text()
+        for line in text.splitlines():
+            for k, suffix in enumerate(("_sum{", "_count{")):
+                if line.startswith(name + suffix) and 'status="200"' in line:
+                    route = line.split('route="', 1)[1].split('"', 1)[0]
+                    sums = list(out.get(route, (0.0, 0.0)))
+                    sums[k] += float(line.split()[-1])
+                    out[route] = (sums[0], sums[1])
+    return out
+
+
+class _Observer:
+    """Times ``/livez`` on every worker every 25 ms, and reads the workers' handling times,
+    over one measured loop."""
+
+    def __init__(self, session: aiohttp.ClientSession, urls: list[str]) -> None:
+        self._session = session
+        self._urls = urls
+        self.livez: list[float] = []
+        self.handled: dict[str, float] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._before: dict[str, tuple[float, float]] = {}
+
+    async def __aenter__(self) -> _Observer:
+        self._before = await _handling(self._session, self._urls)
+        self._task = asyncio.get_running_loop().create_task(self._poll())
+        return self
+
+    async def _poll(self) -> None:
+        while True:
+            for url in self._urls:
+                t0 = time.perf_counter()
+                async with self._session.get(url + "/livez") as resp:
+                    await resp.read()
+                self.livez.append(time.perf_counter() - t0)
+            await asyncio.sleep(0.025)
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        after = await _handling(self._session, self._urls)
+        for route in ("/segments", "/internal/segments"):
+            seconds, count = after.get(route, (0.0, 0.0))
+            seconds0, count0 = self._before.get(route, (0.0, 0.0))
+            if count > count0:
+                self.handled[route] = (seconds - seconds0) / (count - count0) * 1000
+
+    def report(self) -> dict[str, float]:
+        return {"livez_p50_ms": _pct(self.livez, 0.5) * 1000,
+                "livez_p99_ms": _pct(self.livez, 0.99) * 1000,
+                **{f"handled_mean_ms {route}": ms for route, ms in self.handled.items()}}
 
 
 async def pushdown(run: Any, segments: int, workers_n: int, rate: float, requests: int,
@@ -96,12 +162,14 @@ async def pushdown(run: Any, segments: int, workers_n: int, rate: float, request
             for page in (1, DEEP_PAGE):
                 params = {"force_refresh": "true", "page": str(page), "size": str(SIZE)}
                 lat = []
-                for k in range(requests):
-                    seconds, body = await get(urls[k % len(urls)], params)
-                    lat.append(seconds)
+                async with _Observer(session, urls) as seen:
+                    for k in range(requests):
+                        seconds, body = await get(urls[k % len(urls)], params)
+                        lat.append(seconds)
                 out[f"force_refresh_page_{page}"] = {
                     "p50_ms": _pct(lat, 0.5) * 1000, "p99_ms": _pct(lat, 0.99) * 1000,
-                    "requests": len(lat), "total": body["total"]}
+                    "requests": len(lat), "total": body["total"],
+                    "slowest_ms": [x * 1000 for x in sorted(lat)[-3:]], **seen.report()}
                 sizes = []
                 for url in urls:
                     for limit in (page * SIZE, None):
@@ -128,10 +196,11 @@ async def pushdown(run: Any, segments: int, workers_n: int, rate: float, request
 
             await asyncio.gather(*(walker(i, DEEP_PAGE) for i in range(clients)))  # warm-up
             lat.clear()
-            await asyncio.gather(*(walker(i, max(1, 10 * requests // clients))
-                                   for i in range(clients)))
+            async with _Observer(session, urls) as seen:
+                await asyncio.gather(*(walker(i, max(1, 10 * requests // clients))
+                                       for i in range(clients)))
             out["cached"] = {"p50_ms": _pct(lat, 0.5) * 1000, "p99_ms": _pct(lat, 0.99) * 1000,
-                             "requests": len(lat)}
+                             "requests": len(lat), **seen.report()}
 
             name = "segments_query_computations_total"
             for label, refresh, m in (("misses", "false", "0.4375"),

@@ -214,3 +214,64 @@ async def test_the_internal_answer_adds_total_only_when_asked_with_a_limit() -> 
             assert resp.status == 422, bad
     finally:
         await client.close()
+
+
+async def test_a_read_past_half_the_ttl_recomputes_in_the_background() -> None:
+    """Refresh-ahead: the reader is served the cached answer at once; the prefix is computed
+    again behind it (once), and the next reader gets the new one; nothing older than the TTL
+    is ever served."""
+    worker = OneWorker()
+    worker.cache_ttl_s = 1.0
+    registry = CollectorRegistry()
+    client = TestClient(TestServer(create_web_app(worker, None, registry=registry)))
+    await client.start_server()
+    try:
+        async def get(page: int, size: int = 100) -> tuple[int, dict[str, Any]]:
+            resp = await client.get("/segments", headers={"program-id": "p"},
+                                    params={"page": str(page), "size": str(size)})
+            assert resp.status == 200
+            return int(resp.headers["Segments-As-Of"]), await resp.json()
+
+        first, body = await get(1)
+        assert worker.limits == [200]
+        await asyncio.sleep(0.6)  # past half the TTL: still cached
+        worker.gate = asyncio.Event()  # (the background computation waits here)
+        again, same = await get(1)
+        assert (again, same) == (first, body) and worker.limits == [200]
+        await get(2)  # (another read of the same prefix: no second refresh)
+        worker.gate.set()
+        for _ in range(50):
+            await asyncio.sleep(0.02)
+            if len(worker.limits) > 1:
+                break
+        assert worker.limits == [200, 200]
+        newer, fresh = await get(3, 50)  # a page not cached yet: from the new prefix
+        assert newer > first and fresh["items"] and fresh["total"] == ROWS
+        assert sample(registry, "segments_query_computations_total") == 2
+    finally:
+        await client.close()
+
+
+async def test_a_refresh_ahead_keeps_the_length_of_the_prefix() -> None:
+    """Page 1 read past half the TTL refreshes the prefix that page 3 needed, not page 1's."""
+    worker = OneWorker()
+    worker.cache_ttl_s = 1.0
+    client = TestClient(TestServer(create_web_app(worker, None)))
+    await client.start_server()
+    try:
+        for page in (1, 3):
+            resp = await client.get("/segments", headers={"program-id": "p"},
+                                    params={"page": str(page), "size": "100"})
+            assert resp.status == 200
+        assert worker.limits == [200, 600]
+        await asyncio.sleep(0.6)
+        resp = await client.get("/segments", headers={"program-id": "p"},
+                                params={"page": "1", "size": "100"})
+        assert resp.status == 200
+        for _ in range(50):
+            await asyncio.sleep(0.02)
+            if len(worker.limits) > 2:
+                break
+        assert worker.limits == [200, 600, 600]
+    finally:
+        await client.close()

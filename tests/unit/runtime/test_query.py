@@ -3,6 +3,8 @@ contract's order and memoised while no partition's part changed."""
 
 from __future__ import annotations
 
+import random
+
 from streams.domain.events import Event
 from streams.runtime.partitions import PartitionRegistry
 from streams.runtime.query import Cluster, QueryService
@@ -67,6 +69,28 @@ def test_first_rows_and_total_and_their_memo() -> None:
     three, _, _ = query.local_top("p", "growth", "label", 0.5, 3)
     assert three == five[:3]
     assert query.local_top("p", "growth", "label", 0.5, 12)[0] == every[:12]
+
+
+def test_first_rows_through_rankings_then_views_as_events_come() -> None:
+    """A threshold asked once (the partitions' rankings, scanned together), again (its views
+    built a step at a time), and then (from the views), with events between every query:
+    always the first rows of the full sorted answer."""
+    registry, query = service()
+    rng = random.Random(7)
+    ts = 1
+    for step in range(40):
+        for _ in range(25):
+            ts += 1
+            n = rng.randrange(60)
+            registry.active[n % 3].apply(Event(
+                "p", f"u{rng.randrange(12)}", "label", f"b{n:02d}", "L", "view",
+                None if rng.random() < 0.1 else rng.choice((0.2, 0.5, 0.8)),
+                rng.random() < 0.5, ts), ts)
+        m = (0.5, 0.2, rng.choice((0.1, 0.5, 0.65)))[step % 3]
+        every, _ = query.local_query("p", "growth", "label", m)
+        for limit in (1, 7, 100):
+            rows, total, _ = query.local_top("p", "growth", "label", m, limit)
+            assert rows == every[:limit] and total == len(every)
 
 
 async def test_held_query_sends_its_first_rows_and_total() -> None:
