@@ -132,8 +132,8 @@ def generate(events: int, *, seed: int = 1, programs: int = 3, users: int = 2000
             record_ts = ts
         key = family_key((str(doc["program_id"]), str(doc["segment_basis"]),
                           str(doc["basis_id"]), str(doc["action_type"])))
-        # Exact-size bytes: orjson's hold a 4 KiB buffer each (streams/codec/exact.py), 16 GiB
-        # for the scale test's 4 M records kept in a list.
+        # Exact-size bytes: orjson's keep their whole working buffer (streams/codec/exact.py),
+        # and tests keep millions of these records in a list.
         return Record(key, encode_exact(out), record_ts, True)
 
     def new_doc(user_id: str) -> dict[str, object]:

@@ -78,8 +78,8 @@ class _ConsumerThread(AIOKafkaConsumerThread):
         # A stop during a rebalance cancels the assignment callback's calls into this thread
         # (the method queue stops first); aiokafka's stop() awaits the coordination task that
         # waits on that callback and re-raises its CancelledError. Mode's thread would then die
-        # without telling the app it shut down, and the worker's stop would wait 60 s
-        # (shutdown_timeout) or until killed. Finish the consumer's close instead.
+        # without telling the app it shut down, and the worker's stop would wait for mode's
+        # shutdown_timeout or until killed. Finish the consumer's close instead.
         try:
             await super().on_thread_stop()
         except asyncio.CancelledError:
@@ -291,7 +291,7 @@ class BatchConsumer(AIOKafkaDriverConsumer):
         self._epoch += 1
         # In a task of its own, so that a stop cancels it (on_stop): the callback rebuilds
         # state and waits on services the stop has already stopped, and the consumer thread's
-        # stop waits for it (60 s, then the worker is killed mid-way).
+        # stop waits for it (until mode's shutdown timeout, then the worker is killed).
         self._assigning = asyncio.ensure_future(
             super().on_partitions_assigned(assigned, generation_id))
         try:
