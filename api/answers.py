@@ -20,6 +20,7 @@ segment lives wholly on one partition, so the merged prefix and the summed total
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from api.params import MAX_LIMIT, InternalScope, SegmentsQuery
 from streams.domain.rows import Held, SegmentRow, merge_top
 
 RETRY_AFTER_S = 1
+
+log = logging.getLogger(__name__)
 
 BACKEND = web.AppKey("backend", SegmentsBackend)
 PEERS = web.AppKey("peers", PeerClient)
@@ -133,12 +136,14 @@ async def from_anywhere(backend: SegmentsBackend, peers: PeerClient,
     parts: list[list[SegmentRow]] = []
     lag, stale, total = 0, False, 0
     asked: dict[str, set[int]] = {}
-    failed: set[str] = set()
+    failed: dict[str, str] = {}  # url -> why it gave no answer
     for candidates in rounds:
         plan: dict[str, set[int]] = {}
         for p in sorted(missing):
             for url in candidates(p):
-                if url not in failed and p not in asked.get(url, ()) and not peers.is_open(url):
+                if url != backend.self_url and peers.is_open(url):
+                    failed.setdefault(url, f"worker {url} is unreachable (not asked)")
+                if url not in failed and p not in asked.get(url, ()):
                     plan.setdefault(url, set()).add(p)
                     break
         for url, wanted in plan.items():
@@ -148,7 +153,7 @@ async def from_anywhere(backend: SegmentsBackend, peers: PeerClient,
                                        return_exceptions=True)
         for url, result in zip(plan, results, strict=True):
             if isinstance(result, ServiceUnavailable):  # unreachable, or no answer from it
-                failed.add(url)
+                failed[url] = result.message
                 continue
             if isinstance(result, BaseException):
                 raise result
@@ -159,9 +164,25 @@ async def from_anywhere(backend: SegmentsBackend, peers: PeerClient,
             stale = stale or result.stale
         if not missing:
             return Answer(merge_top(parts, limit), as_of_ms, lag, stale, total)
-    raise ServiceUnavailable(
-        f"{len(missing)} of {backend.total_partitions} partitions are found on no worker",
-        RETRY_AFTER_S)
+    unasked = sorted(p for p in missing if not any(p in held for held in asked.values()))
+    detail = (f"{len(missing)} of {backend.total_partitions} partitions are found on no "
+              f"worker (partitions {_ranges(sorted(missing))}")
+    if unasked:
+        detail += f"; no worker to ask for {_ranges(unasked)}"
+    detail += "".join(f"; {why}" for why in failed.values()) + ")"
+    log.warning("GET /segments: %s", detail)
+    raise ServiceUnavailable(detail, RETRY_AFTER_S)
+
+
+def _ranges(partitions: list[int]) -> str:
+    """``[0, 1, 2, 5]`` as ``0-2,5``."""
+    spans: list[list[int]] = []
+    for p in partitions:
+        if spans and spans[-1][1] == p - 1:
+            spans[-1][1] = p
+        else:
+            spans.append([p, p])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
 async def _held(backend: SegmentsBackend, peers: PeerClient, url: str, q: SegmentsQuery,

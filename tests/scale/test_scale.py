@@ -100,7 +100,7 @@ async def reader(live: LiveWorkers, reads: Reads, stop: asyncio.Event, seed: int
                         reads.stale += 1
                     if resp.status != 200:
                         reads.violate(f"{w.port} {program} {params}: {resp.status} "
-                                      f"{body[:200]!r}")
+                                      f"{body[:600]!r}")
             except (aiohttp.ClientError, TimeoutError) as exc:
                 if live.live(w):
                     reads.violate(f"{w.port} {program} {params}: {exc!r}")

@@ -175,8 +175,10 @@ async def test_a_worker_rebalancing_answers_from_what_it_holds() -> None:
 async def test_a_partition_found_nowhere_is_a_503() -> None:
     workers, peers = cluster()
     peers.down |= {"http://a", "http://b"}  # partitions 0 and 1: owner a, copies on b
-    with pytest.raises(ServiceUnavailable, match="2 of 4 partitions"):
+    with pytest.raises(ServiceUnavailable, match="2 of 4 partitions") as raised:
         await answers.compute(app_of(workers["http://c"], peers), Q)
+    # An operator reads which partitions are missing and why each worker asked gave nothing.
+    assert "(partitions 0-1; http://a is down; http://b is down)" in raised.value.message
 
 
 async def test_the_last_answer_stands_in_when_a_partition_is_nowhere() -> None:
