@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 from streams.domain.events import INT64_MAX, INT64_MIN, FamilyKey, SegmentType
-from streams.domain.threshold_index import ThresholdIndex
+from streams.domain.threshold_index import ThresholdIndex, within
 
 # (family, segment_type, threshold): one segment at one watched threshold.
 SegmentKey = tuple[FamilyKey, SegmentType, float]
@@ -156,13 +156,18 @@ class Family:
             if not selected:
                 return 0, 0.0
             selected.sort()  # summed in ascending order, as a small index sums
-            return len(selected), sum(selected, 0.0) / len(selected)
+            return len(selected), within(sum(selected, 0.0) / len(selected), selected[0],
+                                         selected[-1])
         if segment_type != "growth":
             return indexes[segment_type != "base"].stats_at_least(m)
         count, total = indexes[0].totals_at_least(m)
         count2, total2 = indexes[1].totals_at_least(m)
-        count += count2
-        return (count, (total + total2) / count) if count else (0, 0.0)
+        if not count + count2:
+            return 0, 0.0
+        spans = [index.span_at_least(m) for index, n in zip(indexes, (count, count2),
+                                                            strict=True) if n]
+        return count + count2, within((total + total2) / (count + count2),
+                                      min(lo for lo, _ in spans), max(hi for _, hi in spans))
 
     def _columns(self) -> tuple[array[float], array[int]]:
         """Every slot's weight (NaN: withdrawn) and its column value (negative: in_history),

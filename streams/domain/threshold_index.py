@@ -103,6 +103,7 @@ __all__ = [
     "ThresholdIndex",
     "strength",
     "to_fixed",
+    "within",
 ]
 
 DEFAULT_LOAD = 256
@@ -136,6 +137,13 @@ def strength(total_fixed: int, count: int) -> float:
     if count <= 0:
         return 0.0
     return total_fixed / (count << FIXED_SHIFT)
+
+
+def within(mean: float, least: float, greatest: float) -> float:
+    """``mean`` brought into ``[least, greatest]``, where the exact mean of weights ranging
+    over it lies: a rounded sum can put it an ulp outside (above 1.0 for weights all 1.0),
+    and this only brings it closer to the exact mean."""
+    return least if mean < least else greatest if mean > greatest else mean
 
 
 def _exact_pack(block: list[float]) -> int:
@@ -445,7 +453,8 @@ class ThresholdIndex:
         return big.query(m)
 
     def stats_at_least(self, m: float) -> tuple[int, float]:
-        """``(count, mean)`` of the weights ``>= m``; ``(0, 0.0)`` if there are none."""
+        """``(count, mean)`` of the weights ``>= m``; ``(0, 0.0)`` if there are none. The mean
+        is never outside the least and greatest of those weights (``span_at_least``)."""
         big = self._big
         if big is None:
             items = self._items
@@ -453,11 +462,22 @@ class ThresholdIndex:
             count = len(items) - j
             if not count:
                 return 0, 0.0
-            return count, (sum(items[j:], 0.0) if j else sum(items, 0.0)) / count
+            total = sum(items[j:], 0.0) if j else sum(items, 0.0)
+            return count, within(total / count, items[j], items[-1])
         count, total = big.query(m)
         if not count:
             return 0, 0.0
-        return count, total / count
+        return count, within(total / count, *self.span_at_least(m))
+
+    def span_at_least(self, m: float) -> tuple[float, float]:
+        """The least and the greatest weight ``>= m`` (there must be one)."""
+        big = self._big
+        if big is None:
+            items = self._items
+            return items[bisect_left(items, m)], items[-1]
+        i = bisect_left(big.maxes, m)
+        b = big.blocks[i]
+        return b[bisect_left(b, m)], big.maxes[-1]
 
     def greatest(self) -> float | None:
         """The greatest weight; None when empty."""

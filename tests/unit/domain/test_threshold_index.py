@@ -75,6 +75,7 @@ def _check_query(index: ThresholdIndex, model: list[float], m: float, load: int)
         assert (got_count, got_mean) == (0, 0.0)
         return
     expected_mean = exact_sum / count
+    assert min(selected) <= got_mean <= max(selected)  # a mean of weights in [0, 1] is too
     assert abs(got_sum - exact_sum) <= REL * exact_sum
     assert abs(got_mean - expected_mean) <= REL * expected_mean
     # The documented (much tighter) bound; a subnormal mean may be off by one grid step.
@@ -429,6 +430,26 @@ def test_strength_and_fixed_point_helpers() -> None:
     ws = [random.Random(7).random() for _ in range(100)]
     total = sum(map(to_fixed, ws))
     assert strength(total, len(ws)) == pytest.approx(math.fsum(ws) / 100, rel=1e-15)
+
+
+def test_a_mean_never_leaves_its_weights_range() -> None:
+    """119 weights of 1.0 above 300 smaller ones: the block holding the smallest 1.0 is summed
+    from its cheaper side, the prefix below the threshold, whose float sum rounds down; the mean
+    at 1.0 then came out 1.0000000000000002 (when built in one sort), which a peer refuses as a
+    strength (contract: the mean of weights in [0, 1])."""
+    rng = random.Random(4)
+    weights = [rng.random() for _ in range(300)] + [1.0] * 119
+    added = ThresholdIndex()
+    for w in weights:
+        added.add(w)
+    built = ThresholdIndex.of(list(weights))
+    assert added.stats_at_least(1.0) == built.stats_at_least(1.0) == (119, 1.0)
+    for index in (added, built):
+        for m in (0.0, 0.5, weights[7]):
+            count, mean = index.stats_at_least(m)
+            selected = [w for w in weights if w >= m]
+            assert count == len(selected) and min(selected) <= mean <= max(selected)
+            assert index.span_at_least(m) == (min(selected), max(selected))
 
 
 # -- drift -----------------------------------------------------------------------------------
