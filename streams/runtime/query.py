@@ -47,6 +47,7 @@ class QueryService:
         self._lag = lag
         self._standbys = standbys
         self._group_lag = group_lag
+        self._warmed = False  # ready once with every standby copy warm
         # query -> (the parts it was merged from, its first rows, how many rows in all)
         self._merged: OrderedDict[
             _Key, tuple[list[list[SegmentRow]], list[SegmentRow], int]] = OrderedDict()
@@ -67,7 +68,17 @@ class QueryService:
         return self.registry.serving and not self._rebalancing()
 
     def readiness(self) -> str | None:
-        return self.registry.readiness()
+        """The registry's readiness; at the first assignment, its standby copies warm too: a
+        rolling restart paced by readiness then never stops a worker whose partitions' only
+        copy is still being read on the worker restarted before it."""
+        reason = self.registry.readiness()
+        if reason is not None or self._warmed:
+            return reason
+        warming = [] if self._standbys is None else self._standbys.warming()
+        if warming:
+            return f"reading the standby copies of partitions {warming} of its first assignment"
+        self._warmed = True  # from now on, as the registry says (it stays ready)
+        return None
 
     def local_query(self, program_id: str, segment_type: str, segment_basis: str,
                     min_weight: float) -> tuple[list[SegmentRow], list[int]]:

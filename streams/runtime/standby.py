@@ -168,6 +168,10 @@ class StandbyReplicas:
     def ready(self) -> list[int]:
         return sorted(p for p, s in self.standbys.items() if s.ready)
 
+    def warming(self) -> list[int]:
+        """The copies this worker keeps that are not ready yet."""
+        return sorted(p for p, s in self.standbys.items() if not s.ready)
+
     def query(self, program_id: str, segment_type: str, segment_basis: str, min_weight: float,
               partitions: Iterable[int]) -> tuple[list[SegmentRow], list[int], int]:
         """Rows of the ready copies among ``partitions`` (each part in the contract's order

@@ -1,7 +1,7 @@
 """The deployment users grow into (contract §11, issue 23): 6 workers, 48 partitions, a
 three-broker cluster, at least 3,000,000 recommendations. Under 20 reads/s and a steady input:
 
-(a) a rolling restart of all six workers (SIGTERM, start again, wait until ready, next);
+(a) a rolling restart of all six workers (SIGTERM, start again, wait until /readyz, next);
 (b) a kill -9 of one worker while another is still rebuilding;
 (c) a kill -9 of the broker leading most recommendations-changelog partitions, started again
     after 20 s.
@@ -19,6 +19,7 @@ for a try; ``SCALE_FINAL_WORKERS`` (default 2) is how many workers the final che
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -65,10 +66,11 @@ class Reads:
     stale: int = 0
     ignored: int = 0  # errors from a worker taken out of the readers' list meanwhile
     violations: list[str] = field(default_factory=list)
+    phase: str = "before the faults"  # which fault is under way, for the violations' reader
 
     def violate(self, msg: str) -> None:
         if len(self.violations) < 50:
-            self.violations.append(msg)
+            self.violations.append(f"[{time.strftime('%H:%M:%S')} {self.phase}] {msg}")
 
 
 async def reader(live: LiveWorkers, reads: Reads, stop: asyncio.Event, seed: int) -> None:
@@ -125,6 +127,9 @@ class Deployment:
         port = self.ports[i]
         env = self.cluster.env(port)
         env["SEGMENTS_INSTANCE_ID"] = f"w{i}"
+        # (b) has two workers without a served state at once: with one copy a partition whose
+        # owner is killed and whose copy sits on the rebuilding worker is found nowhere.
+        env["SEGMENTS_STANDBY_REPLICAS"] = "2"
         path = self.cluster.run_dir / f"worker-{i}-{self.incarnations[i]}.log"
         w = Worker(env, path, port).start()
         self.logs.append(path)
@@ -136,11 +141,24 @@ class Deployment:
         return w
 
     async def ready(self, i: int) -> float:
-        """Seconds from now until worker ``i`` is ready; it then takes reads."""
+        """Seconds from now until worker ``i`` serves its partitions; it then takes reads."""
         t0 = time.monotonic()
         await wait_ready(self.workers[i], timeout_s=600.0)
         self.live.add(self.workers[i])
         return time.monotonic() - t0
+
+    async def readyz(self, i: int) -> float:
+        """Seconds from now until worker ``i``'s /readyz is 200 (its standby copies read too):
+        what a rolling restart waits for before it stops the next worker."""
+        t0 = time.monotonic()
+        async with aiohttp.ClientSession() as session:
+            while True:
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(self.workers[i].url + "/readyz") as resp:
+                        if resp.status == 200:
+                            return time.monotonic() - t0
+                assert time.monotonic() - t0 < 600.0, self.workers[i].log()
+                await asyncio.sleep(0.3)
 
     def take_out(self, i: int) -> Worker:
         w = self.workers[i]
@@ -281,6 +299,7 @@ async def test_six_workers_48_partitions_three_brokers(three_brokers: Path,
 
         # (a) rolling restart
         for i in range(WORKERS):
+            reads.phase = f"(a) worker {i}"
             w = dep.take_out(i)
             t_stop = time.monotonic()
             assert w.stop(timeout_s=60.0) == 0, w.log()
@@ -289,12 +308,16 @@ async def test_six_workers_48_partitions_three_brokers(three_brokers: Path,
             new = dep.start(i)
             answer_s = await first_answer(new)
             ready_s = await dep.ready(i)
+            served_s = time.monotonic() - t_start
+            await dep.readyz(i)
             log(f"(a) worker {i}: stopped in {stopped_s:.1f}s, first answer "
-                f"{answer_s:.1f}s, ready {time.monotonic() - t_start:.1f}s after its start "
-                f"({ready_s:.1f}s after the first answer); reads {dict(reads.statuses)}, "
+                f"{answer_s:.1f}s, serving {served_s:.1f}s after its start "
+                f"({ready_s:.1f}s after the first answer), /readyz (copies read) "
+                f"{time.monotonic() - t_start:.1f}s; reads {dict(reads.statuses)}, "
                 f"stale {reads.stale}")
 
         # (b) kill -9 of worker 4 while worker 3 rebuilds
+        reads.phase = "(b)"
         w3 = dep.take_out(3)
         assert w3.stop(timeout_s=60.0) == 0, w3.log()
         rebuilding = dep.start(3)
@@ -311,6 +334,7 @@ async def test_six_workers_48_partitions_three_brokers(three_brokers: Path,
             log(f"(b) worker {i} ready after {await dep.ready(i):.1f}s")
 
         # (c) kill -9 of the broker leading most changelog partitions, back after 20 s
+        reads.phase = "(c)"
         led = await leaders(bootstrap, f"{cluster.app_id}-recommendations-changelog")
         node_id, n_led = led.most_common(1)[0]
         node = state.nodes[node_id - 1]
@@ -323,6 +347,7 @@ async def test_six_workers_48_partitions_three_brokers(three_brokers: Path,
         last_action = time.monotonic()
         log(f"(c) broker {node_id} back in {last_action - t_restart:.1f}s")
 
+        reads.phase = "converging"
         converge_s = await converged(dep, CONVERGE_S)
         log(f"converged {converge_s:.1f}s after the last action")
         stop_input.set()

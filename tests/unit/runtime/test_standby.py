@@ -254,3 +254,24 @@ async def test_copies_changed_while_the_reader_seeks_are_not_fed_from_the_old_po
         consumer.seek_gate.set()
         await until(lambda: w.standbys.ready() == [2, 3])
         assert counts(w.standbys.standbys[2].state) == [3]
+
+
+async def test_readiness_at_the_first_assignment_waits_for_the_standby_copies() -> None:
+    """A rolling restart paced by readiness must not stop the next worker while the only copy
+    of its partitions is still being read here; later copies do not make it unready again."""
+    reader = FakeReader()
+    write(reader, 2, "u1", 0.7)
+    w = Worker(reader, {2})
+    query = QueryService(w.registry, Cluster("http://w1", 4, 5.0, standby_replicas=1),
+                         lambda: {"http://w1": [0, 1], "http://w2": [2, 3]},
+                         standbys=w.standbys, group_lag=cast(Any, w.group_lag))
+    assert query.readiness() is not None  # nothing assigned yet
+    await w.rebalance({0, 1})
+    assert w.registry.readiness() is None  # its partitions are served...
+    assert query.readiness() == ("reading the standby copies of partitions [2] of its first "
+                                 "assignment")  # ...but their copy of 2 is not read yet
+    async with w.following():
+        await until(lambda: w.standbys.ready() == [2])
+    assert query.readiness() is None
+    await w.standbys.reassign({2, 3})  # a copy to read again later: still ready
+    assert w.standbys.warming() == [3] and query.readiness() is None
