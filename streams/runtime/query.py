@@ -12,6 +12,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from streams.domain.partition import PartitionState
 from streams.domain.ranking import Ranking, first_of
 from streams.domain.rows import Held, SegmentRow, merge_top, top
 from streams.runtime.group_lag import GroupLag
@@ -95,23 +96,8 @@ class QueryService:
         in all, and those partitions."""
         active = self.registry.active
         covered = sorted(active)
-        if limit is None:
-            parts = [active[p].query(program_id, segment_type, segment_basis, min_weight)
-                     for p in covered]
-            total = sum(map(len, parts))
-        else:  # each partition's first rows only (domain/ranking.py), already in order
-            parts, total, rankings = [], 0, []
-            for p in covered:
-                got = active[p].top_or_ranking(program_id, segment_type, segment_basis,
-                                               min_weight, limit)
-                if isinstance(got, Ranking):
-                    rankings.append(got)
-                    total += got.total(min_weight)
-                else:
-                    parts.append(got[0])
-                    total += got[1]
-            if rankings:  # scanned together: as far as this worker's first rows need
-                parts.append(first_of(rankings, min_weight, limit))
+        parts, total = _parts([active[p] for p in covered], program_id, segment_type,
+                              segment_basis, min_weight, limit)
         key = (program_id, segment_type, segment_basis, min_weight)
         hit = self._merged.get(key)
         if (hit is not None and len(hit[0]) == len(parts)
@@ -164,23 +150,21 @@ class QueryService:
         stale = not serving and bool(owned)
         taken = sorted(p for p in wanted - set(owned)
                        if p in recovering and not recovering[p].store.rebuilding)
-        parts = [active[p].query(program_id, segment_type, segment_basis, min_weight)
-                 for p in owned]
-        parts += [recovering[p].query(program_id, segment_type, segment_basis, min_weight)
-                  for p in taken]
+        states = [active[p] for p in owned] + [recovering[p] for p in taken]
         lag = self.lag(owned) if serving else self._held_lag(owned)
         lag += self._held_lag(taken)
         covered = owned + taken
         if self._standbys is not None:
-            more, copies, more_lag = self._standbys.query(
-                program_id, segment_type, segment_basis, min_weight,
-                sorted(wanted - set(covered)))
-            parts.append(more)
-            covered += copies
+            copies, more_lag = self._standbys.held(wanted - set(covered))
+            states += [state for _, state in copies]
+            covered += [p for p, _ in copies]
             lag += more_lag
             stale = stale or bool(copies)
-        rows = top([row for part in parts for row in part], limit)
-        return Held(rows, sorted(covered), lag, stale or bool(taken), sum(map(len, parts)))
+        parts, total = _parts(states, program_id, segment_type, segment_basis, min_weight,
+                              limit)
+        rows = merge_top([top(part, None) for part in parts] if limit is None else parts,
+                         limit)
+        return Held(rows, sorted(covered), lag, stale or bool(taken), total)
 
     def _held_lag(self, partitions: list[int]) -> int:
         return sum(self._group_lag.of(p) for p in partitions) if self._group_lag else 0
@@ -207,3 +191,26 @@ class QueryService:
         if not self.cluster.standby_replicas:
             return {}
         return holders(self._owners(), self.cluster.standby_replicas)
+
+
+def _parts(states: list[PartitionState], program_id: str, segment_type: str,
+           segment_basis: str, min_weight: float, limit: int | None
+           ) -> tuple[list[list[SegmentRow]], int]:
+    """The rows of ``states`` at ``min_weight`` as parts (all of them; with a ``limit``, each
+    part in the contract's order and only as many as the first ``limit`` rows of all need,
+    counted as far as the rankings need, domain/ranking.py) and how many they list in all."""
+    if limit is None:
+        parts = [s.query(program_id, segment_type, segment_basis, min_weight) for s in states]
+        return parts, sum(map(len, parts))
+    parts, total, rankings = [], 0, []
+    for state in states:
+        got = state.top_or_ranking(program_id, segment_type, segment_basis, min_weight, limit)
+        if isinstance(got, Ranking):
+            rankings.append(got)
+            total += got.total(min_weight)
+        else:
+            parts.append(got[0])
+            total += got[1]
+    if rankings:  # scanned together: as far as these states' first rows need
+        parts.append(first_of(rankings, min_weight, limit))
+    return parts, total

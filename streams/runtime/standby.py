@@ -172,22 +172,25 @@ class StandbyReplicas:
         """The copies this worker keeps that are not ready yet."""
         return sorted(p for p, s in self.standbys.items() if not s.ready)
 
+    def held(self, partitions: Iterable[int]) -> tuple[list[tuple[int, PartitionState]], int]:
+        """The ready copies among ``partitions`` (partition, state) and their lag."""
+        held: list[tuple[int, PartitionState]] = []
+        lag = 0
+        for p in sorted(set(partitions)):
+            standby = self.standbys.get(p)
+            if standby is not None and standby.ready:
+                held.append((p, standby.state))
+                lag += self._lag(p, standby)
+        return held, lag
+
     def query(self, program_id: str, segment_type: str, segment_basis: str, min_weight: float,
               partitions: Iterable[int]) -> tuple[list[SegmentRow], list[int], int]:
         """Rows of the ready copies among ``partitions`` (each part in the contract's order
         only within its partition), the partitions they cover, and their lag."""
-        rows: list[SegmentRow] = []
-        covered = []
-        lag = 0
-        for p in sorted(set(partitions)):
-            standby = self.standbys.get(p)
-            if standby is None or not standby.ready:
-                continue
-            rows.extend(standby.state.query(program_id, segment_type, segment_basis,
-                                            min_weight))
-            covered.append(p)
-            lag += self._lag(p, standby)
-        return rows, covered, lag
+        held, lag = self.held(partitions)
+        rows = [row for _, state in held
+                for row in state.query(program_id, segment_type, segment_basis, min_weight)]
+        return rows, [p for p, _ in held], lag
 
     def _lag(self, partition: int, standby: _Standby) -> int:
         lag = self._group_lag.of(partition)

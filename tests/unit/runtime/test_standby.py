@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -275,3 +276,32 @@ async def test_readiness_at_the_first_assignment_waits_for_the_standby_copies() 
     assert query.readiness() is None
     await w.standbys.reassign({2, 3})  # a copy to read again later: still ready
     assert w.standbys.warming() == [3] and query.readiness() is None
+
+
+async def test_a_held_answer_with_a_limit_is_the_first_rows_of_the_whole_one() -> None:
+    """Own partitions and ready copies alike give only their first rows (rankings scanned
+    together), never counting every segment; the merged prefix and total stay exact."""
+    reader = FakeReader()
+    rng = random.Random(5)
+    for k in range(60):  # families on partitions 0 and 2, 1-6 members each, ties included
+        partition = 2 * (k % 2)
+        for u in range(rng.randint(1, 6)):
+            reader.write(RECS, partition, rkey(("p", "label", f"l{k}", "view"), f"u{u}"),
+                         encode_recommendation(rng.choice((0.3, 0.6, 0.9)), True, 1, 1,
+                                               partition, "Label"))
+    w = Worker(reader, {2})
+    await w.rebalance({0, 1})
+    async with w.following():
+        await until(lambda: w.standbys.ready() == [2])
+    query = QueryService(w.registry, Cluster("http://w1", 4, 5.0, standby_replicas=1),
+                         lambda: {"http://w1": [0, 1], "http://w2": [2, 3]},
+                         standbys=w.standbys, group_lag=cast(Any, w.group_lag))
+    for m in (0.0, 0.5, 0.9, 0.7):
+        whole = await query.held_query("p", "growth", "label", m, [0, 1, 2, 3])
+        assert whole.partitions == [0, 1, 2] and whole.total == len(whole.rows)
+        for limit in (1, 7, 25, 200):
+            for _ in range(2):  # the second time from a threshold view or a memo
+                held = await query.held_query("p", "growth", "label", m, [0, 1, 2, 3], limit)
+                assert held.rows == whole.rows[:limit]
+                assert (held.partitions, held.total, held.stale) == ([0, 1, 2], whole.total,
+                                                                     True)
