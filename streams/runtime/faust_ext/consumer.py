@@ -440,6 +440,13 @@ class BatchConsumer(AIOKafkaDriverConsumer):
         acks_enabled_for = self.app.topics.acks_enabled_for
         if self._handled_next is None:
             self._handled_next = {}
+        monitor = self.app.monitor
+        if monitor is not None:
+            # Faust logs an ERROR for a partition whose records reached no stream for 5
+            # minutes (verify_event_path); the handler's records never go through a stream.
+            now = time.monotonic()
+            for tp in handled:
+                monitor.stream_inbound_time[tp] = now
         for tp, offsets in handled.items():
             if acks_enabled_for(tp.topic):
                 self._ack_offsets(tp, offsets)

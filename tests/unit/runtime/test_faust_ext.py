@@ -5,8 +5,9 @@ the upgrade is a deliberate step (read the changed code, adapt faust_ext/, then 
 from __future__ import annotations
 
 import ast
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -222,3 +223,38 @@ async def test_after_a_commit_a_seek_overlapped_the_broker_offsets_are_recorded(
     assert await consumer._commit_offsets({"p0": 10}) is True
     assert (consumer._committed_offset, reseeks) == ({"p0": 4}, [{"p0"}])
 
+
+
+async def test_handled_records_count_as_a_streams_input_for_fausts_idle_check(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Faust's verify_event_path logs "Stream has not started processing" (ERROR, every
+    check) for a partition with records whose ``monitor.stream_inbound_time`` is unset 5
+    minutes after the start: the handler's records never reach a stream, so _handle sets it."""
+    import inspect
+    from types import SimpleNamespace
+
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    from streams.runtime.faust_ext.consumer import BatchConsumer, _Fetch
+
+    assert "monitor.stream_inbound_time.get(tp)" in inspect.getsource(
+        AIOKafkaConsumerThread.verify_event_path)
+    from faust.types import TP
+
+    tp = TP("in", 3)
+    record = SimpleNamespace(topic="in", partition=3, offset=7)
+
+    async def handler(batch: list[Any]) -> list[Any]:
+        return batch
+
+    monitor = SimpleNamespace(stream_inbound_time={})
+    consumer = BatchConsumer.__new__(BatchConsumer)
+    consumer.app = cast(Any, SimpleNamespace(
+        consumer_generation_id=1, batch_handler=handler, monitor=monitor,
+        topics=SimpleNamespace(acks_enabled_for=lambda topic: False)))
+    consumer._epoch, consumer._handled_next, consumer._read_offset = 0, None, {}
+    monkeypatch.setattr(BatchConsumer, "flow_active", True, raising=False)
+    fetch = _Fetch(1, 0, [record], {tp: 7})
+    before = time.monotonic()
+    await consumer._handle(fetch, {})
+    assert monitor.stream_inbound_time[tp] >= before
