@@ -33,9 +33,9 @@ from streams.codec.input import parse_event
 from streams.codec.keys import family_key
 from streams.codec.partitioner import partition_for
 from streams.domain.events import Event
-from streams.domain.ranking import Ranking, first_of
 from streams.domain.rows import SegmentRow, merge_top, top
 from streams.domain.store import FamilyStore
+from streams.runtime.query import parts_of
 from streams.tools.produce import generate
 
 PARTITIONS = 8
@@ -80,20 +80,9 @@ def old_parts(stores: list[FamilyStore], m: float, limit: int
 
 def new_parts(stores: list[FamilyStore], m: float, limit: int
               ) -> tuple[list[list[SegmentRow]], int]:
-    """Now (as QueryService.local_top): each partition's view, or the partitions' rankings
+    """Now (QueryService.local_top's): each partition's view, or the partitions' rankings
     scanned together."""
-    parts, total, rankings = [], 0, []
-    for p in OWNED:
-        got = stores[p].top_or_ranking("program-0", "growth", "label", m, limit)
-        if isinstance(got, Ranking):
-            rankings.append(got)
-            total += got.total(m)
-        else:
-            parts.append(got[0])
-            total += got[1]
-    if rankings:
-        parts.append(first_of(rankings, m, limit))
-    return parts, total
+    return parts_of([stores[p] for p in OWNED], "program-0", "growth", "label", m, limit)
 
 
 PARTS = {"old": old_parts, "new": new_parts}

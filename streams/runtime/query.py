@@ -9,10 +9,10 @@ same memoised list.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from streams.domain.partition import PartitionState
 from streams.domain.ranking import Ranking, first_of
 from streams.domain.rows import Held, SegmentRow, merge_top, top
 from streams.runtime.group_lag import GroupLag
@@ -96,7 +96,7 @@ class QueryService:
         in all, and those partitions."""
         active = self.registry.active
         covered = sorted(active)
-        parts, total = _parts([active[p] for p in covered], program_id, segment_type,
+        parts, total = parts_of([active[p] for p in covered], program_id, segment_type,
                               segment_basis, min_weight, limit)
         key = (program_id, segment_type, segment_basis, min_weight)
         hit = self._merged.get(key)
@@ -160,7 +160,7 @@ class QueryService:
             covered += [p for p, _ in copies]
             lag += more_lag
             stale = stale or bool(copies)
-        parts, total = _parts(states, program_id, segment_type, segment_basis, min_weight,
+        parts, total = parts_of(states, program_id, segment_type, segment_basis, min_weight,
                               limit)
         rows = merge_top([top(part, None) for part in parts] if limit is None else parts,
                          limit)
@@ -193,7 +193,18 @@ class QueryService:
         return holders(self._owners(), self.cluster.standby_replicas)
 
 
-def _parts(states: list[PartitionState], program_id: str, segment_type: str,
+class Ranked(Protocol):
+    """What ``parts_of`` asks of a partition's state (PartitionState, FamilyStore)."""
+
+    def query(self, program_id: str, segment_type: str, segment_basis: str,
+              min_weight: float) -> list[SegmentRow]: ...
+
+    def top_or_ranking(self, program_id: str, segment_type: str, segment_basis: str,
+                       min_weight: float, limit: int) -> tuple[list[SegmentRow], int] | Ranking:
+        ...
+
+
+def parts_of(states: Sequence[Ranked], program_id: str, segment_type: str,
            segment_basis: str, min_weight: float, limit: int | None
            ) -> tuple[list[list[SegmentRow]], int]:
     """The rows of ``states`` at ``min_weight`` as parts (all of them; with a ``limit``, each
