@@ -140,6 +140,7 @@ class FakeReader:
     def __init__(self) -> None:
         self.logs: dict[str, dict[int, list[tuple[bytes | None, bytes | None]]]] = {}
         self.reads: list[tuple[str, set[int]]] = []
+        self.slices: list[tuple[str, int, int]] = []  # topic, partition, start
         self.failing: BaseException | None = None
 
     def write(self, topic: str, partition: int, key: bytes | None, value: bytes | None) -> None:
@@ -169,6 +170,31 @@ class FakeReader:
 
     async def highwaters(self, topic: str, partitions: set[int]) -> dict[int, int]:
         return {p: self.end(topic, p) for p in partitions}
+
+    async def end_offsets(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        if self.failing is not None:
+            raise self.failing
+        return {(t, p): self.end(t, p) for t, p in partitions}
+
+    async def read_slices(self, starts: dict[tuple[str, int], int], limit: int
+                          ) -> dict[tuple[str, int], tuple[list[tuple[bytes | None, bytes | None]],
+                                                           int]]:
+        """At most ``limit`` records in all, partition after partition in (topic, partition)
+        order (``slices`` notes each partition read and where from)."""
+        if self.failing is not None:
+            raise self.failing
+        out = {}
+        for (topic, partition), start in sorted(starts.items()):
+            records = self.logs.get(topic, {}).get(partition, [])[start:start + limit]
+            limit -= len(records)
+            if records:
+                self.slices.append((topic, partition, start))
+            out[(topic, partition)] = (list(records), start + len(records))
+        return out
+
+    def rebuilt(self, topic: str) -> set[int]:
+        """The partitions of ``topic`` read from their start in slices."""
+        return {p for t, p, start in self.slices if t == topic and start == 0}
 
 
 @dataclass

@@ -287,6 +287,7 @@ async def test_a_new_owner_continues_the_versions_from_the_changelog() -> None:
         await recovery.on_rebalance(table, set(range(PARTITIONS)))
     for table in (RECOMMENDATIONS, EMITTED_COUNTS):
         await recovery.on_recovered(table, set(range(PARTITIONS)))
+    await recovery.rebuilds.drain()
     assert b.registry.active[1].ledger.next_offset == a.producer.ends[(EMITTED, 1)]
     a.producer.sent.clear()
     b.apply("u3", 0.9, 3)
