@@ -20,6 +20,7 @@ raises MalformedRecord for anything else.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Literal, TypeVar
 
 import msgspec
@@ -117,6 +118,10 @@ def emitted_key(key: SegmentKey) -> bytes:
 def encode_emitted(count: int, partition: int, previous: int | None = None) -> bytes:
     """``[count, partition]``, or for an intent ``[count, partition, previous]``."""
     return encode_exact([count, partition] if previous is None else [count, partition, previous])
+
+
+# A record's headers, as aiokafka (a sequence) or Faust (either) hands them over.
+RecordHeaders = Sequence[tuple[str, bytes]] | Mapping[str, bytes]
 
 
 def decode_emitted_key(key: bytes) -> SegmentKey:

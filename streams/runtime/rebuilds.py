@@ -221,8 +221,8 @@ class Rebuilds:
             start = starts[(topic, p)]
             if target is None or target.step is not Step.READING:
                 continue  # cancelled meanwhile: nothing of it applied
-            for key, value in records:
-                load_record(target.state, table, p, key, value, self._skipped)
+            for key, value, offset, headers in records:
+                load_record(target.state, table, p, key, value, self._skipped, offset, headers)
                 n += 1
                 if n % LOAD_SLICE == 0:
                     await loaded_slice()

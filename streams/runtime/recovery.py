@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.codec.durable import (
+    RecordHeaders,
     decode_emitted,
     decode_emitted_key,
     decode_recommendation,
@@ -41,8 +42,9 @@ from streams.runtime.partitions import PartitionRegistry
 
 logger = logging.getLogger(__name__)
 
-Record = tuple[bytes | None, bytes | None]  # key, value
-OnRecord = Callable[[int, bytes | None, bytes | None], None]  # partition, key, value
+Record = tuple[bytes | None, bytes | None, int, RecordHeaders]  # key, value, offset, headers
+# partition, key, value, offset, headers
+OnRecord = Callable[[int, bytes | None, bytes | None, int, RecordHeaders], None]
 Highwaters = Callable[[str, set[int]], Awaitable[dict[int, int]]]  # topic, partitions -> ends
 
 
@@ -140,7 +142,8 @@ class ChangelogReader:
             batch = await consumer.getmany(*tps, timeout_ms=500, max_records=limit)
             out = {}
             for tp, start in tps.items():
-                records = [(m.key, m.value) for m in batch.get(tp, []) if m.offset >= start]
+                records = [(m.key, m.value, m.offset, m.headers) for m in batch.get(tp, [])
+                           if m.offset >= start]
                 out[(tp.topic, tp.partition)] = (records, await consumer.position(tp))
             return out
         except Exception:
@@ -176,7 +179,7 @@ class ChangelogReader:
                     end = ends[tp]
                     for i, m in enumerate(msgs):
                         if m.offset < end:
-                            on_record(tp.partition, m.key, m.value)
+                            on_record(tp.partition, m.key, m.value, m.offset, m.headers)
                         if i % LOAD_SLICE == LOAD_SLICE - 1:
                             await loaded_slice()
                 await loaded_slice()  # heartbeats, answers: a rebuild takes many batches
@@ -216,14 +219,14 @@ class Recovery:
         return self.registry.persisted_offset(table, partition)
 
     def load(self, table: str, partition: int, key: bytes | None, value: bytes | None,
-             offset: int | None = None) -> None:
+             offset: int | None = None, headers: RecordHeaders | None = None) -> None:
         """One changelog record into the (re)built state; ``offset``: of a record Faust's
         recovery replays (after what was read here), remembered as read too. Not for a
         partition rebuilt in the background: that rebuild reads every record itself."""
         if offset is not None and self.rebuilds.holds(partition):
             return
         load_record(self.registry.target(partition), table, partition, key, value,
-                    self.skipped)
+                    self.skipped, offset, headers)
         if offset is not None:
             self.registry.remember(table, partition, offset)
 
@@ -330,10 +333,12 @@ class Recovery:
         started = time.monotonic()
         n = 0
 
-        def on_record(partition: int, key: bytes | None, value: bytes | None) -> None:
+        def on_record(partition: int, key: bytes | None, value: bytes | None, offset: int,
+                      headers: RecordHeaders) -> None:
             nonlocal n
             n += 1
-            self.load(table, partition, key, value)
+            load_record(self.registry.target(partition), table, partition, key, value,
+                        self.skipped, offset, headers)
 
         read = await self.reader.read(self.names.changelog_topic(table), partitions, on_record)
         logger.info("read %d %s changelog records of partitions %s in %.2fs", n, table,
@@ -343,26 +348,27 @@ class Recovery:
 
 def load_record(state: PartitionState, table: str, partition: int, key: bytes | None,
                 value: bytes | None,
-                skipped: Callable[[str, int, MalformedRecord], None]) -> None:
-    """One changelog record of ``table`` into ``state``; a record that is not what this product
-    writes goes to ``skipped``."""
+                skipped: Callable[[str, int, MalformedRecord], None],
+                offset: int | None = None, headers: RecordHeaders | None = None) -> None:
+    """One changelog record of ``table`` (at ``offset``, with ``headers``) into ``state``; a
+    record that is not what this product writes goes to ``skipped``."""
     if key is None:
         return
     try:
-        if value is None:  # a tombstone: a forgotten recommendation, a count published at 0
-            if table == RECOMMENDATIONS:
+        if table == RECOMMENDATIONS:
+            if value is None:  # a tombstone: a forgotten recommendation
                 k = decode_recommendation_key(key)
                 state.store.load_tombstone(k.family, k.user_id)
-            else:
-                state.ledger.load(decode_emitted_key(key), 0)
-            return
-        if table == RECOMMENDATIONS:
+                return
             k, v = decode_recommendation(key, value, partition)
             state.store.load((k.program_id, k.segment_basis, k.basis_id, k.action_type),
                              k.user_id, v.weight, v.in_history, v.ts, v.offset, v.name)
-        else:
-            segment, count, previous = decode_emitted(key, value, partition)
-            state.ledger.load(segment, count, previous)
+            return
+        if value is None:  # a tombstone: a count published at 0
+            state.ledger.load(decode_emitted_key(key), 0)
+            return
+        segment, count, previous = decode_emitted(key, value, partition)
+        state.ledger.load(segment, count, previous)
     except MalformedRecord as exc:
         skipped(table, partition, exc)
 
