@@ -29,6 +29,7 @@ from streams.codec.durable import (
     RecordHeaders,
     decode_emitted,
     decode_emitted_key,
+    decode_expected_offset,
     decode_recommendation,
     decode_recommendation_key,
 )
@@ -365,10 +366,14 @@ def load_record(state: PartitionState, table: str, partition: int, key: bytes | 
                              k.user_id, v.weight, v.in_history, v.ts, v.offset, v.name)
             return
         if value is None:  # a tombstone: a count published at 0
-            state.ledger.load(decode_emitted_key(key), 0)
-            return
-        segment, count, previous = decode_emitted(key, value, partition)
-        state.ledger.load(segment, count, previous)
+            segment, count, previous = decode_emitted_key(key), 0, None
+        else:
+            segment, count, previous = decode_emitted(key, value, partition)
+        expected = decode_expected_offset(headers)
+        if offset is not None and expected is not None and expected != offset:
+            state.ledger.load_unsure(segment)  # written by an owner that had been replaced
+        else:
+            state.ledger.load(segment, count, previous)
     except MalformedRecord as exc:
         skipped(table, partition, exc)
 

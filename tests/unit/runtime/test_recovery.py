@@ -6,10 +6,16 @@ from __future__ import annotations
 
 import asyncio
 
-from streams.codec.durable import emitted_key, encode_emitted, encode_recommendation
+from streams.codec.durable import (
+    emitted_key,
+    encode_emitted,
+    encode_recommendation,
+    expected_offset_header,
+)
 from streams.codec.durable import recommendation_key as rkey
 from streams.codec.names import EMITTED_COUNTS, RECOMMENDATIONS
 from streams.domain.events import Event
+from streams.domain.family import SegmentKey
 from streams.runtime.partitions import PartitionRegistry, Phase
 from streams.runtime.recovery import Recovery
 from tests.support.fakes import NAMES, FakeReader
@@ -253,3 +259,88 @@ async def test_a_repair_a_rebalance_interrupts_leaves_no_offset_behind() -> None
     assert 0 not in registry.recovering
     await rebalance(recovery, {0})
     assert counts(registry, 0) == [2]
+
+
+def write_emitted(reader: FakeReader, partition: int, key: SegmentKey, count: int,
+                  previous: int | None = None, expected: int | None = None) -> None:
+    """An emitted-counts record its writer expected at ``expected`` (by default where it
+    lands); a confirmed 0 is a tombstone, as the publisher writes it."""
+    at = reader.end(EMITTED, partition) if expected is None else expected
+    value = (None if count == 0 and previous is None
+             else encode_emitted(count, partition, previous))
+    reader.write(EMITTED, partition, emitted_key(key), value, expected_offset_header(at))
+
+
+async def test_a_record_its_writer_expected_elsewhere_is_not_the_last_published_count() -> None:
+    """An old owner's records that landed after the new owner's (written before its pause,
+    sent after it): the segment is published again, whatever they say (domain/ledger.py)."""
+    registry, reader, recovery = setup()
+    write_recommendation(reader, 0, "u1", 0.7)
+    write_recommendation(reader, 0, "u2", 0.7)
+    growth, base = (FAMILY, "growth", 0.5), (FAMILY, "base", 0.5)
+    write_emitted(reader, 0, growth, 3)  # the old owner's
+    write_emitted(reader, 0, base, 3)
+    write_emitted(reader, 0, growth, 2, 3)  # the new owner's
+    write_emitted(reader, 0, growth, 2)
+    write_emitted(reader, 0, base, 2, 3)
+    write_emitted(reader, 0, base, 2)
+    write_emitted(reader, 0, growth, 3, expected=2)  # the old owner's, late
+    write_emitted(reader, 0, base, 0, expected=3)  # (a tombstone)
+    await rebalance(recovery, {0})
+    ledger = registry.active[0].ledger
+    assert (ledger.emitted_count(growth), ledger.emitted_count(base)) == (2, 2)
+    changes = registry.active[0].take_publication().changes  # type: ignore[union-attr]
+    assert sorted((c.segment_type, c.user_count, c.previous_user_count) for c in changes) == [
+        ("base", 2, 2), ("growth", 2, 2)]  # the counts are 2: published again
+    assert recovery.stats.malformed_records == 0
+
+
+async def test_a_late_record_alone_after_compaction_still_publishes_the_segment_again() -> None:
+    """Compaction keeps the last record of a key only: the late one. The segment is published
+    again at its count, 0 included."""
+    registry, reader, recovery = setup()
+    write_emitted(reader, 0, (FAMILY, "discovery", 0.5), 0)  # another segment's
+    write_emitted(reader, 0, (FAMILY, "growth", 0.5), 3, expected=0)
+    await rebalance(recovery, {0})
+    changes = registry.active[0].take_publication().changes  # type: ignore[union-attr]
+    assert [(c.segment_type, c.user_count, c.previous_user_count) for c in changes] == [
+        ("growth", 0, 0)]
+
+
+async def test_records_without_the_header_are_taken_as_they_are() -> None:
+    """Written before records named their offset: the last one per segment is the count."""
+    registry, reader, recovery = setup()
+    write_recommendation(reader, 0, "u1", 0.7)
+    reader.write(EMITTED, 0, emitted_key((FAMILY, "growth", 0.5)), encode_emitted(1, 0))
+    reader.write(EMITTED, 0, emitted_key((FAMILY, "base", 0.5)), encode_emitted(1, 0))
+    await rebalance(recovery, {0})
+    assert registry.active[0].take_publication() is None
+
+
+async def test_a_malformed_expected_offset_is_skipped_and_counted() -> None:
+    _, reader, recovery = setup()
+    reader.write(EMITTED, 0, emitted_key((FAMILY, "growth", 0.5)), encode_emitted(1, 0),
+                 [("expected-offset", b"x")])
+    await rebalance(recovery, {0})
+    assert recovery.stats.malformed_records == 1
+
+
+async def test_a_repair_and_fausts_replay_know_late_records_too() -> None:
+    registry, reader, recovery = setup()
+    key = (FAMILY, "growth", 0.5)
+    write_emitted(reader, 1, key, 2)
+    write_emitted(reader, 1, key, 5, expected=0)  # late
+    await rebalance(recovery, {1})
+    assert registry.active[1].ledger.uncertain == {key: 2}
+    registry.mark_stale({1})
+    await recovery.repair()  # (Reader.read, not the slices)
+    assert registry.active[1].ledger.uncertain == {key: 2}
+    assert registry.active[1].ledger.emitted_count(key) == 2
+    copy = registry.new_state(1)  # a standby copy taken over; Faust replays after it
+    registry.active.clear()
+    registry.recovering[1] = copy
+    for table in (RECOMMENDATIONS, EMITTED_COUNTS):
+        await recovery.on_rebalance(table, {1})
+    recovery.load(EMITTED_COUNTS, 1, emitted_key(key), encode_emitted(5, 1), offset=7,
+                  headers=expected_offset_header(4))
+    assert copy.ledger.uncertain == {key: 0}
