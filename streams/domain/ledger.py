@@ -121,6 +121,7 @@ class ChangeLedger:
         # Key -> previous count of a change recorded as about to be published whose publication
         # was never confirmed (its worker died in between): published again once.
         self.uncertain: dict[SegmentKey, int] = {}
+        self.late_records = 0  # records loaded with ``load_unsure`` (told once, at the install)
         # Key -> count of changes published but not yet recorded as published.
         self.unconfirmed: dict[SegmentKey, int] = {}
         # The offset the partition's next emitted-counts record gets, while this worker is its
@@ -182,6 +183,7 @@ class ChangeLedger:
         followed by a publication, and what it confirms was published before the records it
         landed after. Whatever the records before it say, the segment is published again
         (compaction may have removed them, leaving only this record)."""
+        self.late_records += 1
         self.uncertain.setdefault(key, self.emitted_count(key))
 
     def settle(self, store: FamilyStore) -> None:

@@ -237,6 +237,12 @@ class PartitionRegistry:
             # remembered: an empty partition); this worker writes the next one (domain/ledger.py).
             state.ledger.next_offset = emitted.get(p, -1) + 1
             n += state.recommendations()
+            if state.ledger.late_records:
+                logger.warning("partition %d: %d emitted-counts records landed at other "
+                               "offsets than their writers expected (written after records "
+                               "they had not read); their segments are published again", p,
+                               state.ledger.late_records)
+                state.ledger.late_records = 0
         self.active.update(states)
         if states:
             logger.info("rebuilt %d partitions (%d recommendations)", len(states), n)
