@@ -48,6 +48,9 @@ class SegmentsBackend(Protocol):
     async def input_ends(self, fresh: bool = False) -> int | None:
         """The input and repartition topics' end offsets summed (None: unknown), as read lately
         or, ``fresh``, now: how many records came after an answer, later on."""
+    def rebuilding(self) -> list[int]:
+        """The partitions assigned to this worker still being rebuilt in the background (not
+        served by it yet)."""
     def standbys(self) -> list[int]:
         """The partitions whose standby copy this worker keeps ready."""
     def standby_holders(self) -> dict[int, list[str]]:

@@ -72,6 +72,10 @@ class Readiness(BaseModel):
         description="Whether it serves its own partitions right now (false while partitions "
                     "move: answers then come from owners, standby copies or last answers).")
     reason: str | None = Field(default=None, description="Why it is not ready.")
+    rebuilding: list[int] = Field(
+        default_factory=list,
+        description="Its partitions still being rebuilt in the background (present only when "
+                    "there are some): not served by it yet, their input not read yet.")
 
 
 class Health(BaseModel):
@@ -86,3 +90,7 @@ class Health(BaseModel):
         default_factory=list,
         description="The partitions of other workers whose standby copy this worker keeps "
                     "ready (complete, following their owners).")
+    rebuilding: list[int] = Field(
+        default_factory=list,
+        description="Its partitions still being rebuilt in the background (present only when "
+                    "there are some); it is not ready until they are served.")

@@ -118,8 +118,8 @@ def build_openapi(keys_required: bool = False) -> dict[str, Any]:
     }
     healthz = {
         "summary": "Health",
-        "description": "Whether this worker serves its partitions now (assigned, tables "
-                       "recovered, no rebalance under way), and what it holds.",
+        "description": "Whether this worker serves its partitions now (assigned, every one "
+                       "rebuilt, no rebalance under way), and what it holds.",
         "operationId": "healthz_healthz_get",
         "responses": {
             "200": json_body("Ready", Health),

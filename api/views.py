@@ -267,7 +267,10 @@ async def readyz(request: web.Request) -> web.Response:
     """Readiness: whether GET /segments with consistency=any can be answered here."""
     backend = request.app[BACKEND]
     reason = backend.readiness()
-    body = {"ready": reason is None, "serving": backend.is_ready()}
+    body: dict[str, object] = {"ready": reason is None, "serving": backend.is_ready()}
+    rebuilding = backend.rebuilding()
+    if rebuilding:
+        body["rebuilding"] = rebuilding
     if reason is None:
         return json_response(body)
     return json_response(body | {"reason": reason}, status=503,
@@ -275,12 +278,17 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """Readiness as it was before /readyz (ready = serving its partitions now), and what the
-    worker holds: O(partitions), from counters kept as the states change."""
+    """Readiness as it was before /readyz (ready = serving every partition assigned to it now,
+    none still being rebuilt), and what the worker holds: O(partitions), from counters kept as
+    the states change."""
     backend = request.app[BACKEND]
-    ready = backend.is_ready()
-    body = {"ready": ready, "partitions": backend.partitions(),
-            "recommendations": backend.recommendations(), "standbys": backend.standbys()}
+    rebuilding = backend.rebuilding()
+    ready = backend.is_ready() and not rebuilding
+    body: dict[str, object] = {
+        "ready": ready, "partitions": backend.partitions(),
+        "recommendations": backend.recommendations(), "standbys": backend.standbys()}
+    if rebuilding:
+        body["rebuilding"] = rebuilding
     return json_response(body, status=200 if ready else 503,
                          headers=None if ready else {"Retry-After": str(RETRY_AFTER_S)})
 

@@ -187,8 +187,8 @@ async def loop_holds(run: Run) -> dict[str, Any]:
         ends = await ends_consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
         return {tp.partition: end for tp, end in ends.items()}
 
-    recovery = Recovery(registry, ChangelogReader(consumer_factory(
-        bootstrap_servers=run.bootstrap, **run.kafka)), names, highwaters)
+    reader = ChangelogReader(consumer_factory(bootstrap_servers=run.bootstrap, **run.kafka))
+    recovery = Recovery(registry, reader, names, highwaters)
     holds: list[float] = []
     done = False
 
@@ -208,10 +208,12 @@ async def loop_holds(run: Run) -> dict[str, Any]:
             await recovery.on_rebalance(table, assigned)
         for table in TABLES:
             await recovery.on_recovered(table, assigned)
+        await recovery.rebuilds.drain()  # (a worker runs them in the background)
     finally:
         done = True
         await task
         await ends_consumer.stop()
+        await reader.close()
     return {"rebuild_s": round(time.perf_counter() - started, 1),
             "held": registry.recommendations(), "turns": len(holds),
             "hold_cpu_p50_ms": round(_pct(holds, 0.5) * 1000, 3),

@@ -211,6 +211,9 @@ class Settings:
     # Live streams: at most one update per interval; at most this many per worker.
     stream_interval_ms: int = 1_000
     stream_max_clients: int = 1_000
+    # Tests only: a pause after every slice of a background rebuild (runtime/rebuilds.py), so
+    # that a small state rebuilds slowly enough for a test to act meanwhile. 0 in production.
+    test_only_rebuild_slice_pause_ms: int = 0
     # API keys (a JSON file of hashes, re-read when it changes); empty: no keys asked for.
     api_keys_file: str = ""
     # Authenticates the workers' requests to each other, and their answers; the previous one
@@ -297,6 +300,8 @@ class Settings:
             standby_replicas=_int(env, "SEGMENTS_STANDBY_REPLICAS", 1, maximum=16),
             stream_interval_ms=_int(env, "SEGMENTS_STREAM_INTERVAL_MS", 1_000, minimum=50),
             stream_max_clients=_int(env, "SEGMENTS_STREAM_MAX_CLIENTS", 1_000, minimum=0),
+            test_only_rebuild_slice_pause_ms=_int(
+                env, "SEGMENTS_TEST_ONLY_REBUILD_SLICE_PAUSE_MS", 0, maximum=10_000),
             api_keys_file=(env.get("SEGMENTS_API_KEYS_FILE") or "").strip(),
             cluster_secret=env.get("SEGMENTS_CLUSTER_SECRET") or "",
             cluster_secret_previous=env.get("SEGMENTS_CLUSTER_SECRET_PREVIOUS") or "",

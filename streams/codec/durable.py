@@ -12,7 +12,10 @@ hold the offset the event was applied at (of the input or of the repartition top
 ``emitted-counts``: key ``[program_id, segment_basis, basis_id, action_type, segment_type,
 threshold]``, value ``[count, partition]`` once a change is published, ``[count, partition,
 previous]`` while it is about to be (domain/ledger.py); a tombstone once a count of 0 is
-published.
+published. Each carries a header ``expected-offset``: the offset its writer expected it to get
+(-1 when it did not know). A record elsewhere was written by an owner that did not know every
+record before it (one paused past its session, whose writes landed after the next owner's):
+the rebuilds do not take it for the segment's last published count (domain/ledger.py).
 
 Decoding checks every field (types, ranges, arity, the partition the record belongs to) and
 raises MalformedRecord for anything else.
@@ -20,6 +23,7 @@ raises MalformedRecord for anything else.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Literal, TypeVar
 
 import msgspec
@@ -117,6 +121,33 @@ def emitted_key(key: SegmentKey) -> bytes:
 def encode_emitted(count: int, partition: int, previous: int | None = None) -> bytes:
     """``[count, partition]``, or for an intent ``[count, partition, previous]``."""
     return encode_exact([count, partition] if previous is None else [count, partition, previous])
+
+
+EXPECTED_OFFSET = "expected-offset"  # header of every emitted-counts record
+# A record's headers, as aiokafka (a sequence) or Faust (either) hands them over.
+RecordHeaders = Sequence[tuple[str, bytes]] | Mapping[str, bytes]
+_UNKNOWN_OFFSET = [(EXPECTED_OFFSET, b"-1")]
+
+
+def expected_offset_header(offset: int | None) -> list[tuple[str, bytes]]:
+    """The headers of an emitted-counts record its writer expects at ``offset`` (None: not
+    known). A list each: aiokafka's record builder takes no other sequence."""
+    return list(_UNKNOWN_OFFSET) if offset is None else [(EXPECTED_OFFSET, b"%d" % offset)]
+
+
+def decode_expected_offset(headers: RecordHeaders | None) -> int | None:
+    """The offset the writer of an emitted-counts record expected it at (-1: it did not know);
+    None for a record without the header (written before it was introduced)."""
+    pairs = headers.items() if isinstance(headers, Mapping) else headers or ()
+    for name, value in pairs:
+        if name == EXPECTED_OFFSET:
+            try:
+                if isinstance(value, bytes) and 0 < len(value) <= 20:
+                    return int(value)
+            except ValueError:
+                pass
+            raise MalformedRecord(f"header {EXPECTED_OFFSET}: {value!r}")
+    return None
 
 
 def decode_emitted_key(key: bytes) -> SegmentKey:

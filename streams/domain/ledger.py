@@ -16,6 +16,9 @@ writer, so it knows the offset its next record gets (``next_offset``, from the r
 own acknowledgements); ``recorded`` checks the offsets the broker gave. Another offset means
 someone else wrote meanwhile (a new owner, while this one was paused past its session): the
 changes are not published, so no version an old owner publishes exceeds the new owner's.
+Each record also names the offset its writer expected it at: an old owner's records that land
+after the new owner's (queued before its pause, sent after it) are not the last published counts
+of their segments (``load_unsure``), as a rebuild would otherwise take them for.
 A worker that dies between 1 and 3 leaves an intent as the last record of its segment: the next
 owner, rebuilding from those records, publishes that change again (the same one if the count has
 not moved since), so the last change of a segment always reaches the topic. An intent names the
@@ -118,6 +121,7 @@ class ChangeLedger:
         # Key -> previous count of a change recorded as about to be published whose publication
         # was never confirmed (its worker died in between): published again once.
         self.uncertain: dict[SegmentKey, int] = {}
+        self.late_records = 0  # records loaded with ``load_unsure`` (told once, at the install)
         # Key -> count of changes published but not yet recorded as published.
         self.unconfirmed: dict[SegmentKey, int] = {}
         # The offset the partition's next emitted-counts record gets, while this worker is its
@@ -172,6 +176,15 @@ class ChangeLedger:
             self.uncertain.pop(key, None)
         else:
             self.uncertain[key] = previous
+
+    def load_unsure(self, key: SegmentKey) -> None:
+        """Rebuild path: a record of the segment that its writer did not expect where it landed
+        (an old owner's late write). It is not the last published count: that write was never
+        followed by a publication, and what it confirms was published before the records it
+        landed after. Whatever the records before it say, the segment is published again
+        (compaction may have removed them, leaving only this record)."""
+        self.late_records += 1
+        self.uncertain.setdefault(key, self.emitted_count(key))
 
     def settle(self, store: FamilyStore) -> None:
         """After a rebuild: the families whose counts differ from the last published ones, or

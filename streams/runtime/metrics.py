@@ -135,6 +135,13 @@ class RuntimeMetrics:
                                      "Count-change events published", registry=self.registry)
         self.rebalances = Counter("segments_rebalances", "Rebalances this worker went through",
                                   registry=self.registry)
+        self.rebuilds = Counter(
+            "segments_rebuilds", "Background rebuilds of partitions from their changelogs, by "
+            "event (started; continued: went on through a rebalance instead of starting over; "
+            "finished: in service; cancelled: revoked)", ["event"], registry=self.registry)
+        self.rebuild_records = Counter("segments_rebuild_records",
+                                       "Changelog records read by background rebuilds",
+                                       registry=self.registry)
         self.failed_batches = Counter("segments_failed_batches",
                                       "Batches whose writes failed (their records read again)",
                                       registry=self.registry)

@@ -2,13 +2,17 @@
 while work on them is in flight.
 
 Phases (``Phase``): a worker starts ``STARTING`` (no assignment yet); every rebalance puts it in
-``REBALANCING`` (its partitions revoked, the new ones being read from their changelogs); once
-they are all rebuilt it is ``SERVING``: it handles records, publishes changes and answers
-queries; ``STOPPING`` at shutdown. Outside ``SERVING`` it does none of the three.
+``REBALANCING`` (its partitions revoked, the new ones assigned); once Faust's recovery has
+brought the partitions it kept or took over from a standby copy up to date it is ``SERVING``: it
+handles records, publishes changes and answers queries for its active partitions, while the
+others are rebuilt in the background (runtime/rebuilds.py) and put in service one by one;
+``STOPPING`` at shutdown. Outside ``SERVING`` it does none of the three.
 
-Per partition, a state is *active* (in service), *recovering* (being rebuilt from its
-changelogs, not queried) or *stale* (its durable writes failed, so its state ran ahead of its
-changelog: out of service until rebuilt, ``Recovery.repair``).
+Per partition, a state is *active* (in service), *recovering* (a taken-over standby copy or a
+repair, being brought up to date, not queried), *rebuilding* (rebuilt in the background,
+runtime/rebuilds.py: its input paused, not queried, not published) or *stale* (its durable
+writes failed, so its state ran ahead of its changelog: out of service until rebuilt,
+``Recovery.repair``).
 """
 
 from __future__ import annotations
@@ -125,6 +129,8 @@ class PartitionRegistry:
         self.active = ActiveStates()
         self.recovering: dict[int, PartitionState] = {}
         self.stale: set[int] = set()
+        # Assigned partitions rebuilt in the background (runtime/rebuilds.py owns their states).
+        self.rebuilding: set[int] = set()
         # table -> partition -> the last changelog offset the partition's state holds.
         self.read_upto: dict[str, dict[int, int]] = {}
         self.fence = Fence()
@@ -184,17 +190,21 @@ class PartitionRegistry:
         return state
 
     def finish_recovery(self, assigned: set[int]) -> None:
-        """Every assigned partition is rebuilt: put them in service and serve."""
+        """Every assigned partition is rebuilt, but those rebuilt in the background: put them
+        in service and serve."""
         self.keep_only(assigned)
         recovered = self.recovering
         self.recovering = {}
         for p in assigned:
-            if p not in self.active and p not in recovered:
+            if p not in self.active and p not in recovered and p not in self.rebuilding:
                 recovered[p] = self.new_state(p)  # an empty partition
         self.install(recovered)
         if self.phase is not Phase.STOPPING:
             self.phase = Phase.SERVING
-            self.served = True
+            # Ready once every partition of the first assignment was in service (from then on
+            # a partition moving or rebuilding is answered from copies or last answers).
+            if not self.rebuilding:
+                self.served = True
 
     async def settle_in_steps(self, states: Iterable[PartitionState]) -> bool:
         """The end of the rebuild of ``states`` (``PartitionState.settle``) in steps, the event
@@ -227,6 +237,12 @@ class PartitionRegistry:
             # remembered: an empty partition); this worker writes the next one (domain/ledger.py).
             state.ledger.next_offset = emitted.get(p, -1) + 1
             n += state.recommendations()
+            if state.ledger.late_records:
+                logger.warning("partition %d: %d emitted-counts records landed at other "
+                               "offsets than their writers expected (written after records "
+                               "they had not read); their segments are published again", p,
+                               state.ledger.late_records)
+                state.ledger.late_records = 0
         self.active.update(states)
         if states:
             logger.info("rebuilt %d partitions (%d recommendations)", len(states), n)
@@ -288,5 +304,8 @@ class PartitionRegistry:
         if not self.served:
             if self.phase is Phase.STARTING:
                 return "starting: no partition assigned yet"
+            if self.rebuilding:
+                return (f"rebuilding partitions {sorted(self.rebuilding)} of its first "
+                        f"assignment ({len(self.active)} in service)")
             return "rebuilding the partitions of its first assignment"
         return None

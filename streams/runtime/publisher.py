@@ -1,9 +1,10 @@
 """The change publisher: every ``SEGMENTS_CHANGE_INTERVAL_MS``, the count changes of every active
 partition go to the change topic and the counts topic, write-ahead (domain/ledger.py):
 
-1. record intents and confirmations in the emitted-counts changelog; wait for the broker; the
-   offsets it gave are the changes' versions, and say whether anyone else wrote to the
-   partition meanwhile (then it is not published: its state goes stale and is rebuilt);
+1. record intents and confirmations in the emitted-counts changelog, each naming the offset it
+   should get; wait for the broker; the offsets it gave are the changes' versions, and say
+   whether anyone else wrote to the partition meanwhile (then it is not published: its state
+   goes stale and is rebuilt; the rebuilds know such records by the offset they name);
 2. publish the change events and the current counts, keyed by segment; wait for the broker;
 3. tell the ledgers they are published.
 
@@ -20,7 +21,7 @@ import time
 from collections.abc import Callable
 
 from streams.codec.changes import change_payload, count_payload, segment_key
-from streams.codec.durable import emitted_key, encode_emitted
+from streams.codec.durable import emitted_key, encode_emitted, expected_offset_header
 from streams.codec.names import EMITTED_COUNTS, Names
 from streams.codec.partitioner import murmur2
 from streams.domain.family import SegmentKey
@@ -138,21 +139,27 @@ class ChangePublisher:
         partitions were written to by someone else: given up). Raises when a write failed
         (then every partition's next offset is unknown)."""
         records: dict[int, dict[bytes, bytes | None]] = {}
-        for _, publication in taken:
+        headers: dict[bytes, list[tuple[str, bytes]]] = {}
+        for state, publication in taken:
             out: dict[bytes, bytes | None] = {}
             records[publication.partition] = out
             p = publication.partition
+            at = state.ledger.next_offset  # where each record should land, in order
             for key, (count, previous) in publication.records().items():
+                k = self._key(key)
                 # A confirmed 0 is what no record says: a tombstone, so that segments that
                 # emptied leave nothing behind once compacted.
-                out[self._key(key)] = (None if count == 0 and previous is None
-                                       else encode_emitted(count, p, previous))
+                out[k] = (None if count == 0 and previous is None
+                          else encode_emitted(count, p, previous))
+                headers[k] = expected_offset_header(at)
+                if at is not None:
+                    at += 1
             await asyncio.sleep(0)  # between partitions (see tick)
         if not records:
             return taken
         try:
             offsets = await self.sink.send_located(
-                self.names.changelog_topic(EMITTED_COUNTS), records)
+                self.names.changelog_topic(EMITTED_COUNTS), records, headers)
         except Exception:
             for state, _ in taken:
                 state.ledger.next_offset = None

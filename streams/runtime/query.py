@@ -183,6 +183,9 @@ class QueryService:
             await self._group_lag.refresh()
         return self._group_lag.ends if self._group_lag.ends >= 0 else None
 
+    def rebuilding(self) -> list[int]:
+        return sorted(self.registry.rebuilding)
+
     def standbys(self) -> list[int]:
         return [] if self._standbys is None else self._standbys.ready()
 

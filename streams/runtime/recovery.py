@@ -2,29 +2,34 @@
 writes.
 
 On every rebalance each table (faust_ext/tables.py) hands its newly assigned changelog partitions
-here. Partitions this worker keeps need nothing (their state holds every record: the revocation
-flushed this worker's writes, and nobody else wrote to them meanwhile); the others are read
-from the start with one batched consumer (Faust's own recovery reads a record per task, an
-order of magnitude slower), and what was read is reported to Faust as the persisted offset, so
-its recovery replays only what came after. Whatever is read goes through ``load``, which checks
+here, inside the assignment callback, which must return at once (the whole group's join waits
+for it). Partitions this worker keeps need nothing (their state holds every record: the
+revocation flushed this worker's writes, and nobody else wrote to them meanwhile); a ready
+standby copy becomes the state and Faust's recovery replays what came after it; every other
+partition with a non-empty changelog is queued for a background rebuild (runtime/rebuilds.py)
+and Faust is told it holds its changelogs already, so its recovery (which resumes every
+partition at once) does not wait for it. Whatever is read goes through ``load``, which checks
 every record: anyone can write to a changelog topic.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.codec.durable import (
+    RecordHeaders,
     decode_emitted,
     decode_emitted_key,
+    decode_expected_offset,
     decode_recommendation,
     decode_recommendation_key,
 )
@@ -38,7 +43,9 @@ from streams.runtime.partitions import PartitionRegistry
 
 logger = logging.getLogger(__name__)
 
-OnRecord = Callable[[int, bytes | None, bytes | None], None]  # partition, key, value
+Record = tuple[bytes | None, bytes | None, int, RecordHeaders]  # key, value, offset, headers
+# partition, key, value, offset, headers
+OnRecord = Callable[[int, bytes | None, bytes | None, int, RecordHeaders], None]
 Highwaters = Callable[[str, set[int]], Awaitable[dict[int, int]]]  # topic, partitions -> ends
 
 
@@ -50,11 +57,31 @@ class Standbys(Protocol):
         the new assignment."""
 
 
+class Rebuilder(Protocol):
+    """The background rebuilds (runtime/rebuilds.py), as the recovery drives them."""
+
+    def assign(self, assigned: set[int], cold: Iterable[int]) -> None: ...
+    def holds(self, partition: int) -> bool: ...
+    @property
+    def partitions(self) -> set[int]: ...
+    def tell_faust(self, table: str, ends: dict[int, int]) -> None: ...
+    def faust_offset(self, table: str, partition: int) -> int | None: ...
+
+
 class Reader(Protocol):
     async def read(self, topic: str, partitions: set[int], on_record: OnRecord
                    ) -> dict[int, int]:
         """Hand every record of the partitions, from their start to their current end, to
         ``on_record``; return, per partition, the last offset read."""
+
+    async def end_offsets(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """Each (topic, partition)'s current end (the offset its next record gets)."""
+
+    async def read_slices(self, starts: dict[tuple[str, int], int], limit: int
+                          ) -> dict[tuple[str, int], tuple[list[Record], int]]:
+        """At most ``limit`` records (key, value) in all of the (topic, partition)s, each from
+        its offset in ``starts`` on; per partition those read and the offset to read next
+        (past compacted-away offsets too)."""
 
 
 # Records fetched at once (aiokafka unpacks them in one go: a few milliseconds).
@@ -78,6 +105,57 @@ class ChangelogReader:
 
     def __init__(self, consumer: Callable[[], AIOKafkaConsumer]) -> None:
         self._make_consumer = consumer
+        # For slices (the background rebuilds): one consumer kept between them, so that a
+        # slice going on where the last one ended needs no seek, and so no new fetch.
+        self._slices: AIOKafkaConsumer | None = None
+        self._sliced: set[TopicPartition] = set()
+
+    async def _slice_consumer(self) -> AIOKafkaConsumer:
+        if self._slices is None:
+            consumer = self._make_consumer()
+            await start_consumer(consumer)
+            self._slices, self._sliced = consumer, set()
+        return self._slices
+
+    async def end_offsets(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        consumer = await self._slice_consumer()
+        try:
+            ends = await consumer.end_offsets([TopicPartition(t, p) for t, p in partitions])
+        except Exception:
+            await self.close()
+            raise
+        return {(tp.topic, tp.partition): int(end) for tp, end in ends.items()}
+
+    async def read_slices(self, starts: dict[tuple[str, int], int], limit: int
+                          ) -> dict[tuple[str, int], tuple[list[Record], int]]:
+        consumer = await self._slice_consumer()
+        tps = {TopicPartition(t, p): start for (t, p), start in starts.items()}
+        try:
+            if set(tps) != self._sliced:
+                consumer.assign(list(tps))
+                self._sliced = set(tps)
+                for tp, start in tps.items():
+                    consumer.seek(tp, start)
+            else:
+                for tp, start in tps.items():
+                    if await consumer.position(tp) != start:
+                        consumer.seek(tp, start)
+            batch = await consumer.getmany(*tps, timeout_ms=500, max_records=limit)
+            out = {}
+            for tp, start in tps.items():
+                records = [(m.key, m.value, m.offset, m.headers) for m in batch.get(tp, [])
+                           if m.offset >= start]
+                out[(tp.topic, tp.partition)] = (records, await consumer.position(tp))
+            return out
+        except Exception:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        if self._slices is not None:
+            consumer, self._slices, self._sliced = self._slices, None, set()
+            with contextlib.suppress(Exception):
+                await consumer.stop()
 
     async def read(self, topic: str, partitions: set[int], on_record: OnRecord
                    ) -> dict[int, int]:
@@ -102,7 +180,7 @@ class ChangelogReader:
                     end = ends[tp]
                     for i, m in enumerate(msgs):
                         if m.offset < end:
-                            on_record(tp.partition, m.key, m.value)
+                            on_record(tp.partition, m.key, m.value, m.offset, m.headers)
                         if i % LOAD_SLICE == LOAD_SLICE - 1:
                             await loaded_slice()
                 await loaded_slice()  # heartbeats, answers: a rebuild takes many batches
@@ -119,7 +197,9 @@ class RecoveryStats:
 class Recovery:
     def __init__(self, registry: PartitionRegistry, reader: Reader, names: Names,
                  highwaters: Highwaters, metrics: RuntimeMetrics | None = None,
-                 standbys: Standbys | None = None) -> None:
+                 standbys: Standbys | None = None, rebuilds: Rebuilder | None = None) -> None:
+        """``rebuilds``: the background rebuilds; by default its own, reading with ``reader``
+        (the worker passes one that resumes the partitions it puts in service)."""
         self.registry = registry
         self.reader = reader
         self.names = names
@@ -128,17 +208,26 @@ class Recovery:
         self.standbys = standbys
         self.stats = RecoveryStats()
         self.retry: Backoff[str] = Backoff()
+        if rebuilds is None:
+            from streams.runtime.rebuilds import Rebuilds  # (it imports this module)
+            rebuilds = Rebuilds(registry, reader, names, self.skipped, metrics=self.metrics)
+        self.rebuilds = rebuilds
 
     # -- what the tables ask -------------------------------------------------------------------
     def persisted_offset(self, table: str, partition: int) -> int | None:
+        if self.rebuilds.holds(partition):
+            return self.rebuilds.faust_offset(table, partition)
         return self.registry.persisted_offset(table, partition)
 
     def load(self, table: str, partition: int, key: bytes | None, value: bytes | None,
-             offset: int | None = None) -> None:
+             offset: int | None = None, headers: RecordHeaders | None = None) -> None:
         """One changelog record into the (re)built state; ``offset``: of a record Faust's
-        recovery replays (after what was read here), remembered as read too."""
+        recovery replays (after what was read here), remembered as read too. Not for a
+        partition rebuilt in the background: that rebuild reads every record itself."""
+        if offset is not None and self.rebuilds.holds(partition):
+            return
         load_record(self.registry.target(partition), table, partition, key, value,
-                    self.skipped)
+                    self.skipped, offset, headers)
         if offset is not None:
             self.registry.remember(table, partition, offset)
 
@@ -152,42 +241,56 @@ class Recovery:
                            "far)", table, partition, error, n)
 
     async def on_rebalance(self, table: str, assigned: set[int]) -> None:
-        """``table``'s changelog partitions ``assigned`` to this worker by a new assignment:
-        rebuild those it did not keep, before Faust's recovery replays the rest."""
+        """``table``'s changelog partitions ``assigned`` to this worker by a new assignment
+        (inside the assignment callback: nothing here reads a changelog). Called for each
+        table, the recommendations first."""
         registry = self.registry
         registry.begin_rebalance()
         if table == RECOMMENDATIONS:  # once per rebalance (the first table), for both tables
             self.metrics.rebalances.inc()
             if self.standbys is not None:
                 await self.standbys.rebalanced(registry, assigned)
+            registry.keep_only(assigned)
+            self.rebuilds.assign(assigned, await self._cold(assigned))
         registry.keep_only(assigned)
         topic = self.names.changelog_topic(table)
         kept = assigned & set(registry.active)
-        if kept:
+        held = assigned & self.rebuilds.partitions
+        looked_up = kept | held
+        if looked_up:
             try:
-                ends = await self.highwaters(topic, kept)
+                ends = await self.highwaters(topic, looked_up)
             except Exception as exc:  # then Faust replays them: slower, as correct
                 logger.warning("changelog ends of kept partitions unknown: %r", exc)
                 ends = {}
             for p, end in ends.items():
-                if end:
+                if end and p in kept:
                     registry.remember(table, p, end - 1)
-        todo = {p for p in assigned - kept if registry.persisted_offset(table, p) is None
-                and not (p in registry.recovering and not registry.recovering[p].store.rebuilding)}
-        if todo:
-            # Empty changelog partitions (a new deployment) need no reader of their own.
-            try:
-                ends = await self.highwaters(topic, todo)
-                todo = {p for p, end in ends.items() if end}
-            except Exception as exc:  # then every partition is read
-                logger.warning("changelog ends unknown: %r", exc)
-        if todo:
-            for p, offset in (await self._read(table, todo)).items():
-                registry.remember(table, p, offset)
+            self.rebuilds.tell_faust(table, {p: e for p, e in ends.items() if p in held})
+
+    async def _cold(self, assigned: set[int]) -> set[int]:
+        """The partitions of ``assigned`` that need a rebuild from their changelogs: not kept,
+        not taken over from a copy, not being rebuilt already, changelogs not both empty."""
+        registry = self.registry
+        cold = {p for p in assigned - set(registry.active) - self.rebuilds.partitions
+                if not (p in registry.recovering
+                        and not registry.recovering[p].store.rebuilding)}
+        if not cold:
+            return cold
+        non_empty: set[int] = set()
+        try:
+            for table in TABLES:
+                ends = await self.highwaters(self.names.changelog_topic(table), cold)
+                non_empty |= {p for p, end in ends.items() if end}
+        except Exception as exc:  # then every one is rebuilt (an empty one in no time)
+            logger.warning("changelog ends unknown: %r", exc)
+            return cold
+        return non_empty
 
     async def on_recovered(self, table: str, assigned: set[int]) -> None:
         """Faust's recovery is over (it calls this for each table, once every table's
-        changelogs are read): serve, once the rebuilt states are settled."""
+        changelogs are read): serve, once the states it brought up to date are settled (the
+        partitions rebuilt in the background join one by one)."""
         if table == RECOMMENDATIONS:
             await self.registry.finish_recovery_in_steps(assigned)
 
@@ -231,10 +334,12 @@ class Recovery:
         started = time.monotonic()
         n = 0
 
-        def on_record(partition: int, key: bytes | None, value: bytes | None) -> None:
+        def on_record(partition: int, key: bytes | None, value: bytes | None, offset: int,
+                      headers: RecordHeaders) -> None:
             nonlocal n
             n += 1
-            self.load(table, partition, key, value)
+            load_record(self.registry.target(partition), table, partition, key, value,
+                        self.skipped, offset, headers)
 
         read = await self.reader.read(self.names.changelog_topic(table), partitions, on_record)
         logger.info("read %d %s changelog records of partitions %s in %.2fs", n, table,
@@ -244,25 +349,30 @@ class Recovery:
 
 def load_record(state: PartitionState, table: str, partition: int, key: bytes | None,
                 value: bytes | None,
-                skipped: Callable[[str, int, MalformedRecord], None]) -> None:
-    """One changelog record of ``table`` into ``state``; a record that is not what this product
-    writes goes to ``skipped``."""
+                skipped: Callable[[str, int, MalformedRecord], None],
+                offset: int | None = None, headers: RecordHeaders | None = None) -> None:
+    """One changelog record of ``table`` (at ``offset``, with ``headers``) into ``state``; a
+    record that is not what this product writes goes to ``skipped``."""
     if key is None:
         return
     try:
-        if value is None:  # a tombstone: a forgotten recommendation, a count published at 0
-            if table == RECOMMENDATIONS:
+        if table == RECOMMENDATIONS:
+            if value is None:  # a tombstone: a forgotten recommendation
                 k = decode_recommendation_key(key)
                 state.store.load_tombstone(k.family, k.user_id)
-            else:
-                state.ledger.load(decode_emitted_key(key), 0)
-            return
-        if table == RECOMMENDATIONS:
+                return
             k, v = decode_recommendation(key, value, partition)
             state.store.load((k.program_id, k.segment_basis, k.basis_id, k.action_type),
                              k.user_id, v.weight, v.in_history, v.ts, v.offset, v.name)
+            return
+        if value is None:  # a tombstone: a count published at 0
+            segment, count, previous = decode_emitted_key(key), 0, None
         else:
             segment, count, previous = decode_emitted(key, value, partition)
+        expected = decode_expected_offset(headers)
+        if offset is not None and expected is not None and expected != offset:
+            state.ledger.load_unsure(segment)  # written by an owner that had been replaced
+        else:
             state.ledger.load(segment, count, previous)
     except MalformedRecord as exc:
         skipped(table, partition, exc)

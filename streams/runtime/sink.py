@@ -163,12 +163,12 @@ class Sink:
         return await self._send(topic, by_partition,
                                 [] if futures is None else futures, None, headers)
 
-    async def send_located(self, topic: str, by_partition: Mapping[int, Records]
-                           ) -> dict[int, list[int]]:
+    async def send_located(self, topic: str, by_partition: Mapping[int, Records],
+                           headers: Headers | None = None) -> dict[int, list[int]]:
         """Like ``send_partitions``, then wait for every delivery (raising the first failure);
         returns, per partition, the offset the broker gave each record, in order."""
         placed: list[tuple[int, int]] = []
-        futures = await self._send(topic, by_partition, [], placed)
+        futures = await self._send(topic, by_partition, [], placed, headers)
         results = await settle(futures, self.delivery_timeout_s)
         offsets: dict[int, list[int]] = {}
         for result, (partition, n) in zip(results, placed, strict=True):

@@ -254,7 +254,7 @@ class StandbyReplicas:
                     continue
                 for i, r in enumerate(records):
                     load_record(standby.state, table, tp.partition, r.key, r.value,
-                                self._skipped)
+                                self._skipped, r.offset, r.headers)
                     if i % LOAD_SLICE == LOAD_SLICE - 1:
                         await loaded_slice()  # (the lock held: the copies stay as they are)
                 standby.positions[table] = records[-1].offset + 1

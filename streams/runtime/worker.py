@@ -33,7 +33,14 @@ from streams.codec.names import RECOMMENDATIONS, TABLES, Names
 from streams.runtime import faust_ext
 from streams.runtime.batches import BatchProcessor
 from streams.runtime.exceptions import TopicMismatch
-from streams.runtime.faust_ext.consumer import consumer_lag, install, offsets_report, still_member
+from streams.runtime.faust_ext.assignor import standby_aware
+from streams.runtime.faust_ext.consumer import (
+    consumer_lag,
+    install,
+    offsets_report,
+    resume,
+    still_member,
+)
 from streams.runtime.faust_ext.producer import idempotent, raw_producer
 from streams.runtime.faust_ext.tables import ChangelogTable, NoDelayTableManager
 from streams.runtime.faust_ext.worker import quiet_worker
@@ -46,6 +53,7 @@ from streams.runtime.partitions import PartitionRegistry, Phase
 from streams.runtime.publisher import ChangePublisher
 from streams.runtime.query import Cluster, QueryService
 from streams.runtime.rebalance import release
+from streams.runtime.rebuilds import Rebuilds
 from streams.runtime.recovery import ChangelogReader, Recovery, consumer_factory
 from streams.runtime.sink import Sink
 from streams.runtime.stalls import StallGuard
@@ -107,9 +115,9 @@ def _faust_app(s: Settings) -> faust.App:
         broker_session_timeout=s.session_timeout_ms / 1000.0,
         consumer_group_instance_id=s.instance_id or None,
         broker_heartbeat_interval=HEARTBEAT_S,
-        # A member rejoins a rebalance only once its last assignment's partitions are rebuilt
-        # (recovery runs in the assignment callback): the group waits that long for it, else
-        # drops it, and two workers rebuilding large states drop each other forever.
+        # How long the group waits for a member to rejoin a rebalance. Rebuilds run in the
+        # background (runtime/rebuilds.py), so a member rejoins at once; a slow Faust recovery
+        # (a standby copy taken over, far behind) still fits in it.
         broker_rebalance_timeout=REBALANCE_TIMEOUT_S,
         # Offsets are committed every second (and at every rebalance and stop); the fetch loop
         # also stops to commit after this many acks (a producer flush and a commit, awaited).
@@ -153,6 +161,9 @@ def build_worker(settings: Settings, topics: TopicReport | None = None) -> Worke
         return consumer_lag(app) if registry.phase is Phase.SERVING else {}
 
     recommendations_changelog = names.changelog_topic(RECOMMENDATIONS)
+    # A departed owner's partitions go to the worker keeping their standby copy (contract §11).
+    standby_aware(app, recommendations_changelog, settings.partitions,
+                  settings.standby_replicas)
 
     def owners() -> dict[str, list[int]]:
         meta = app.assignor.table_metadata(recommendations_changelog)
@@ -181,7 +192,17 @@ def build_worker(settings: Settings, topics: TopicReport | None = None) -> Worke
         return {tp.partition: end for tp, end in ends.items()}
 
     reader = ChangelogReader(consumer_factory(**kafka))
-    recovery = Recovery(registry, reader, names, highwaters, metrics, standbys)
+    rebuilds = Rebuilds(registry, reader, names,
+                        lambda table, partition, error: recovery.skipped(table, partition, error),
+                        resume=lambda partition: resume(app, partition), metrics=metrics,
+                        slice_pause_s=settings.test_only_rebuild_slice_pause_ms / 1000.0)
+    recovery = Recovery(registry, reader, names, highwaters, metrics, standbys, rebuilds)
+
+    async def rebuild_in_background() -> None:
+        try:
+            await rebuilds.run()
+        finally:
+            await reader.close()
     for table in TABLES:
         app.tables.add(ChangelogTable(
             app, name=table, listener=recovery, key_type=bytes, value_type=bytes,
@@ -207,7 +228,13 @@ def build_worker(settings: Settings, topics: TopicReport | None = None) -> Worke
                             value_serializer="raw", partitions=settings.partitions,
                             internal=topic == names.repartition_topic)
         app.agent(channel, name=agent)(_unreachable)
-    install(app, names.batch_topics, processor)
+    def held(topic: str, partition: int) -> bool:
+        # An input partition holds the records of its own number's state only when the input
+        # is co-partitioned (else they are all repartitioned: no state needed where read).
+        return rebuilds.holds(partition) and (topic != names.input_topic
+                                              or input_copartitioned())
+
+    install(app, names.batch_topics, processor, held)
     app.timer(settings.change_interval_ms / 1000.0, name="publish-changes")(publisher.tick)
     app.timer(1.0, name="repair-partitions")(recovery.repair_stale)
 
@@ -218,6 +245,7 @@ def build_worker(settings: Settings, topics: TopicReport | None = None) -> Worke
             await standbys.released(registry, member)
 
     async def on_stopping(sender: Any, *args: Any, **kwargs: Any) -> None:
+        rebuilds.stop()
         await release(registry, publisher, app.producer.flush, stopping=True)
 
     app.on_partitions_revoked.connect(cast(Any, on_revoked))
@@ -244,6 +272,7 @@ def build_worker(settings: Settings, topics: TopicReport | None = None) -> Worke
                              keys=keys, cluster=cluster)
     services: list[mode.Service] = [WebService(web_app, settings, app),
                                      MallocTrimmer(worker.activity), Background(group_lag.run),
+                                     Background(rebuild_in_background),
                                      Background(stalls.run)]
     if standbys is not None:
         services.append(Background(standbys.run))

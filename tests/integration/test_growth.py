@@ -163,11 +163,15 @@ async def test_a_worker_stopped_while_it_rebuilds_exits_at_once(kafka_bootstrap:
             assert time.monotonic() < deadline, rebuilding.log()
             await asyncio.sleep(0.05)
         t0 = time.monotonic()
+        before = rebuilding.log_path.read_text(errors="replace")
         assert rebuilding.stop(timeout_s=50.0) == 0, rebuilding.log()
         stop_s = time.monotonic() - t0
         text = rebuilding.log_path.read_text(errors="replace")
         log(f"stop during the rebuild: {stop_s:.1f}s")
-        assert "its assignment is cancelled" in text, rebuilding.log()
+        # The stop landed in the rebuild: in the assignment callback (cancelled), or in the
+        # background rebuilds before every partition was rebuilt (runtime/rebuilds.py).
+        assert ("its assignment is cancelled" in text
+                or before.count("rebuilt in the background") < 8), rebuilding.log()
         assert stop_s < 30.0, stop_s  # 60 s (mode's shutdown timeout) when the stop waited
         cluster.workers.remove(rebuilding)
 

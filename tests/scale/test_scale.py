@@ -222,12 +222,20 @@ READ_LINE = re.compile(r"read (\d+) recommendations changelog records of partiti
                        r" in ([\d.]+)s")
 
 
+BACKGROUND_LINE = re.compile(r"partition (\d+) rebuilt in the background: (\d+) records in "
+                             r"([\d.]+)s")
+
+
 def rebuilds(path: Path) -> list[tuple[int, list[int], float]]:
-    """(records, partitions, seconds) of every changelog read one worker process logged."""
+    """(records, partitions, seconds) of every changelog read one worker process logged (in
+    the assignment callback, or in the background: runtime/rebuilds.py)."""
+    text = path.read_text(errors="replace")
     out = []
-    for m in READ_LINE.finditer(path.read_text(errors="replace")):
+    for m in READ_LINE.finditer(text):
         parts = [int(p) for p in m.group(2).split(",") if p.strip()]
         out.append((int(m.group(1)), parts, float(m.group(3))))
+    for m in BACKGROUND_LINE.finditer(text):
+        out.append((int(m.group(2)), [int(m.group(1))], float(m.group(3))))
     return out
 
 

@@ -134,22 +134,30 @@ class FakeProducer:
         return future
 
 
+Headers = list[tuple[str, bytes]]
+Logged = tuple[bytes | None, bytes | None, Headers]  # key, value, headers
+
+
 class FakeReader:
-    """A changelog reader over in-memory changelogs: topic -> partition -> [(key, value)]."""
+    """A changelog reader over in-memory changelogs: topic -> partition -> [(key, value,
+    headers)], each record's offset its index."""
 
     def __init__(self) -> None:
-        self.logs: dict[str, dict[int, list[tuple[bytes | None, bytes | None]]]] = {}
+        self.logs: dict[str, dict[int, list[Logged]]] = {}
         self.reads: list[tuple[str, set[int]]] = []
+        self.slices: list[tuple[str, int, int]] = []  # topic, partition, start
         self.failing: BaseException | None = None
 
-    def write(self, topic: str, partition: int, key: bytes | None, value: bytes | None) -> None:
-        self.logs.setdefault(topic, {}).setdefault(partition, []).append((key, value))
+    def write(self, topic: str, partition: int, key: bytes | None, value: bytes | None,
+              headers: Headers | None = None) -> None:
+        self.logs.setdefault(topic, {}).setdefault(partition, []).append(
+            (key, value, list(headers or [])))
 
     def write_sent(self, sent: Iterable[Sent]) -> None:
         """What a FakeProducer sent, as the broker would have it."""
         for s in sent:
             assert s.partition is not None
-            self.write(s.topic, s.partition, s.key, s.value)
+            self.write(s.topic, s.partition, s.key, s.value, s.headers)
 
     def end(self, topic: str, partition: int) -> int:
         return len(self.logs.get(topic, {}).get(partition, []))
@@ -161,8 +169,8 @@ class FakeReader:
         out = {}
         for p in sorted(partitions):
             records = self.logs.get(topic, {}).get(p, [])
-            for key, value in records:
-                on_record(p, key, value)
+            for offset, (key, value, headers) in enumerate(records):
+                on_record(p, key, value, offset, headers)
             if records:
                 out[p] = len(records) - 1
         return out
@@ -170,12 +178,41 @@ class FakeReader:
     async def highwaters(self, topic: str, partitions: set[int]) -> dict[int, int]:
         return {p: self.end(topic, p) for p in partitions}
 
+    async def end_offsets(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        if self.failing is not None:
+            raise self.failing
+        return {(t, p): self.end(t, p) for t, p in partitions}
+
+    async def read_slices(self, starts: dict[tuple[str, int], int], limit: int
+                          ) -> dict[tuple[str, int],
+                                    tuple[list[tuple[bytes | None, bytes | None, int, Headers]],
+                                          int]]:
+        """At most ``limit`` records in all, partition after partition in (topic, partition)
+        order (``slices`` notes each partition read and where from)."""
+        if self.failing is not None:
+            raise self.failing
+        out = {}
+        for (topic, partition), start in sorted(starts.items()):
+            records = self.logs.get(topic, {}).get(partition, [])[start:start + limit]
+            limit -= len(records)
+            if records:
+                self.slices.append((topic, partition, start))
+            out[(topic, partition)] = (
+                [(k, v, o, h) for o, (k, v, h) in enumerate(records, start=start)],
+                start + len(records))
+        return out
+
+    def rebuilt(self, topic: str) -> set[int]:
+        """The partitions of ``topic`` read from their start in slices."""
+        return {p for t, p, start in self.slices if t == topic and start == 0}
+
 
 @dataclass
 class ConsumerRecord:
     key: bytes | None
     value: bytes | None
     offset: int
+    headers: Headers = field(default_factory=list)
 
 
 class FakeChangelogConsumer:
@@ -227,7 +264,7 @@ class FakeChangelogConsumer:
         for tp, position in self.positions.items():
             log = self.reader.logs.get(tp.topic, {}).get(tp.partition, [])
             if position < len(log):
-                out[tp] = [ConsumerRecord(k, v, o) for o, (k, v) in
+                out[tp] = [ConsumerRecord(k, v, o, h) for o, (k, v, h) in
                            enumerate(log[position:], start=position)]
                 self.positions[tp] = len(log)
         if self.gate is not None and out:

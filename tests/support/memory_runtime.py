@@ -1,7 +1,8 @@
 """A deployment's runtime in memory: the input and repartition topics as lists, the real ingest
 handler and partition states, the recommendations changelog in a FakeReader, and a crash that
-rebuilds every state through the real recovery path (runtime/recovery.py) and reads the input
-again from the last committed offsets. No broker: property tests drive thousands of histories.
+rebuilds every state through the real recovery path (runtime/recovery.py, runtime/rebuilds.py)
+and reads the input again from the last committed offsets. No broker: property tests drive
+thousands of histories.
 
 Delivery follows the worker's rule: a batch's durable writes reach the changelog before its
 input offsets may be committed; a crash loses whatever was read but not committed."""
@@ -79,6 +80,7 @@ class MemoryRuntime:
             await recovery.on_rebalance(table, assigned)
         for table in (RECOMMENDATIONS, EMITTED_COUNTS):
             await recovery.on_recovered(table, assigned)
+        await recovery.rebuilds.drain()  # (the worker runs them in the background)
 
     def poll(self, batch: int) -> int:
         """One batch of at most ``batch`` records per partition of each topic; returns how

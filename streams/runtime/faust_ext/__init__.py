@@ -10,6 +10,8 @@ so that an upgrade is a deliberate step: read the changed code, adapt, then move
   start-up sleep.
 - producer.py: the aiokafka producer inside Faust's.
 - worker.py: Faust's worker without its spinner.
+- assignor.py: Faust's partition assignor, giving a departed owner's partitions to the worker
+  keeping their standby copies.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ PRIVATE_API: tuple[tuple[str, str, str], ...] = (
     ("faust.transport.consumer", "Consumer", "seek_wait"),
     ("faust.transport.consumer", "Consumer", "on_partitions_revoked"),
     ("faust.transport.consumer", "Consumer", "on_partitions_assigned"),
+    ("faust.transport.consumer", "Consumer", "resume_partitions"),
     ("faust.transport.consumer", "Consumer", "flow_active"),
     ("faust.transport.consumer", "Consumer", "suspend_flow"),
     ("faust.transport.consumer", "Consumer", "consumer_stopped_errors"),
@@ -91,6 +94,11 @@ PRIVATE_API: tuple[tuple[str, str, str], ...] = (
      "_stop_commit_offsets_refresh_task"),
     ("aiokafka.consumer.group_coordinator", "GroupCoordinator", "_maybe_leave_group"),
     ("faust.transport.consumer", "ConsumerThread", "on_partitions_assigned"),
+    ("faust.assignor.partition_assignor", "PartitionAssignor", "_update_member_urls"),
+    ("faust.assignor.partition_assignor", "PartitionAssignor",
+     "_global_table_standby_assignments"),
+    ("faust.assignor.partition_assignor", "PartitionAssignor", "_member_urls"),
+    ("faust.assignor.partition_assignor", "PartitionAssignor", "_perform_assignment"),
 )
 
 

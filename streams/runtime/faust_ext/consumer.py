@@ -46,12 +46,31 @@ FETCH_MAX_WAIT_MS = 100
 BatchHandler = Callable[[list[Any]], Awaitable[list[Any]]]
 
 
-def install(app: Any, topics: Iterable[str], handler: BatchHandler) -> None:
+# Whether a partition of the handler's topics stays paused (topic, partition): its state is
+# being rebuilt in the background (runtime/rebuilds.py).
+Held = Callable[[str, int], bool]
+
+
+def install(app: Any, topics: Iterable[str], handler: BatchHandler,
+            held: Held = lambda topic, partition: False) -> None:
     """Make ``app``'s consumer (created when its worker starts) a :class:`BatchConsumer` that
-    hands the records of ``topics`` to ``handler``; it returns the records it handled."""
+    hands the records of ``topics`` to ``handler``; it returns the records it handled. Faust
+    pauses every assigned partition at a rebalance and resumes them all once its recovery is
+    over: partitions ``held`` stay paused until :func:`resume` is called for them."""
     app.transport.Consumer = BatchConsumer
     app.batch_topics = frozenset(topics)
     app.batch_handler = handler
+    app.batch_held = held
+
+
+def resume(app: Any, partition: int) -> None:
+    """Read the handler's topics' partition ``partition`` again (if assigned and no longer
+    held): its state is in service. Fetching resumes at the position Faust's recovery sought
+    it to, the committed offset."""
+    consumer = app.consumer
+    topics = consumer._batch_topics
+    consumer.resume_partitions({tp for tp in consumer.assignment()
+                                if tp.topic in topics and tp.partition == partition})
 
 
 class _ConsumerThread(AIOKafkaConsumerThread):
@@ -140,6 +159,14 @@ class BatchConsumer(AIOKafkaDriverConsumer):
 
     def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def resume_partitions(self, tps: Iterable[Any]) -> None:
+        # Faust's recovery resumes every assigned partition at its end: those whose state is
+        # still being rebuilt stay paused (their records would not be handled anyway).
+        held: Held = getattr(self.app, "batch_held")  # noqa: B009 (set by install)
+        topics = self._batch_topics
+        super().resume_partitions({tp for tp in tps
+                                   if not (tp.topic in topics and held(tp.topic, tp.partition))})
 
     def _to_message(self, tp: Any, record: Any) -> Any:
         # Called by Faust's getmany for every fetched record. The handler's records stay

@@ -19,11 +19,14 @@ import faust
 from faust.tables.manager import TableManager
 from faust.types import TP, EventT
 
+from streams.codec.durable import RecordHeaders
+
 
 class ChangelogListener(Protocol):
     def persisted_offset(self, table: str, partition: int) -> int | None: ...
     def load(self, table: str, partition: int, key: bytes | None,
-             value: bytes | None, offset: int | None = None) -> None: ...
+             value: bytes | None, offset: int | None = None,
+             headers: RecordHeaders | None = None) -> None: ...
     async def on_rebalance(self, table: str, assigned: set[int]) -> None: ...
     async def on_recovered(self, table: str, assigned: set[int]) -> None: ...
 
@@ -40,7 +43,7 @@ class ChangelogTable(faust.Table[bytes, bytes]):
         load = self._listener.load
         for event in batch:
             msg = event.message
-            load(self.name, msg.partition, msg.key, msg.value, msg.offset)
+            load(self.name, msg.partition, msg.key, msg.value, msg.offset, msg.headers)
 
     async def on_recovery_completed(self, active_tps: set[TP], standby_tps: set[TP]) -> None:
         await super().on_recovery_completed(active_tps, standby_tps)

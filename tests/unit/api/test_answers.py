@@ -59,6 +59,9 @@ class FakeWorker:
     def partitions(self) -> list[int]:
         return sorted(self.own)
 
+    def rebuilding(self) -> list[int]:
+        return []
+
     def owners(self) -> dict[str, list[int]]:
         return {url: sorted(w.own) for url, w in self.cluster.items()}
 

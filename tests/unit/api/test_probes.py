@@ -59,6 +59,16 @@ async def test_probes_through_a_workers_phases(probed: Any) -> None:
     assert await probe(client, "/healthz") == (200, {
         "ready": True, "partitions": [0, 1], "recommendations": 2, "standbys": []})
 
+    registry.begin_rebalance()  # partition 1 gained, rebuilt in the background (§11)
+    registry.rebuilding = {1}
+    del registry.active[1]
+    registry.finish_recovery({0, 1})
+    assert await probe(client, "/readyz") == (200, {"ready": True, "serving": True,
+                                                    "rebuilding": [1]})
+    status, body = await probe(client, "/healthz")  # not all of its partitions served yet
+    assert status == 503 and body["partitions"] == [0] and body["rebuilding"] == [1]
+    registry.rebuilding = set()
+
     registry.begin_rebalance()  # partitions moving: /healthz says so, /readyz stays ready
     assert await probe(client, "/readyz") == (200, {"ready": True, "serving": False})
     status, body = await probe(client, "/healthz")

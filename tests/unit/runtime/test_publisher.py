@@ -13,6 +13,7 @@ from streams.codec.durable import (
     decode_emitted,
     emitted_key,
     encode_applied,
+    expected_offset_header,
     recommendation_key,
 )
 from streams.codec.names import EMITTED_COUNTS, RECOMMENDATIONS
@@ -84,6 +85,22 @@ async def test_intents_go_before_the_events_and_confirmations_come_next_tick() -
 
 
 SEGMENT = b'["p","growth","label","l1","view",0.5]'
+
+
+async def test_every_emitted_counts_record_names_the_offset_it_should_get() -> None:
+    """The offset its writer expects: the one it gets while the writer is the partition's only
+    writer; the rebuilds know the others (test_recovery.py)."""
+    s = Setup()
+    s.apply("u1", 0.9, 1)
+    await s.publisher.tick()  # intents (growth, discovery) at 0, 1
+    s.apply("u2", 0.9, 2)
+    await s.publisher.tick()  # intents at 2, 3 (each its key's confirmation too)
+    s.producer.ends[(EMITTED, 1)] += 1  # another writer's record at 4
+    s.apply("u3", 0.9, 3)
+    await s.publisher.tick()  # intents expected at 4, 5, landed at 5, 6
+    assert [r.headers for r in s.producer.to(EMITTED)] == [
+        expected_offset_header(o) for o in range(6)]
+    assert 1 in s.registry.stale
 
 
 async def test_changes_and_counts_are_keyed_by_segment_on_its_partition() -> None:
@@ -287,6 +304,7 @@ async def test_a_new_owner_continues_the_versions_from_the_changelog() -> None:
         await recovery.on_rebalance(table, set(range(PARTITIONS)))
     for table in (RECOMMENDATIONS, EMITTED_COUNTS):
         await recovery.on_recovered(table, set(range(PARTITIONS)))
+    await recovery.rebuilds.drain()
     assert b.registry.active[1].ledger.next_offset == a.producer.ends[(EMITTED, 1)]
     a.producer.sent.clear()
     b.apply("u3", 0.9, 3)
@@ -295,3 +313,63 @@ async def test_a_new_owner_continues_the_versions_from_the_changelog() -> None:
     growth_changes = [c for c in b.changes() if c["segment_type"] == "growth"]
     assert [c["user_count"] for c in growth_changes] == [3]
     assert growth_changes[0]["version"] > old
+
+
+async def take_over(old: Setup) -> Setup:
+    """A new owner of every partition: one broker with ``old``, its states rebuilt from the
+    changelogs as the broker has them."""
+    new = Setup()
+    new.producer = old.producer
+    new.reader = old.reader
+    new.reader.logs.pop(EMITTED, None)
+    new.reader.write_sent(old.producer.to(EMITTED))
+    new.registry = PartitionRegistry((0.5,))
+    new.publisher = ChangePublisher(new.registry, Sink(lambda: new.producer, NAMES, 1_000_000),
+                                    NAMES, clock=lambda: 1_767_225_600.0)
+    recovery = Recovery(new.registry, new.reader, NAMES, new.reader.highwaters)
+    for table in (RECOMMENDATIONS, EMITTED_COUNTS):
+        await recovery.on_rebalance(table, set(range(PARTITIONS)))
+    for table in (RECOMMENDATIONS, EMITTED_COUNTS):
+        await recovery.on_recovered(table, set(range(PARTITIONS)))
+    await recovery.rebuilds.drain()
+    return new
+
+
+def apply_to(s: Setup, basis_id: str, user: str, weight: float | None, ts: int) -> None:
+    """An event of family (p, label, ``basis_id``, view), held on partition 1."""
+    ev = Event("p", user, "label", basis_id, "Label", "view", weight, False, ts)
+    s.registry.active[1].apply(ev, ts)
+    s.reader.write(NAMES.changelog_topic(RECOMMENDATIONS), 1,
+                   recommendation_key(ev.family, user), encode_applied(ev, ts, 1))
+
+
+def last_growth_change(s: Setup, basis_id: str) -> int:
+    return [c["user_count"] for c in s.changes()
+            if c["segment_type"] == "growth" and c["segment_basis_id"] == basis_id][-1]
+
+
+async def test_an_old_owners_late_confirmation_does_not_hide_the_last_change() -> None:
+    """CI run P (test_failover, 2 workers): the old owner's confirmation of a count it had
+    published, queued before it was paused, reached the emitted-counts changelog after the new
+    owner's later change and confirmation of that segment. The rebuilds that followed took it
+    for the last published count; the count came back to it, so no change was published and
+    the last change event said otherwise than GET /segments."""
+    a = Setup()
+    for user in ("u1", "u2", "u3"):
+        apply_to(a, "l1", user, 0.9, 1)
+    await a.publisher.tick()  # 3 published; its confirmation is the one that lands late
+    b = await take_over(a)
+    await b.publisher.tick()  # the intent it found published again
+    apply_to(b, "l1", "u3", None, 2)
+    await b.publisher.tick()
+    await b.publisher.tick()  # 2 published and confirmed
+    assert last_growth_change(b, "l1") == 2
+    await a.publisher.tick()  # the old owner's late confirmation of 3
+    assert 1 in a.registry.stale
+    apply_to(b, "l2", "u9", 0.9, 3)  # another family of the partition
+    await b.publisher.tick()
+    assert 1 in b.registry.stale  # (its write landed after the old owner's)
+    await b.rebuild_stale()
+    apply_to(b, "l1", "u3", 0.9, 4)  # back to 3
+    await b.publisher.tick()
+    assert last_growth_change(b, "l1") == 3
