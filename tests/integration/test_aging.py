@@ -119,7 +119,9 @@ async def test_a_flood_of_made_up_withdrawals_is_forgotten_and_late_events_are_d
         after = await _settled_rss(lambda: rss(worker))
         print(f"\n{GHOSTS} withdrawals in {took:.1f}s; RSS {before / MB:.0f} MB before, "
               f"{after / MB:.0f} MB after")
-        assert after <= before * 1.10, (before, after)
+        # Held, the withdrawals would cost 100 B or more each (95 MB and up); the heap of a
+        # worker that held none moved by up to 10 MB under CI's load (fragmentation).
+        assert after <= before + 24 * MB, (before, after)
 
         # Late events of the first ghosts: no state (forgotten), older than the watermark.
         late = [_ghost(i, 0.9, start_ts + i, now) for i in range(LATE)]

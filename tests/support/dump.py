@@ -39,6 +39,8 @@ async def dump_topics(bootstrap: str, topics: list[str], out_dir: Path,
 
 
 def deployment_topics(app_id: str) -> list[str]:
-    """The topics of a test deployment (tests/support/harness.py's Cluster)."""
+    """The topics of a test deployment (tests/support/harness.py's Cluster), its change and
+    count topics included: what a failed exactness check of change events needs."""
     return [f"{app_id}-in", f"{app_id}-recommendations-by-segment",
-            f"{app_id}-recommendations-changelog", f"{app_id}-emitted-counts-changelog"]
+            f"{app_id}-recommendations-changelog", f"{app_id}-emitted-counts-changelog",
+            f"{app_id}-changes", f"{app_id}-counts"]
