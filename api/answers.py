@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -102,7 +103,13 @@ async def from_owners(backend: SegmentsBackend, peers: PeerClient, q: SegmentsQu
     seen = set(covered)
     if others:
         parts = [local]
-        answers = await asyncio.gather(*(peers.ask(url, q, None, limit) for url in others))
+        try:
+            answers = await asyncio.gather(*(peers.ask(url, q, None, limit) for url in others))
+        except ServiceUnavailable as exc:  # (its message names the peer: for the log only)
+            _OWNER_UNANSWERED.warning(f"an owner gave no answer: {exc.message}")
+            raise ServiceUnavailable("an owner of some partitions gave no answer (unreachable "
+                                     "or rebalancing): this worker's log says which",
+                                     RETRY_AFTER_S) from None
         for peer in answers:
             if seen & set(peer.partitions):
                 raise ServiceUnavailable("partition owners overlap (rebalancing)", RETRY_AFTER_S)
@@ -169,9 +176,32 @@ async def from_anywhere(backend: SegmentsBackend, peers: PeerClient,
               f"worker (partitions {_ranges(sorted(missing))}")
     if unasked:
         detail += f"; no worker to ask for {_ranges(unasked)}"
-    detail += "".join(f"; {why}" for why in failed.values()) + ")"
-    log.warning("GET /segments: %s", detail)
-    raise ServiceUnavailable(detail, RETRY_AFTER_S)
+    if failed:  # which workers and why: in the log only (a client learns no internal URL)
+        _FOUND_NOWHERE.warning(f"{detail}; {'; '.join(failed.values())})")
+        detail += f"; {len(failed)} workers gave no answer: this worker's log says why"
+    raise ServiceUnavailable(detail + ")", RETRY_AFTER_S)
+
+
+class _Throttled:
+    """Warnings at most once a second, counting those left out (an outage fails every
+    request alike)."""
+
+    def __init__(self) -> None:
+        self._at = -math.inf
+        self._left_out = 0
+
+    def warning(self, message: str) -> None:
+        now = time.monotonic()
+        if now - self._at < 1.0:
+            self._left_out += 1
+            return
+        left_out, self._at, self._left_out = self._left_out, now, 0
+        log.warning("GET /segments: %s%s", message,
+                    f" ({left_out} more like it not logged)" if left_out else "")
+
+
+_OWNER_UNANSWERED = _Throttled()
+_FOUND_NOWHERE = _Throttled()
 
 
 def _ranges(partitions: list[int]) -> str:

@@ -6,6 +6,7 @@ query's last answer, its lag grown by the records that came since."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -160,9 +161,10 @@ async def test_an_owner_down_is_answered_for_by_its_standby_copies() -> None:
     assert asked == [("http://a", None), ("http://b", None),  # the owners, first
                      ("http://a", [0, 1]), ("http://b", [2]),  # then anywhere: owners (and
                      ("http://b", [0, 1])]  # c itself, for 3), then the copies' holders
-    with pytest.raises(ServiceUnavailable):
+    with pytest.raises(ServiceUnavailable) as raised:
         await answers.compute(app_of(workers["http://c"], peers),
                               SegmentsQuery(program_id="p", consistency="strict"))
+    assert "http://" not in raised.value.message  # a client learns no internal URL
 
 
 async def test_a_worker_rebalancing_answers_from_what_it_holds() -> None:
@@ -175,13 +177,23 @@ async def test_a_worker_rebalancing_answers_from_what_it_holds() -> None:
     assert answer.lag == 40
 
 
-async def test_a_partition_found_nowhere_is_a_503() -> None:
+async def test_a_partition_found_nowhere_is_a_503(caplog: pytest.LogCaptureFixture,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(answers, "_FOUND_NOWHERE", answers._Throttled())
     workers, peers = cluster()
     peers.down |= {"http://a", "http://b"}  # partitions 0 and 1: owner a, copies on b
-    with pytest.raises(ServiceUnavailable, match="2 of 4 partitions") as raised:
+    with caplog.at_level(logging.WARNING, logger="api.answers"), pytest.raises(
+            ServiceUnavailable, match="2 of 4 partitions") as raised:
         await answers.compute(app_of(workers["http://c"], peers), Q)
-    # An operator reads which partitions are missing and why each worker asked gave nothing.
-    assert "(partitions 0-1; http://a is down; http://b is down)" in raised.value.message
+    # The client learns which partitions are missing, not the workers' URLs; the log says
+    # why each worker asked gave nothing.
+    assert raised.value.message == ("2 of 4 partitions are found on no worker (partitions 0-1; "
+                                    "2 workers gave no answer: this worker's log says why)")
+    assert "(partitions 0-1; http://a is down; http://b is down)" in caplog.text
+    for _ in range(3):  # an outage fails every request alike: a warning a second at most
+        with pytest.raises(ServiceUnavailable):
+            await answers.compute(app_of(workers["http://c"], peers), Q)
+    assert caplog.text.count("found on no worker") == 1
 
 
 async def test_the_last_answer_stands_in_when_a_partition_is_nowhere() -> None:
