@@ -138,19 +138,35 @@ async def from_anywhere(backend: SegmentsBackend, peers: PeerClient,
     rounds: tuple[Callable[[int], Iterable[str]], ...] = (
         lambda p: [owner_of[p]] if p in owner_of else [],
         lambda p: standby_holders.get(p, []),
-        lambda p: members,
     )
     parts: list[list[SegmentRow]] = []
     lag, stale, total = 0, False, 0
     asked: dict[str, set[int]] = {}
     failed: dict[str, str] = {}  # url -> why it gave no answer
+
+    def reachable(url: str) -> bool:
+        if url != backend.self_url and peers.is_open(url):
+            failed.setdefault(url, f"worker {url} is unreachable (not asked)")
+        return url not in failed
+
+    def take(url: str, result: Held | PeerAnswer | BaseException) -> None:
+        nonlocal missing, lag, stale, total
+        if isinstance(result, ServiceUnavailable):  # unreachable, or no answer from it
+            failed[url] = result.message
+            return
+        if isinstance(result, BaseException):
+            raise result
+        parts.append(result.rows)
+        total += result.total
+        missing -= set(result.partitions)
+        lag += result.lag
+        stale = stale or result.stale
+
     for candidates in rounds:
         plan: dict[str, set[int]] = {}
         for p in sorted(missing):
             for url in candidates(p):
-                if url != backend.self_url and peers.is_open(url):
-                    failed.setdefault(url, f"worker {url} is unreachable (not asked)")
-                if url not in failed and p not in asked.get(url, ()):
+                if reachable(url) and p not in asked.get(url, ()):
                     plan.setdefault(url, set()).add(p)
                     break
         for url, wanted in plan.items():
@@ -159,18 +175,21 @@ async def from_anywhere(backend: SegmentsBackend, peers: PeerClient,
                                           for url, held in plan.items()),
                                        return_exceptions=True)
         for url, result in zip(plan, results, strict=True):
-            if isinstance(result, ServiceUnavailable):  # unreachable, or no answer from it
-                failed[url] = result.message
-                continue
-            if isinstance(result, BaseException):
-                raise result
-            parts.append(result.rows)
-            total += result.total
-            missing -= set(result.partitions)
-            lag += result.lag
-            stale = stale or result.stale
-        if not missing:
-            return Answer(merge_top(parts, limit), as_of_ms, lag, stale, total)
+            take(url, result)
+    # Then every worker in turn, asked for what is still missing: where copies are is computed
+    # from the owners as this worker sees them, which a worker just gone changes. One at a
+    # time, so that no partition comes from two of them.
+    for url in members:
+        wanted = missing - asked.get(url, set())
+        if not wanted or not reachable(url):
+            continue
+        asked.setdefault(url, set()).update(wanted)
+        try:
+            take(url, await _held(backend, peers, url, q, wanted, limit))
+        except ServiceUnavailable as exc:
+            take(url, exc)
+    if not missing:
+        return Answer(merge_top(parts, limit), as_of_ms, lag, stale, total)
     unasked = sorted(p for p in missing if not any(p in held for held in asked.values()))
     detail = (f"{len(missing)} of {backend.total_partitions} partitions are found on no "
               f"worker (partitions {_ranges(sorted(missing))}")

@@ -233,3 +233,22 @@ def test_cache_entries_of_another_version_are_misses() -> None:
         1_000, 7, -1, b"{}")
     assert unpack(b"1000 7\n{}") is None  # the version before the last answers
     assert unpack(b"x y z\n{}") is None
+
+
+async def test_a_copy_where_the_owners_do_not_say_is_still_found() -> None:
+    """Where copies are is computed from the owners as the asking worker sees them; a worker
+    just gone changes that (the scale test: 154 503s in its kill -9 phase). Every worker is
+    then asked in turn for what is still missing, and no partition is counted twice."""
+    workers, peers = cluster()
+    workers["http://d"] = FakeWorker("http://d", set(), copies={0, 1})  # (in no one's view)
+    for w in workers.values():
+        w.cluster = workers
+    workers["http://b"].copies = {0}  # b, where c's view puts 0 and 1's copies, has only 0's
+    view = {0: ["http://b"], 1: ["http://b"], 2: ["http://c"], 3: ["http://a"]}
+    workers["http://c"].standby_holders = lambda: view  # type: ignore[method-assign]
+    peers.down.add("http://a")
+    answer = await answers.compute(app_of(workers["http://c"], peers), Q)
+    assert counts(answer) == ["b0", "b1", "b2", "b3"] and answer.stale
+    d_asked = [sorted(scope.partitions or ()) for url, scope in peers.asked
+               if url == "http://d" and scope is not None]
+    assert d_asked == [[1]]  # only what b did not have
