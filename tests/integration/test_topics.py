@@ -172,9 +172,12 @@ async def test_on_three_brokers_topics_get_rf_3_and_min_insync_2_and_rf_1_is_war
             3, 3, sorted(created))
         assert [(w.topic, w.setting) for w in report.warnings] == [
             ("three-dlq", "replication.factor")]
-        for _ in range(50):  # created topics reach every broker's metadata shortly after
+        # Created topics and their configs reach every broker's metadata shortly after; a
+        # broker that has not yet heard of a topic answers its configs with an error (None).
+        for _ in range(50):
             topics = await describe(admin, [*created, "three-dlq"])
-            if len(topics) == len(created) + 1:
+            if len(topics) == len(created) + 1 and all(
+                    t.min_insync_replicas is not None for t in topics.values()):
                 break
             await asyncio.sleep(0.2)
     finally:
