@@ -1,9 +1,11 @@
 """Standby replicas (contract section 6): warm copies of other workers' partitions.
 
-Where: for each partition, the ``replicas`` workers that follow its owner in the order of the
-members' URLs (``holders``). Every worker computes the same from the group's assignment, so a
-worker that needs a standby copy knows whom to ask. (Faust's own standbys apply their records
-a buffer at a time and one task per record, and Faust does not tell the members where they are.)
+Where: for each partition, the first ``replicas`` workers other than its owner in that
+partition's rendezvous order of the members' URLs, skipping those that keep their share of
+copies already (``holders``). Every worker computes the same from the group's assignment, so
+a worker that needs a standby copy knows whom to ask; a join, a leave or a new owner moves few
+copies. (Faust's own standbys apply their records a buffer at a time and one task per record,
+and Faust does not tell the members where they are.)
 
 How: one consumer without a group reads the standby partitions' two changelogs. A new standby
 partition is read from its start in bulk, its indexes built once it is complete (then it is
@@ -20,7 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import hashlib
 import logging
+import math
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -40,17 +46,40 @@ logger = logging.getLogger(__name__)
 LOOKUP_TIMEOUT_S = 5.0
 
 
+# No member keeps more than this times the mean number of copies, where the others can take
+# them: copies cost memory like owned partitions, and workers are sized alike.
+COPY_LOAD_FACTOR = 1.25
+
+
 def holders(owners: Mapping[str, Iterable[int]], replicas: int) -> dict[int, list[str]]:
-    """Per partition, the workers keeping a standby copy of it: the ``replicas`` members after
-    its owner in the order of their URLs (never the owner itself)."""
-    members = sorted(owners)
-    n = len(members)
+    """Per partition, the workers keeping a standby copy of it: the first ``replicas`` members
+    other than its owner in the partition's own order of the members (rendezvous hashing,
+    ``_rank``), skipping members that already keep their share of copies (bounded load).
+    A member that joins or leaves, or a partition that changes owner, moves few copies: the
+    others stay where they are, warm, across rebalances."""
+    members = list(owners)
+    owner = {p: url for url, partitions in owners.items() for p in partitions}
+    k = max(0, min(replicas, len(members) - 1))
+    cap = math.ceil(COPY_LOAD_FACTOR * len(owner) * k / len(members)) if members else 0
+    load: Counter[str] = Counter()
     out: dict[int, list[str]] = {}
-    for i, url in enumerate(members):
-        successors = [members[(i + k) % n] for k in range(1, min(n, replicas + 1))]
-        for p in owners[url]:
-            out[p] = successors
+    for p in sorted(owner):
+        ranked = [m for m in _ranked(p, members) if m != owner[p]]
+        picked = set([m for m in ranked if load[m] < cap][:k])
+        picked.update([m for m in ranked if m not in picked][:k - len(picked)])
+        load.update(picked)
+        out[p] = [m for m in ranked if m in picked]
     return out
+
+
+def _ranked(partition: int, members: Iterable[str]) -> list[str]:
+    return sorted(members, key=lambda m: (_rank(partition, m), m))
+
+
+@functools.lru_cache(maxsize=65536)
+def _rank(partition: int, member: str) -> bytes:
+    """The member's place for this partition: the same in every process and release."""
+    return hashlib.blake2b(f"{partition}|{member}".encode(), digest_size=8).digest()
 
 
 @dataclass

@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streams.codec.durable import (
     emitted_key,
@@ -25,7 +29,7 @@ from streams.domain.events import Event
 from streams.runtime.partitions import PartitionRegistry
 from streams.runtime.query import Cluster, QueryService
 from streams.runtime.recovery import Recovery
-from streams.runtime.standby import StandbyReplicas, holders
+from streams.runtime.standby import COPY_LOAD_FACTOR, StandbyReplicas, holders
 from tests.support.fakes import NAMES, FakeChangelogConsumer, FakeGroupLag, FakeReader
 
 FAMILY = ("p", "label", "l1", "view")
@@ -33,14 +37,65 @@ RECS = NAMES.changelog_topic(RECOMMENDATIONS)
 EMITTED = NAMES.changelog_topic(EMITTED_COUNTS)
 
 
-def test_copies_go_to_the_owners_successors_never_to_the_owner() -> None:
+def test_copies_go_to_the_first_other_members_of_the_partitions_order_never_to_the_owner(
+        ) -> None:
     owners = {"http://c": [2], "http://a": [0, 3], "http://b": [1]}
-    assert holders(owners, 1) == {0: ["http://b"], 3: ["http://b"], 1: ["http://c"],
-                                  2: ["http://a"]}
+    # Pinned: workers of two releases in one group must agree on where the copies are.
+    assert holders(owners, 1) == {0: ["http://b"], 3: ["http://c"], 1: ["http://c"],
+                                  2: ["http://b"]}
     assert holders(owners, 2)[1] == ["http://c", "http://a"]
     assert holders(owners, 5)[1] == ["http://c", "http://a"]  # at most the other members
     assert holders({"http://a": [0, 1]}, 1) == {0: [], 1: []}  # alone: no copy anywhere
     assert holders(owners, 0) == {0: [], 1: [], 2: [], 3: []}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 12), st.integers(0, 64), st.integers(0, 3), st.randoms())
+def test_each_partition_has_its_copies_on_distinct_other_members_within_their_share(
+        members: int, partitions: int, replicas: int, rnd: random.Random) -> None:
+    urls = [f"http://10.0.0.{i}:8080" for i in range(members)]
+    owners: dict[str, list[int]] = {u: [] for u in urls}
+    for p in range(partitions):
+        owners[rnd.choice(urls)].append(p)
+    placed = holders(owners, replicas)
+    k = min(replicas, members - 1)
+    assert sorted(placed) == list(range(partitions))
+    for p, copies in placed.items():
+        assert next(u for u, ps in owners.items() if p in ps) not in copies
+        assert len(set(copies)) == len(copies) == k and set(copies) <= set(urls)
+    cap = math.ceil(COPY_LOAD_FACTOR * partitions * k / members)
+    if members >= 5 * (k + 1):  # then some other member is always below its share
+        assert max(Counter(c for cs in placed.values() for c in cs).values(), default=0) <= cap
+
+
+def _copies(owners: dict[str, list[int]], replicas: int) -> set[tuple[int, str]]:
+    return {(p, url) for p, urls in holders(owners, replicas).items() for url in urls}
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_six_workers_of_48_partitions_keep_their_share_and_most_copies_through_changes(
+        replicas: int) -> None:
+    """The scale test's shape: copies spread within 1.25 times the mean, and a join, a leave
+    or a partition changing owner moves few of them (URL successors moved all copies of a
+    partition that changed owner, and shifted whole rings at a join)."""
+    urls = [f"http://127.0.0.1:{8100 + i}" for i in range(6)]
+    owners = {u: list(range(i, 48, 6)) for i, u in enumerate(urls)}
+    before = _copies(owners, replicas)
+    loads = Counter(url for _, url in before)
+    assert max(loads.values()) <= math.ceil(1.25 * 48 * replicas / 6)
+    # partition 0 changes owner (to a worker not keeping its copy): at most one copy moves
+    new_owner = next(u for u in urls[1:] if (0, u) not in before)
+    moved = {**owners, urls[0]: owners[urls[0]][1:], new_owner: [*owners[new_owner], 0]}
+    assert len(_copies(moved, replicas) - before) <= 1
+    # a seventh worker joins, owning nothing yet: besides the copies it takes, few move
+    joined = _copies({**owners, "http://127.0.0.1:8106": []}, replicas)
+    taken = {c for c in joined if c[1] == "http://127.0.0.1:8106"}
+    assert len(joined - before - taken) <= len(taken) // 4
+    # a worker that owns nothing leaves: only copies it kept move
+    spare = {**owners, "http://127.0.0.1:8106": []}
+    kept = _copies(spare, replicas)
+    left = _copies(owners, replicas)
+    assert len(left - kept) <= 1.25 * len({c for c in kept if c[1] == "http://127.0.0.1:8106"})
 
 
 def write(reader: FakeReader, partition: int, user: str, weight: float) -> None:
