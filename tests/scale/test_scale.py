@@ -24,6 +24,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import time
 from collections import Counter
@@ -250,13 +251,17 @@ async def leaders(bootstrap: str, topic: str) -> Counter[int]:
 
 
 @pytest.fixture(scope="module")
-def three_brokers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def three_brokers(tmp_path_factory: pytest.TempPathFactory,
+                  request: pytest.FixtureRequest) -> Iterator[Path]:
     data = tmp_path_factory.mktemp("kafka3")
     kafka_local.start_cluster(3, port=0, data_dir=data)
+    failed = request.session.testsfailed
     try:
         yield data
     finally:
         kafka_local.stop_cluster(data)
+        if request.session.testsfailed == failed:  # ~11 GB of logs; kept to read a failure
+            shutil.rmtree(data, ignore_errors=True)
 
 
 async def test_six_workers_48_partitions_three_brokers(three_brokers: Path,
