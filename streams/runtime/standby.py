@@ -53,30 +53,32 @@ COPY_LOAD_FACTOR = 1.25
 
 def holders(owners: Mapping[str, Iterable[int]], replicas: int) -> dict[int, list[str]]:
     """Per partition, the workers keeping a standby copy of it: the first ``replicas`` members
-    other than its owner in the partition's own order of the members (rendezvous hashing,
-    ``_rank``), skipping members that already keep their share of copies (bounded load).
-    A member that joins or leaves, or a partition that changes owner, moves few copies: the
-    others stay where they are, warm, across rebalances."""
-    members = list(owners)
-    owner = {p: url for url, partitions in owners.items() for p in partitions}
+    other than its owner in the partition's own order of the members (rendezvous hashing),
+    skipping members that already keep their share of copies (bounded load). A join, a leave
+    or a partition that changes owner moves few copies: the others stay where they are, warm,
+    across rebalances. Changing this rule changes where a rolling upgrade finds copies."""
+    key = tuple(sorted((url, tuple(sorted(set(ps)))) for url, ps in owners.items()))
+    return {p: list(urls) for p, urls in _holders(key, replicas).items()}
+
+
+@functools.lru_cache(maxsize=8)  # computed once per assignment, asked at every failover read
+def _holders(owners: tuple[tuple[str, tuple[int, ...]], ...],
+             replicas: int) -> dict[int, tuple[str, ...]]:
+    members = [url for url, _ in owners]
+    owner = {p: url for url, partitions in owners for p in partitions}  # a duplicate: last URL
     k = max(0, min(replicas, len(members) - 1))
     cap = math.ceil(COPY_LOAD_FACTOR * len(owner) * k / len(members)) if members else 0
     load: Counter[str] = Counter()
-    out: dict[int, list[str]] = {}
+    out: dict[int, tuple[str, ...]] = {}
     for p in sorted(owner):
-        ranked = [m for m in _ranked(p, members) if m != owner[p]]
+        ranked = sorted((m for m in members if m != owner[p]), key=lambda m: (_rank(p, m), m))
         picked = set([m for m in ranked if load[m] < cap][:k])
         picked.update([m for m in ranked if m not in picked][:k - len(picked)])
         load.update(picked)
-        out[p] = [m for m in ranked if m in picked]
+        out[p] = tuple(m for m in ranked if m in picked)
     return out
 
 
-def _ranked(partition: int, members: Iterable[str]) -> list[str]:
-    return sorted(members, key=lambda m: (_rank(partition, m), m))
-
-
-@functools.lru_cache(maxsize=65536)
 def _rank(partition: int, member: str) -> bytes:
     """The member's place for this partition: the same in every process and release."""
     return hashlib.blake2b(f"{partition}|{member}".encode(), digest_size=8).digest()

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import math
 import random
 from collections import Counter
@@ -40,7 +42,6 @@ EMITTED = NAMES.changelog_topic(EMITTED_COUNTS)
 def test_copies_go_to_the_first_other_members_of_the_partitions_order_never_to_the_owner(
         ) -> None:
     owners = {"http://c": [2], "http://a": [0, 3], "http://b": [1]}
-    # Pinned: workers of two releases in one group must agree on where the copies are.
     assert holders(owners, 1) == {0: ["http://b"], 3: ["http://c"], 1: ["http://c"],
                                   2: ["http://b"]}
     assert holders(owners, 2)[1] == ["http://c", "http://a"]
@@ -75,27 +76,40 @@ def _copies(owners: dict[str, list[int]], replicas: int) -> set[tuple[int, str]]
 @pytest.mark.parametrize("replicas", [1, 2])
 def test_six_workers_of_48_partitions_keep_their_share_and_most_copies_through_changes(
         replicas: int) -> None:
-    """The scale test's shape: copies spread within 1.25 times the mean, and a join, a leave
-    or a partition changing owner moves few of them (URL successors moved all copies of a
-    partition that changed owner, and shifted whole rings at a join)."""
-    urls = [f"http://127.0.0.1:{8100 + i}" for i in range(6)]
-    owners = {u: list(range(i, 48, 6)) for i, u in enumerate(urls)}
-    before = _copies(owners, replicas)
-    loads = Counter(url for _, url in before)
-    assert max(loads.values()) <= math.ceil(1.25 * 48 * replicas / 6)
-    # partition 0 changes owner (to a worker not keeping its copy): at most one copy moves
-    new_owner = next(u for u in urls[1:] if (0, u) not in before)
-    moved = {**owners, urls[0]: owners[urls[0]][1:], new_owner: [*owners[new_owner], 0]}
-    assert len(_copies(moved, replicas) - before) <= 1
-    # a seventh worker joins, owning nothing yet: besides the copies it takes, few move
-    joined = _copies({**owners, "http://127.0.0.1:8106": []}, replicas)
-    taken = {c for c in joined if c[1] == "http://127.0.0.1:8106"}
-    assert len(joined - before - taken) <= len(taken) // 4
-    # a worker that owns nothing leaves: only copies it kept move
-    spare = {**owners, "http://127.0.0.1:8106": []}
-    kept = _copies(spare, replicas)
-    left = _copies(owners, replicas)
-    assert len(left - kept) <= 1.25 * len({c for c in kept if c[1] == "http://127.0.0.1:8106"})
+    """The scale test's shape over 40 sets of URLs: copies within 1.25 times the mean per
+    worker; a partition that changes owner moves well under one copy in the mean (URL
+    successors moved 1.0 with one copy and 1.6 with two); a joining worker takes about its
+    share and moves few others."""
+    cap = math.ceil(COPY_LOAD_FACTOR * 48 * replicas / 6)
+    owner_changes, joins, taken = [], [], []
+    for base in range(9000, 9000 + 40 * 17, 17):
+        urls = [f"http://127.0.0.1:{base + i}" for i in range(6)]
+        owners = {u: list(range(i, 48, 6)) for i, u in enumerate(urls)}
+        before = _copies(owners, replicas)
+        assert max(Counter(url for _, url in before).values()) <= cap
+        for p in range(0, 48, 5):
+            for d in (2, 4):
+                src, dst = urls[p % 6], urls[(p + d) % 6]
+                moved = {**owners, src: [q for q in owners[src] if q != p],
+                         dst: [*owners[dst], p]}
+                owner_changes.append(len(_copies(moved, replicas) - before))
+        new = f"http://127.0.0.1:{base + 9}"
+        joined = _copies({**owners, new: []}, replicas)
+        own = {c for c in joined if c[1] == new}
+        taken.append(len(own))
+        joins.append(len(joined - before - own))
+    assert sum(owner_changes) / len(owner_changes) <= 0.5 * replicas + 0.3
+    assert 0.8 <= sum(taken) / len(taken) / (48 * replicas / 7) <= 1.2
+    assert sum(joins) / len(joins) <= 1.5
+
+
+def test_the_placement_rule_is_pinned() -> None:
+    """Workers of two releases with different rules disagree on where copies are (a rolling
+    upgrade across a change of the rule: README, upgrades); this fails on any change."""
+    owners = {f"http://10.0.0.{i}:8080": list(range(i, 48, 6)) for i in range(6)}
+    digests = [hashlib.sha256(json.dumps(sorted(holders(owners, r).items())).encode())
+               .hexdigest()[:16] for r in (1, 2)]
+    assert digests == ["2cbb9ce200c67f9c", "f2959ced6ce365c9"]
 
 
 def write(reader: FakeReader, partition: int, user: str, weight: float) -> None:
