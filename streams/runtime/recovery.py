@@ -380,8 +380,8 @@ def load_record(state: PartitionState, table: str, partition: int, key: bytes | 
 
 def consumer_factory(**config: Any) -> Callable[[], AIOKafkaConsumer]:
     """Consumers for the changelog reader and the standby copies: no group. A fetch response
-    is read and parsed in one step of the event loop: 8 MiB of them hold it ~5 ms, 64 MiB held
-    it 40-50 ms (probes during a rebuild) and kept ~700 MiB more alive (BENCHMARKS, probes)."""
+    is read and parsed in one step of the event loop, so its size bounds how long a probe
+    waits during a rebuild, and large ones stay alive with their records (BENCHMARKS, probes)."""
     def make() -> AIOKafkaConsumer:
         return AIOKafkaConsumer(enable_auto_commit=False, auto_offset_reset="earliest",
                                 max_partition_fetch_bytes=1024 * 1024,
