@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -317,33 +319,58 @@ async def _counter(api: Setup, worker: int, name: str) -> float:
 
 @pytest.mark.asyncio(loop_scope="session")
 async def test_sixteen_identical_misses_cost_one_computation_per_worker(api: Setup) -> None:
-    metric = "segments_query_computations_total"
+    metric, stale_metric = "segments_query_computations_total", "segments_stale_answers_total"
     want = api.oracle.segments(PROGRAM, "base", "asset", 0.375)
-    stale_metric = "segments_stale_answers_total"
-    for refresh, most in (("false", 1), ("true", 2)):
-        before = [await _counter(api, w, metric) for w in (0, 1)]
-        stale_before = [await _counter(api, w, stale_metric) for w in (0, 1)]
-        answers = await asyncio.gather(*(
-            api.get({"segment_type": "base", "segment_basis": "assets", "min_weight": "0.375",
-                     "size": "20", "force_refresh": refresh}, worker=n % 2)
-            for n in range(16)))
-        after = [await _counter(api, w, metric) for w in (0, 1)]
-        stale = [await _counter(api, w, stale_metric) - b for w, b in zip((0, 1), stale_before,
-                                                                          strict=True)]
-        computed = [a - b for a, b in zip(after, before, strict=True)]
-        # misses: one computation per worker (its first miss; the others join it or hit the
-        # cache it wrote); force_refresh: one, and one shared by those that came during it.
-        # A stale answer (a peer slower than its timeout, on a loaded machine) is not cached:
-        # each may cost the next request one more computation.
-        assert all(0 <= c <= most + s for c, s in zip(computed, stale, strict=True)), (
-            computed, stale)
-        assert sum(computed) >= 1, computed
+    params = {"segment_type": "base", "segment_basis": "assets", "min_weight": "0.375",
+              "size": "20"}
+
+    async def counters(worker: int) -> tuple[float, float]:
+        return (await _counter(api, worker, metric), await _counter(api, worker, stale_metric))
+
+    def check(answers: list[tuple[int, Any]], what: str) -> None:
         for status, body in answers:
             assert status == 200 and body["total"] == len(want)
-            assert_rows_equal(items_as_rows(body["items"]), want[:20], f"refresh {refresh}")
+            assert_rows_equal(items_as_rows(body["items"]), want[:20], what)
+
+    # Misses, spread over both workers: one computation per worker (its first miss; the others
+    # join it or hit the prefix it cached). A stale answer (a peer slower than its timeout, on
+    # a loaded machine) is not cached: each may cost the next request one more computation.
+    before = [await counters(w) for w in (0, 1)]
+    answers = await asyncio.gather(*(api.get({**params, "force_refresh": "false"}, worker=n % 2)
+                                     for n in range(16)))
+    after = [await counters(w) for w in (0, 1)]
+    computed = [a[0] - b[0] for a, b in zip(after, before, strict=True)]
+    stale = [a[1] - b[1] for a, b in zip(after, before, strict=True)]
+    assert all(0 <= c <= 1 + s for c, s in zip(computed, stale, strict=True)), (computed, stale)
+    assert sum(computed) >= 1, computed
+    check(answers, "misses")
+
+    # force_refresh, sixteen arriving while one computation runs (held open by pausing the
+    # peer it asks): that one, and one more shared by all that came during it. (Requests that
+    # arrive after the second started need a third: it may have read the state before them.)
+    coalesced_metric = "segments_query_coalesced_total"
+    (computed_before, stale_before), joined_before = (
+        await counters(0), await _counter(api, 0, coalesced_metric))
+    peer = api.workers[1].proc
+    assert peer is not None
+    os.kill(peer.pid, signal.SIGSTOP)
+    try:
+        burst = asyncio.gather(*(api.get({**params, "force_refresh": "true"}, worker=0)
+                                 for _ in range(16)))
+        # The first opens the running flight, the second the queued one; the others join it.
+        deadline = time.monotonic() + 30
+        while await _counter(api, 0, coalesced_metric) - joined_before < 14:
+            assert time.monotonic() < deadline, "the sixteen requests never all arrived"
+            await asyncio.sleep(0.02)
+    finally:
+        os.kill(peer.pid, signal.SIGCONT)
+    answers = await burst
+    computed_after, stale_after = await counters(0)
+    computed_0, stale_0 = computed_after - computed_before, stale_after - stale_before
+    assert 2 <= computed_0 <= 2 + stale_0, (computed_0, stale_0)
+    check(answers, "force_refresh")
 
 
-# -- cache and force_refresh ---------------------------------------------------------------------
 @pytest.mark.asyncio(loop_scope="session")
 async def test_force_refresh_sees_what_the_cache_does_not(api: Setup) -> None:
     program = "program-cache"
