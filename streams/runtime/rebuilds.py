@@ -39,7 +39,7 @@ from streams.runtime.recovery import LOAD_SLICE, READ_BATCH, Reader, load_record
 
 logger = logging.getLogger(__name__)
 
-SLICE = READ_BATCH  # records read and applied per slice (a few milliseconds of the loop)
+SLICE = READ_BATCH  # records read per slice (applied LOAD_SLICE at a time)
 END_TIMEOUT_S = 5.0
 
 

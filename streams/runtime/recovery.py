@@ -84,11 +84,12 @@ class Reader(Protocol):
         (past compacted-away offsets too)."""
 
 
-# Records fetched at once (aiokafka unpacks them in one go: a few milliseconds).
-READ_BATCH = 2_000
-# Records decoded and applied without giving the event loop back (a few milliseconds), so
-# that probes, answers and heartbeats are served through a long rebuild.
-LOAD_SLICE = 500
+# Records fetched at once (aiokafka unpacks them in one go).
+READ_BATCH = 500
+# Records decoded and applied without giving the event loop back, so that probes, answers
+# and heartbeats are served through a long rebuild: a probe waits for a slice or two, so each
+# stays a small part of contract §12's bound (BENCHMARKS.md, probes).
+LOAD_SLICE = 125
 
 
 async def loaded_slice() -> None:
