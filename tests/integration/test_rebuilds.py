@@ -4,7 +4,7 @@ rebuild. Real `segments worker` processes, the session's broker.
 
 w1 holds the state of every partition. w2 joins and gains about half of them, which it rebuilds
 in the background, slowed by the test-only knob SEGMENTS_TEST_ONLY_REBUILD_SLICE_PAUSE_MS (a
-pause after each slice of 2,000 changelog records) so that a small state takes tens of seconds.
+pause after each slice of changelog records) so that a small state takes tens of seconds.
 While w2 rebuilds, w3 joins: it owns partitions within seconds (the old callback rebuilt inside
 the join, which then waited for w2's rebuild, up to the 60 s rebalance timeout, and w2 was
 evicted and started over). Every read meanwhile is 200 and exact (from owners, standby copies,
@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.runtime.kafka_clients import start_consumer
+from streams.runtime.rebuilds import SLICE
 from streams.tools.produce import generate
 from tests.support.harness import (
     Cluster,
@@ -42,7 +43,9 @@ from tests.support.oracle import Oracle
 pytestmark = pytest.mark.integration
 
 EVENTS = 100_000
-PAUSE_MS = 700  # after each slice of 2,000 records: w2's share takes tens of seconds
+# After each slice, 0.35 ms a record it holds: w2's share takes tens of seconds, however many
+# records a slice holds.
+PAUSE_MS = 350 * SLICE // 1000
 JOIN_BOUND_S = 20.0  # w3's start (a process start on a loaded machine) to its assignment
 QUERY = ("p0", "growth", "label", 0.5)
 
