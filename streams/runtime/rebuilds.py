@@ -202,6 +202,7 @@ class Rebuilds:
                 if self._current(job):
                     job.ends = ends[job.partition]
         starts: dict[tuple[str, int], int] = {}
+        read_for: dict[int, Rebuild] = {}
         for job in jobs:
             if not self._current(job):
                 continue
@@ -210,16 +211,19 @@ class Rebuilds:
                 job.step = Step.SETTLING
             for t in behind:
                 starts[self._tp(t, job.partition)] = job.positions.get(t, 0)
+                read_for[job.partition] = job
         if not starts:
             return
         read = await self.reader.read_slices(starts, self.slice_records)
         tables = {self.names.changelog_topic(t): t for t in TABLES}
         n = 0
         for (topic, p), (records, after) in read.items():
-            target = self.jobs.get(p)
+            # Only the rebuild it was read for: one of a partition revoked and assigned again
+            # meanwhile starts from offset 0, and would skip what lies before this slice.
+            target = read_for[p]
             table = tables[topic]
             start = starts[(topic, p)]
-            if target is None or target.step is not Step.READING:
+            if not self._current(target) or target.step is not Step.READING:
                 continue  # cancelled meanwhile: nothing of it applied
             for key, value, offset, headers in records:
                 load_record(target.state, table, p, key, value, self._skipped, offset, headers)

@@ -17,7 +17,15 @@ from streams.runtime.partitions import PartitionRegistry, Phase
 from streams.runtime.rebuilds import Rebuilds, Step
 from streams.runtime.recovery import Recovery
 from streams.runtime.sink import Sink
-from tests.support.fakes import NAMES, PARTITIONS, FakeProducer, FakeReader, event_doc, keyed
+from tests.support.fakes import (
+    NAMES,
+    PARTITIONS,
+    FakeProducer,
+    FakeReader,
+    Headers,
+    event_doc,
+    keyed,
+)
 
 FAMILY = ("p", "label", "l1", "view")
 RECS = NAMES.changelog_topic(RECOMMENDATIONS)
@@ -141,6 +149,51 @@ async def test_a_rebalance_that_keeps_the_partition_does_not_start_it_over() -> 
     metrics = w.rebuilds.metrics.rebuilds
     assert metrics.labels("started")._value.get() == 1
     assert metrics.labels("continued")._value.get() == 2
+
+
+class HeldReader(FakeReader):
+    """A reader whose next slice, once read, is held until ``release`` is set: the group may
+    rebalance meanwhile."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = False
+        self.holding = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def read_slices(self, starts: dict[tuple[str, int], int], limit: int
+                          ) -> dict[tuple[str, int], tuple[list[tuple[bytes | None,
+                                                                       bytes | None, int,
+                                                                       Headers]], int]]:
+        out = await super().read_slices(starts, limit)
+        if self.hold:
+            self.hold = False
+            self.holding.set()
+            await self.release.wait()
+        return out
+
+
+async def test_a_slice_read_for_a_rebuild_revoked_and_started_over_meanwhile_is_dropped() -> None:
+    """Two rebalances while a slice is read: the partition revoked, then assigned again (a new
+    rebuild from offset 0). The slice, read from where the old rebuild was, is not the new
+    one's: applied to it, the records before it would never be read."""
+    reader = HeldReader()
+    write(reader, 0, 50)
+    w = Worker(reader)
+    await w.assign({0, 1})
+    await w.slices(3)
+    old = w.rebuilds.jobs[0]
+    reader.hold = True
+    step = asyncio.create_task(w.rebuilds.step())  # reads offsets 30-39, held
+    await reader.holding.wait()
+    await w.assign({1})  # partition 0 went to another worker...
+    await w.assign({0, 1})  # ...and came back: rebuilt from the start
+    assert w.rebuilds.jobs[0] is not old
+    reader.release.set()
+    await step
+    await w.rebuilds.drain()
+    assert count(w.registry.active[0]) == 50
+    assert w.recovery.persisted_offset(RECOMMENDATIONS, 0) == 49
 
 
 async def test_a_rebuilt_partition_waits_for_the_rebalance_to_end() -> None:
