@@ -11,12 +11,18 @@ partition go to the change topic and the counts topic, write-ahead (domain/ledge
 A failure at 1 or 2 gives the changes back to their ledgers: the next tick takes them again (a
 failure at 1 also makes the partition's next offset unknown: it is rebuilt first).
 At a revocation or a stop, ``confirm`` records what was published as published.
+
+The worker ticks ``spread`` times an interval and each tick publishes a share of the partitions,
+those whose last turn is an interval old: each partition still publishes at most once an
+interval, and the work (and the broker writes that batches' own writes queue behind: aiokafka
+sends one request at a time to a broker) comes in ``spread`` small pieces, not one large one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -36,14 +42,21 @@ logger = logging.getLogger(__name__)
 KEY_MEMO_MAX = 200_000  # segment keys whose record key is remembered
 # Dirty families one round of a tick publishes at most, over all partitions.
 PUBLICATION_MAX = 4_096
+# Ticks per SEGMENTS_CHANGE_INTERVAL_MS in the worker: each publishes a share of the partitions.
+SPREAD = 8
 
 
 class ChangePublisher:
     def __init__(self, registry: PartitionRegistry, sink: Sink, names: Names,
                  rebalancing: Callable[[], bool] = lambda: False,
                  clock: Callable[[], float] = time.time,
-                 metrics: RuntimeMetrics | None = None) -> None:
+                 metrics: RuntimeMetrics | None = None, *, interval_s: float = 0.0,
+                 spread: int = 1, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.registry = registry
+        self.interval_s = interval_s
+        self.spread = max(1, spread)
+        self._monotonic = monotonic
+        self._turns: dict[int, float] = {}  # partition -> when its last turn was taken
         self.metrics = metrics or RuntimeMetrics()
         self.sink = sink
         self.names = names
@@ -71,8 +84,11 @@ class ChangePublisher:
                        if state.ledger.next_offset is None}
             if unknown:
                 self._give_up(unknown, "its emitted-counts offset is not known (a write failed)")
-            states = list(registry.active.values())
-            limit = max(1, PUBLICATION_MAX // max(1, len(states)))
+            active = list(registry.active.values())
+            # A round's share per partition is set by all of them, so that a tick publishing
+            # few partitions still hands the loop back between bounded pieces.
+            limit = max(1, PUBLICATION_MAX // max(1, len(active)))
+            states = self._due(active)
             # Only the families dirty now: those dirtied meanwhile wait for the next tick, so
             # a tick ends under sustained load too.
             rounds = max([-(-len(state.store.dirty) // limit) for state in states], default=0)
@@ -88,6 +104,21 @@ class ChangePublisher:
                 self.metrics.change_events.inc(published)
             if wrote:
                 self.publications += 1
+
+    def _due(self, states: list[PartitionState]) -> list[PartitionState]:
+        """The partitions whose turn it is: at most a ``spread``-th of them (rounded up), the
+        longest waiting first, among those whose last turn is at least an interval old."""
+        now = self._monotonic()
+        turns = self._turns
+        for number in [n for n in turns if n not in self.registry.active]:
+            del turns[number]
+        due = sorted((s for s in states
+                      if now - turns.get(s.number, -math.inf) >= self.interval_s),
+                     key=lambda s: (turns.get(s.number, -math.inf), s.number))
+        taken = due[:-(-len(states) // self.spread)]
+        for state in taken:
+            turns[state.number] = now
+        return taken
 
     async def _round(self, states: list[PartitionState], limit: int) -> int | None:
         """One round of a tick: each partition's publication of at most ``limit`` dirty

@@ -8,6 +8,8 @@ import asyncio
 
 import orjson
 from aiokafka.errors import KafkaTimeoutError
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streams.codec.durable import (
     decode_emitted,
@@ -30,14 +32,16 @@ EMITTED = NAMES.changelog_topic(EMITTED_COUNTS)
 
 
 class Setup:
-    def __init__(self) -> None:
+    def __init__(self, spread: int = 1, interval_s: float = 0.0) -> None:
         self.producer = FakeProducer()
         self.reader = FakeReader()  # the recommendations changelog; emitted counts: as sent
         self.registry = PartitionRegistry((0.5,))
         self.registry.finish_recovery(set(range(PARTITIONS)))
+        self.now = 0.0  # the monotonic clock of the publisher's turns
         self.publisher = ChangePublisher(self.registry, Sink(lambda: self.producer, NAMES,
                                                              1_000_000), NAMES,
-                                         clock=lambda: 1_767_225_600.0)
+                                         clock=lambda: 1_767_225_600.0, spread=spread,
+                                         interval_s=interval_s, monotonic=lambda: self.now)
 
     def apply(self, user: str, weight: float | None, ts: int, partition: int = 1) -> None:
         ev = Event("p", user, "label", f"l{partition}", "Label", "view", weight, False, ts)
@@ -85,6 +89,53 @@ async def test_intents_go_before_the_events_and_confirmations_come_next_tick() -
 
 
 SEGMENT = b'["p","growth","label","l1","view",0.5]'
+
+
+def published(s: Setup) -> set[int]:
+    """The partitions whose change events were sent since the producer was last cleared."""
+    return {int(str(c["segment_basis_id"])[1:]) for c in s.changes()}
+
+
+async def test_a_spread_tick_publishes_a_share_of_the_partitions_each_once_an_interval() -> None:
+    s = Setup(spread=2, interval_s=1.0)
+    turns = []
+    for user, ts in (("u1", 1), ("u2", 2)):
+        for p in range(PARTITIONS):
+            s.apply(user, 0.9, ts, partition=p)
+        start = s.now
+        for offset in (0.0, 0.5, 0.9):
+            s.now = start + offset
+            s.producer.sent.clear()
+            await s.publisher.tick()
+            turns.append(published(s))
+        s.now += 0.1
+    assert turns == [{0, 1}, {2, 3}, set(),  # the longest waiting first, none twice a second
+                     {0, 1}, {2, 3}, set()]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.0, 0.7), st.sets(st.integers(0, PARTITIONS - 1))),
+                min_size=1, max_size=25), st.integers(1, 5))
+def test_no_segment_changes_twice_within_an_interval_whenever_the_ticks_come(
+        ticks: list[tuple[float, set[int]]], spread: int) -> None:
+    """Contract §4: at most one change event per segment and threshold an interval, whatever
+    the ticks' timing (late, early, bunched)."""
+    s = Setup(spread=spread, interval_s=1.0)
+    last: dict[object, float] = {}
+
+    async def run() -> None:
+        for n, (gap, dirtied) in enumerate(ticks):
+            s.now += gap
+            for p in dirtied:
+                s.apply(f"u{n}", 0.9, n + 1, partition=p)
+            s.producer.sent.clear()
+            await s.publisher.tick()
+            for c in s.changes():
+                key = (c["segment_type"], c["segment_basis_id"], c["min_weight"])
+                assert s.now - last.get(key, -1.0) >= 1.0, (key, s.now, last.get(key))
+                last[key] = s.now
+
+    asyncio.run(run())
 
 
 async def test_every_emitted_counts_record_names_the_offset_it_should_get() -> None:
