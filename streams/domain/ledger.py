@@ -3,10 +3,10 @@ last published, and what to publish next (contract section 4).
 
 Publication is write-ahead, in three steps the runtime performs with what ``take`` returns:
 1. record each change as about to be published (an *intent*: count and previous count) together
-   with the changes published at the previous tick (*confirmations*: count alone), and wait for
-   the broker;
+   with the changes published at the partition's previous turn (*confirmations*: count alone),
+   and wait for the broker;
 2. publish the change events, and wait for the broker;
-3. ``published``: the changes are now the last emitted counts, to be confirmed at the next tick
+3. ``published``: the changes are now the last emitted counts, to be confirmed at the next turn
    (or by ``take_confirmations`` at a revocation or a stop).
 
 Versions (contract §4): a change's ``version`` is the changelog offset of its intent. Offsets of

@@ -1,5 +1,6 @@
-"""The change publisher: every ``SEGMENTS_CHANGE_INTERVAL_MS``, the count changes of every active
-partition go to the change topic and the counts topic, write-ahead (domain/ledger.py):
+"""The change publisher: once every ``SEGMENTS_CHANGE_INTERVAL_MS``, on its turn, the count changes
+of each active partition go to the change topic and the counts topic, write-ahead
+(domain/ledger.py):
 
 1. record intents and confirmations in the emitted-counts changelog, each naming the offset it
    should get; wait for the broker; the offsets it gave are the changes' versions, and say
@@ -8,14 +9,15 @@ partition go to the change topic and the counts topic, write-ahead (domain/ledge
 2. publish the change events and the current counts, keyed by segment; wait for the broker;
 3. tell the ledgers they are published.
 
-A failure at 1 or 2 gives the changes back to their ledgers: the next tick takes them again (a
-failure at 1 also makes the partition's next offset unknown: it is rebuilt first).
+A failure at 1 or 2 gives the changes back to their ledgers: the partition's next turn takes them
+again (a failure at 1 also makes the partition's next offset unknown: it is rebuilt first).
 At a revocation or a stop, ``confirm`` records what was published as published.
 
-The worker ticks ``spread`` times an interval and each tick publishes a share of the partitions,
-those whose last turn is an interval old: each partition still publishes at most once an
-interval, and the work (and the broker writes that batches' own writes queue behind: aiokafka
-sends one request at a time to a broker) comes in ``spread`` small pieces, not one large one.
+The worker ticks ``spread`` times an interval and each tick gives a turn to a share of the
+partitions, those whose last turn ended an interval ago: each segment's change events are at
+least an interval apart, and the work (and the broker writes that batches' own writes queue
+behind: aiokafka sends one request at a time to a broker) comes in ``spread`` small pieces, not
+one large one.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from streams.codec.changes import change_payload, count_payload, segment_key
 from streams.codec.durable import emitted_key, encode_emitted, expected_offset_header
 from streams.codec.names import EMITTED_COUNTS, Names
 from streams.codec.partitioner import murmur2
+from streams.domain.events import FamilyKey
 from streams.domain.family import SegmentKey
 from streams.domain.ledger import Publication
 from streams.domain.partition import PartitionState
@@ -40,8 +43,9 @@ from streams.runtime.sink import Sink, all_delivered
 logger = logging.getLogger(__name__)
 
 KEY_MEMO_MAX = 200_000  # segment keys whose record key is remembered
-# Dirty families one round of a tick publishes at most, over all partitions.
+# Dirty families one round of a tick publishes at most, over its partitions.
 PUBLICATION_MAX = 4_096
+ROUND_SHARE_MAX = 1_024  # of one partition in a round (taken without a turn for the loop)
 # Ticks per SEGMENTS_CHANGE_INTERVAL_MS in the worker: each publishes a share of the partitions.
 SPREAD = 8
 
@@ -68,12 +72,15 @@ class ChangePublisher:
         self._segment_keys: dict[SegmentKey, bytes] = {}  # output keys
 
     async def tick(self) -> None:
-        """Timer body. An exception escaping a Faust timer stops the worker, so every failure
-        is logged here and the changes are taken again at the next tick.
+        """Loop body. An exception escaping it stops the worker, so every failure is logged
+        here and the changes are taken again at the partition's next turn.
 
-        The dirty families are published in rounds of at most PUBLICATION_MAX families in all,
-        each round written and acknowledged before the next is taken: what a round holds in
-        memory at once is bounded however many families a burst touched."""
+        A turn publishes the families dirty when it starts, each once: those dirtied meanwhile
+        wait for the next turn, so a turn ends under sustained load too and no segment is
+        published twice in one. They go in rounds of at most PUBLICATION_MAX families in all
+        (ROUND_SHARE_MAX a partition), each round written and acknowledged before the next is
+        taken: what a round holds in memory at once is bounded however many families a burst
+        touched. A partition's next turn comes an interval after this one ended."""
         registry = self.registry
         if not registry.serving or self.rebalancing():
             return
@@ -84,51 +91,65 @@ class ChangePublisher:
                        if state.ledger.next_offset is None}
             if unknown:
                 self._give_up(unknown, "its emitted-counts offset is not known (a write failed)")
-            active = list(registry.active.values())
-            # A round's share per partition is set by all of them, so that a tick publishing
-            # few partitions still hands the loop back between bounded pieces.
-            limit = max(1, PUBLICATION_MAX // max(1, len(active)))
-            states = self._due(active)
-            # Only the families dirty now: those dirtied meanwhile wait for the next tick, so
-            # a tick ends under sustained load too.
-            rounds = max([-(-len(state.store.dirty) // limit) for state in states], default=0)
-            wrote = False
-            for _ in range(max(1, rounds)):
-                if not registry.serving or self.rebalancing():
-                    break
-                published = await self._round(states, limit)
-                if published is None:
-                    break
-                wrote = True
-                self.changes += published
-                self.metrics.change_events.inc(published)
-            if wrote:
-                self.publications += 1
+            states = self._due(list(registry.active.values()))
+            if not states:
+                return
+            limit = max(1, min(ROUND_SHARE_MAX, PUBLICATION_MAX // len(states)))
+            turn = {state.number: state.store.take_dirty() for state in states}
+            try:
+                rounds = max(-(-len(dirty) // limit) for dirty in turn.values())
+                wrote = False
+                for _ in range(max(1, rounds)):
+                    if not registry.serving or self.rebalancing():
+                        break
+                    published = await self._round(states, limit, turn)
+                    if published is None:
+                        break
+                    wrote = True
+                    self.changes += published
+                    self.metrics.change_events.inc(published)
+                if wrote:
+                    self.publications += 1
+            finally:
+                ended = self._monotonic()
+                for state in states:
+                    state.store.dirty |= turn[state.number]  # (not taken: the next turn's)
+                    self._turns[state.number] = ended
 
     def _due(self, states: list[PartitionState]) -> list[PartitionState]:
         """The partitions whose turn it is: at most a ``spread``-th of them (rounded up), the
-        longest waiting first, among those whose last turn is at least an interval old."""
+        longest waiting first, among those whose last turn ended at least an interval ago.
+        (Turns are kept for partitions gone too, at most one per partition of the topic: one
+        that comes back, rebuilt or assigned again, still waits for its turn.)"""
         now = self._monotonic()
         turns = self._turns
-        for number in [n for n in turns if n not in self.registry.active]:
-            del turns[number]
         due = sorted((s for s in states
                       if now - turns.get(s.number, -math.inf) >= self.interval_s),
                      key=lambda s: (turns.get(s.number, -math.inf), s.number))
-        taken = due[:-(-len(states) // self.spread)]
-        for state in taken:
-            turns[state.number] = now
-        return taken
+        return due[:-(-len(states) // self.spread)]
 
-    async def _round(self, states: list[PartitionState], limit: int) -> int | None:
+    @staticmethod
+    def _take(state: PartitionState, limit: int, turn: dict[int, set[FamilyKey]]
+              ) -> Publication | None:
+        """The partition's next publication, of families of its turn only: the store's dirty
+        set is the turn's while the ledger takes from it (no await in between)."""
+        store = state.store
+        dirtied_meanwhile, store.dirty = store.dirty, turn[state.number]
+        try:
+            return state.take_publication(limit)
+        finally:
+            turn[state.number], store.dirty = store.dirty, dirtied_meanwhile
+
+    async def _round(self, states: list[PartitionState], limit: int,
+                     turn: dict[int, set[FamilyKey]]) -> int | None:
         """One round of a tick: each partition's publication of at most ``limit`` dirty
-        families (steps 1 to 3); the changes published, None if there was nothing to write or
-        it failed."""
+        families of its turn (steps 1 to 3); the changes published, None if there was nothing
+        to write or it failed."""
         taken: list[tuple[PartitionState, Publication]] = []
         for state in states:
             if self.registry.active.get(state.number) is not state:
                 continue  # (gone meanwhile)
-            publication = state.take_publication(limit)
+            publication = self._take(state, limit, turn)
             if publication is not None:
                 taken.append((state, publication))
             # Let requests and batches in between partitions instead of after all.

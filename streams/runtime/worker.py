@@ -238,10 +238,16 @@ def build_worker(settings: Settings, topics: TopicReport | None = None) -> Worke
     install(app, names.batch_topics, processor, held)
     async def publish_changes() -> None:
         # Not app.timer: a tick outlasting its short period is normal under load, and mode logs
-        # every such tick as a warning. The turns are timed by the publisher itself.
+        # every such tick as a warning. Ticks keep their pace (a long one is followed at once);
+        # each partition's turns are timed by the publisher.
+        loop = asyncio.get_running_loop()
         period = publisher.interval_s / publisher.spread
+        next_at = loop.time()
         while not app.should_stop:
-            await app.sleep(period)
+            next_at = max(next_at + period, loop.time())
+            await app.sleep(next_at - loop.time())
+            if app.should_stop:
+                break
             await publisher.tick()
 
     app.task(publish_changes)

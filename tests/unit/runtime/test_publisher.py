@@ -1,12 +1,14 @@
 """The change publisher (runtime/publisher.py) and the revocation fence (runtime/rebalance.py)
-with a fake producer: intents before change events, confirmations at the next tick or at a
-revocation, failures retried; and a revocation that waits for the publication in flight."""
+with a fake producer: intents before change events, confirmations at the next turn or at a
+revocation, failures retried; a revocation that waits for the publication in flight; and each
+partition's turns (a share of them a tick, an interval apart, each family once a turn)."""
 
 from __future__ import annotations
 
 import asyncio
 
 import orjson
+import pytest
 from aiokafka.errors import KafkaTimeoutError
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -21,6 +23,7 @@ from streams.codec.durable import (
 from streams.codec.names import EMITTED_COUNTS, RECOMMENDATIONS
 from streams.codec.partitioner import partition_for
 from streams.domain.events import Event
+from streams.runtime import publisher as publisher_module
 from streams.runtime.partitions import PartitionRegistry
 from streams.runtime.publisher import ChangePublisher
 from streams.runtime.rebalance import release
@@ -43,8 +46,10 @@ class Setup:
                                          clock=lambda: 1_767_225_600.0, spread=spread,
                                          interval_s=interval_s, monotonic=lambda: self.now)
 
-    def apply(self, user: str, weight: float | None, ts: int, partition: int = 1) -> None:
-        ev = Event("p", user, "label", f"l{partition}", "Label", "view", weight, False, ts)
+    def apply(self, user: str, weight: float | None, ts: int, partition: int = 1,
+              basis_id: str | None = None) -> None:
+        ev = Event("p", user, "label", basis_id or f"l{partition}", "Label", "view", weight,
+                   False, ts)
         self.registry.active[partition].apply(ev, ts)
         self.reader.write(NAMES.changelog_topic(RECOMMENDATIONS), partition,
                           recommendation_key(ev.family, user), encode_applied(ev, ts, partition))
@@ -111,6 +116,74 @@ async def test_a_spread_tick_publishes_a_share_of_the_partitions_each_once_an_in
         s.now += 0.1
     assert turns == [{0, 1}, {2, 3}, set(),  # the longest waiting first, none twice a second
                      {0, 1}, {2, 3}, set()]
+
+
+async def test_a_turn_publishes_each_family_once_those_changed_meanwhile_at_the_next(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Contract §4. A turn takes its families in rounds; one published in the first round and
+    changed again while it was in flight must wait for the next turn, not go out again in the
+    second round (the dirty set was shared: it did)."""
+    monkeypatch.setattr(publisher_module, "ROUND_SHARE_MAX", 2)  # three families: two rounds
+    s = Setup(spread=1, interval_s=1.0)
+    for i in range(3):
+        s.apply("u1", 0.9, 1, basis_id=f"b{i}")
+    s.producer.held = True
+    tick = asyncio.create_task(s.publisher.tick())
+    await asyncio.sleep(0.01)  # the first round's intents wait for the broker
+    first = {str(key[0][2]) for key, _, _ in s.emitted()}  # type: ignore[index]
+    assert len(first) == 2
+    again = min(first)
+    s.apply("u2", 0.9, 2, basis_id=again)
+    s.producer.release()
+    await tick
+    turn = [(c["segment_type"], c["segment_basis_id"]) for c in s.changes()]
+    assert sorted(turn) == sorted({(t, f"b{i}") for t in ("growth", "discovery")
+                                   for i in range(3)})  # each once
+    s.producer.sent.clear()
+    s.now = 1.0
+    await s.publisher.tick()
+    assert [(c["segment_basis_id"], c["user_count"]) for c in s.changes()
+            if c["segment_type"] == "growth"] == [(again, 2)]
+
+
+async def test_a_partition_that_leaves_and_comes_back_still_waits_for_its_turn() -> None:
+    s = Setup(spread=1, interval_s=1.0)
+    s.apply("u1", 0.9, 1)
+    await s.publisher.tick()
+    assert published(s) == {1}
+    s.registry.mark_stale({1})  # a failed write: out of service, then rebuilt
+    s.now = 0.2
+    await s.publisher.tick()
+    await s.rebuild_stale()
+    s.apply("u2", 0.9, 2)
+    s.producer.sent.clear()
+    s.now = 0.5
+    await s.publisher.tick()
+    assert published(s) == set()
+    s.now = 1.0
+    await s.publisher.tick()
+    assert published(s) == {1}
+
+
+async def test_the_next_turn_comes_an_interval_after_the_last_one_ended() -> None:
+    """A slow turn (its writes acknowledged late) must not bring the next one closer: its
+    last change went out when it ended."""
+    s = Setup(spread=1, interval_s=1.0)
+    s.apply("u1", 0.9, 1)
+    s.producer.held = True
+    tick = asyncio.create_task(s.publisher.tick())
+    await asyncio.sleep(0.01)
+    s.now = 0.5
+    s.producer.release()
+    await tick
+    s.apply("u2", 0.9, 2)
+    s.producer.sent.clear()
+    s.now = 1.25
+    await s.publisher.tick()
+    assert published(s) == set()
+    s.now = 1.5
+    await s.publisher.tick()
+    assert published(s) == {1}
 
 
 @settings(max_examples=60, deadline=None)
