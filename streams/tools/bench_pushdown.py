@@ -65,10 +65,12 @@ async def _handling(session: aiohttp.ClientSession, urls: list[str]
 
 class _Observer:
     """Times ``/livez`` on every worker every 25 ms, and reads the workers' handling times,
-    over one measured loop."""
+    over one measured loop. Its probes have connections of their own: in the clients' pool they
+    waited for a walker's connection to come free, which timed the bench, not the workers."""
 
     def __init__(self, session: aiohttp.ClientSession, urls: list[str]) -> None:
         self._session = session
+        self._probes: aiohttp.ClientSession | None = None
         self._urls = urls
         self.livez: list[float] = []
         self.handled: dict[str, float] = {}
@@ -77,14 +79,15 @@ class _Observer:
 
     async def __aenter__(self) -> _Observer:
         self._before = await _handling(self._session, self._urls)
-        self._task = asyncio.get_running_loop().create_task(self._poll())
+        self._probes = aiohttp.ClientSession()
+        self._task = asyncio.get_running_loop().create_task(self._poll(self._probes))
         return self
 
-    async def _poll(self) -> None:
+    async def _poll(self, probes: aiohttp.ClientSession) -> None:
         while True:
             for url in self._urls:
                 t0 = time.perf_counter()
-                async with self._session.get(url + "/livez") as resp:
+                async with probes.get(url + "/livez") as resp:
                     await resp.read()
                 self.livez.append(time.perf_counter() - t0)
             await asyncio.sleep(0.025)
@@ -93,6 +96,8 @@ class _Observer:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        if self._probes is not None:
+            await self._probes.close()
         after = await _handling(self._session, self._urls)
         for route in ("/segments", "/internal/segments"):
             seconds, count = after.get(route, (0.0, 0.0))
