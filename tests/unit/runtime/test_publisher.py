@@ -101,6 +101,18 @@ def published(s: Setup) -> set[int]:
     return {int(str(c["segment_basis_id"])[1:]) for c in s.changes()}
 
 
+async def next_turns(s: Setup, *times: float) -> list[set[int]]:
+    """A change on partition 1, then a tick at each of ``times``: what each published."""
+    s.apply("u2", 0.9, 2)
+    turns = []
+    for now in times:
+        s.producer.sent.clear()
+        s.now = now
+        await s.publisher.tick()
+        turns.append(published(s))
+    return turns
+
+
 async def test_a_spread_tick_publishes_a_share_of_the_partitions_each_once_an_interval() -> None:
     s = Setup(spread=2, interval_s=1.0)
     turns = []
@@ -155,14 +167,7 @@ async def test_a_partition_that_leaves_and_comes_back_still_waits_for_its_turn()
     s.now = 0.2
     await s.publisher.tick()
     await s.rebuild_stale()
-    s.apply("u2", 0.9, 2)
-    s.producer.sent.clear()
-    s.now = 0.5
-    await s.publisher.tick()
-    assert published(s) == set()
-    s.now = 1.0
-    await s.publisher.tick()
-    assert published(s) == {1}
+    assert await next_turns(s, 0.5, 1.0) == [set(), {1}]
 
 
 async def test_the_next_turn_comes_an_interval_after_the_last_one_ended() -> None:
@@ -176,14 +181,7 @@ async def test_the_next_turn_comes_an_interval_after_the_last_one_ended() -> Non
     s.now = 0.5
     s.producer.release()
     await tick
-    s.apply("u2", 0.9, 2)
-    s.producer.sent.clear()
-    s.now = 1.25
-    await s.publisher.tick()
-    assert published(s) == set()
-    s.now = 1.5
-    await s.publisher.tick()
-    assert published(s) == {1}
+    assert await next_turns(s, 1.25, 1.5) == [set(), {1}]
 
 
 @settings(max_examples=60, deadline=None)
