@@ -35,7 +35,7 @@ from streams.codec.partitioner import partition_for
 from streams.codec.wire import encode_event
 from streams.domain.events import Event
 from streams.tools import kafka_local
-from streams.tools.probes import group_lag, partition_lags
+from streams.tools.probes import partition_lags
 from streams.tools.produce import Record, generate
 from streams.tools.redis_local import RedisServer
 from tests.support.dump import deployment_topics, dump_topics
@@ -350,9 +350,9 @@ async def test_after_all_of_it_every_answer_is_exact_and_the_workers_alive(
 
 
 # -- faults that need a deployment of their own --------------------------------------------------
-# A backlog that keeps both workers writing well past the pause's start (they pause right after
-# they are ready), and a pause four produce timeouts long.
-PAUSE_EVENTS = 120_000
+# A backlog that keeps both workers writing well past the pause's start (the broker is paused as
+# soon as both are ready), and a pause four produce timeouts long.
+PAUSE_EVENTS = 200_000
 PAUSED_S = 8.0
 
 
@@ -377,10 +377,8 @@ async def test_a_broker_paused_longer_than_the_produce_timeout_loses_nothing(
         workers += [cluster.add_worker(), cluster.add_worker()]
         for w in workers:
             await wait_ready(w)
-        await asyncio.sleep(0.5)
-        lag = await group_lag(state.bootstrap, cluster.app_id, [cluster.input_topic])
         os.kill(state.pid, signal.SIGSTOP)
-        log(f"broker paused for {PAUSED_S:.0f}s with a lag of {lag}")
+        log(f"broker paused for {PAUSED_S:.0f}s")
         await asyncio.sleep(PAUSED_S)
         os.kill(state.pid, signal.SIGCONT)
         await wait_no_lag(cluster, timeout_s=300)
