@@ -60,7 +60,7 @@ class ChangePublisher:
         self.interval_s = interval_s
         self.spread = max(1, spread)
         self._monotonic = monotonic
-        self._turns: dict[int, float] = {}  # partition -> when its last turn was taken
+        self._turns: dict[int, float] = {}  # partition -> when its last turn ended (monotonic)
         self.metrics = metrics or RuntimeMetrics()
         self.sink = sink
         self.names = names

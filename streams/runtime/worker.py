@@ -239,6 +239,7 @@ def build_worker(settings: Settings, topics: TopicReport | None = None) -> Worke
                                               or input_copartitioned())
 
     install(app, names.batch_topics, processor, held)
+
     async def publish_changes() -> None:
         # Not app.timer: a tick outlasting its short period is normal under load, and mode logs
         # every such tick as a warning. Ticks keep their pace (a long one is followed at once);
