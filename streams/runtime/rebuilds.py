@@ -209,9 +209,10 @@ class Rebuilds:
             behind = [t for t in TABLES if job.positions.get(t, 0) < job.ends[t]]
             if not behind:
                 job.step = Step.SETTLING
+                continue
+            read_for[job.partition] = job
             for t in behind:
                 starts[self._tp(t, job.partition)] = job.positions.get(t, 0)
-                read_for[job.partition] = job
         if not starts:
             return
         read = await self.reader.read_slices(starts, self.slice_records)
