@@ -1,15 +1,18 @@
 """Kafka's default partitioner for keyed records, as the Java client computes it:
 ``(murmur2(key) & 0x7fffffff) % partitions``.
 
-The worker routes every event to its segment family's partition with it. aiokafka's
-``murmur2`` reads the key byte by byte in Python; this one reads whole 32-bit words at once,
-a few times faster, and gives the same hashes (``tests/unit/codec/test_partitioner.py`` checks
-it against aiokafka's and Kafka's test vectors).
+The worker routes every event to its segment family's partition with it, and every change to
+its segment's. The hash is the ``murmurhash2`` package's (compiled; ~20x faster than the
+Python below, BENCHMARKS.md, ingest) where it is installed, else ``murmur2_python``: aiokafka's
+``murmur2`` reads the key byte by byte in Python; this one reads whole 32-bit words at once.
+All give the same hashes (``tests/unit/codec/test_partitioner.py`` checks them against
+aiokafka's and Kafka's test vectors, and that the compiled one is used where installed).
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 _M = 0x5BD1E995
 _MASK = 0xFFFFFFFF
@@ -17,7 +20,7 @@ _SEED = 0x9747B28C
 _words: dict[int, struct.Struct] = {}
 
 
-def murmur2(data: bytes) -> int:
+def murmur2_python(data: bytes) -> int:
     """MurmurHash2 of ``data`` as Kafka's Java client computes it (unsigned 32 bits)."""
     length = len(data)
     h = _SEED ^ length
@@ -41,6 +44,20 @@ def murmur2(data: bytes) -> int:
     h ^= h >> 13
     h = (h * _M) & _MASK
     return h ^ (h >> 15)
+
+
+_compiled: Callable[[bytes, int], int] | None
+try:
+    from murmurhash2 import murmurhash2 as _compiled
+except ImportError:  # a platform without its wheel
+    _compiled = None
+
+COMPILED = _compiled is not None
+
+
+def murmur2(data: bytes) -> int:
+    """MurmurHash2 of ``data`` as Kafka's Java client computes it (unsigned 32 bits)."""
+    return murmur2_python(data) if _compiled is None else _compiled(data, _SEED)
 
 
 def partition_for(key: bytes, partitions: int) -> int:
