@@ -138,20 +138,32 @@ class BatchProcessor:
                 if held and held.waiting((topic, part)):
                     waiting = True  # failed lately: read again after its back-off
                     continue
-                if since_yield >= YIELD_EVERY:
-                    # Let requests in between the partitions of a large batch (they see the
-                    # records applied so far).
-                    await asyncio.sleep(0)
-                    since_yield = 0
-                try:
-                    self.handler.handle(topic, part, state, group, out)
-                except Exception as exc:  # a bug: hold this partition back, not the worker
-                    logger.exception("handling records of %s[%d] failed", topic, part)
-                    # Its state may hold part of them without their writes: rebuilt too.
-                    broken.add(frozenset({(topic, part)}), None if state is None else part, exc)
-                    continue
-                done += group
-                since_yield += len(group)
+                # In slices of YIELD_EVERY records, requests let in between (they see the
+                # records applied so far).
+                handled = True
+                for start in range(0, len(group), YIELD_EVERY):
+                    if since_yield >= YIELD_EVERY:
+                        await asyncio.sleep(0)
+                        since_yield = 0
+                        if state is not None and registry.active.get(part) is not state:
+                            # Taken out of service meanwhile (a failed write): the rest is
+                            # read again by whoever holds it next, the slices handled too.
+                            handled = False
+                            break
+                    piece = group if len(group) <= YIELD_EVERY else group[
+                        start:start + YIELD_EVERY]
+                    try:
+                        self.handler.handle(topic, part, state, piece, out)
+                    except Exception as exc:  # a bug: hold this partition back, not the worker
+                        logger.exception("handling records of %s[%d] failed", topic, part)
+                        # Its state may hold part of them without their writes: rebuilt too.
+                        broken.add(frozenset({(topic, part)}), None if state is None else part,
+                                   exc)
+                        handled = False
+                        break
+                    since_yield += len(piece)
+                if handled:
+                    done += group
             failures = await self.sink.send_output(out)
             failures.merge(broken)
             self.stats.invalid += len(out.dead)

@@ -83,6 +83,13 @@ class BatchOutput:
     sources: dict[int, set[int]] = field(default_factory=dict)
     outcomes: dict[tuple[str, int], Outcome] = field(default_factory=dict)
 
+    def outcome(self, topic: str, partition: int) -> Outcome:
+        """The outcome of a partition's records (handled in one or more slices)."""
+        outcome = self.outcomes.get((topic, partition))
+        if outcome is None:
+            outcome = self.outcomes[(topic, partition)] = Outcome()
+        return outcome
+
     def writes_for(self, partition: int) -> dict[bytes, bytes | None]:
         writes = self.writes.get(partition)
         if writes is None:
@@ -110,9 +117,10 @@ class IngestHandler:
 
     def handle(self, topic: str, partition: int, state: PartitionState | None,
                records: Iterable[InputRecord], out: BatchOutput) -> None:
-        """Records of one partition of ``topic``, in offset order, into ``out`` (``state`` may be
-        None for the input only: see :meth:`ingest`); then the withdrawals the watermark passed
-        are forgotten, their changelog records tombstoned."""
+        """Records of one partition of ``topic``, in offset order, into ``out`` (a batch's, or a
+        slice of them, the next slice in the next call; ``state`` may be None for the input
+        only: see :meth:`ingest`); then the withdrawals the watermark passed are forgotten,
+        their changelog records tombstoned."""
         if topic == self.input_topic:
             outcome = self.ingest(partition, state, records, out)
         else:
@@ -121,7 +129,7 @@ class IngestHandler:
         if state is None:
             return
         store = state.store
-        outcome.forgotten = store.expire()
+        outcome.forgotten += store.expire()
         if store.forgotten:
             writes = out.writes_for(partition)
             for family, user in store.take_forgotten():
@@ -150,7 +158,7 @@ class IngestHandler:
         writes = out.writes_for(partition) if state is not None else {}
         apply = state.store.apply if state is not None else None
         max_future_ms = self.max_future_ms
-        outcome = out.outcomes[(self.input_topic, partition)] = Outcome()
+        outcome = out.outcome(self.input_topic, partition)
         applied_ts = outcome.applied_timestamps
         invalid = ignored = late = 0
         for r in records:
@@ -187,9 +195,9 @@ class IngestHandler:
                 group.append((fkey, encode_event(ev, r.timestamp, partition, offset)))
                 destinations.add(fpart)
         outcome.applied = len(applied_ts)
-        outcome.ignored = ignored
-        outcome.invalid = invalid
-        outcome.late = late
+        outcome.ignored += ignored
+        outcome.invalid += invalid
+        outcome.late += late
         for destination in destinations:
             sources = out.sources.get(destination)
             if sources is None:
@@ -207,7 +215,7 @@ class IngestHandler:
         writes = out.writes_for(partition)
         apply = state.store.apply
         route = self.route
-        outcome = out.outcomes[(topic, partition)] = Outcome()
+        outcome = out.outcome(topic, partition)
         applied_ts = outcome.applied_timestamps
         invalid = ignored = late = 0
         for r in records:
@@ -237,7 +245,7 @@ class IngestHandler:
             else:
                 ignored += 1
         outcome.applied = len(applied_ts)
-        outcome.ignored = ignored
-        outcome.invalid = invalid
-        outcome.late = late
+        outcome.ignored += ignored
+        outcome.invalid += invalid
+        outcome.late += late
         return outcome

@@ -9,7 +9,7 @@ import asyncio
 from aiokafka.errors import KafkaTimeoutError
 
 from streams.codec.names import RECOMMENDATIONS
-from streams.runtime.batches import Backoff, BatchProcessor
+from streams.runtime.batches import YIELD_EVERY, Backoff, BatchProcessor
 from streams.runtime.ingest import IngestHandler
 from streams.runtime.partitions import PartitionRegistry, Phase
 from streams.runtime.sink import Sink
@@ -110,6 +110,49 @@ async def test_a_rebalance_forgets_the_back_offs() -> None:
     assert s.registry.phase is Phase.SERVING
     assert (await s.processor([poison])) == [poison]
 
+
+
+def one_partition(n: int) -> list[Rec]:
+    """``n`` records of one family (so of one partition), each of another user."""
+    return [keyed(event_doc(f"u{i}"), offset=i) for i in range(n)]
+
+
+async def test_a_large_group_of_one_partition_is_handled_in_slices_with_turns_between() -> None:
+    s = Setup()
+    batch = one_partition(2 * YIELD_EVERY + 7)
+    store = s.registry.active[batch[0].partition].store
+    seen: list[int] = []
+
+    async def watch() -> None:  # what a request sees at each of its turns
+        while True:
+            seen.append(store.held)
+            await asyncio.sleep(0)
+
+    watcher = asyncio.ensure_future(watch())
+    done = await s.processor(batch)
+    watcher.cancel()
+    assert {YIELD_EVERY, 2 * YIELD_EVERY} <= set(seen)
+    assert [r.offset for r in done] == [r.offset for r in batch]
+    assert store.held == len(batch) and len(s.producer.to(CHANGELOG)) == len(batch)
+    assert s.processor.stats.processed == len(batch)
+
+
+async def test_a_partition_taken_out_of_service_between_slices_is_read_again() -> None:
+    s = Setup()
+    batch = one_partition(2 * YIELD_EVERY)
+    part = batch[0].partition
+    store = s.registry.active[part].store
+
+    handle = s.processor.handler.handle
+
+    def then_a_write_fails(topic, partition, state, group, out):  # type: ignore[no-untyped-def]
+        handle(topic, partition, state, group, out)
+        s.registry.mark_stale({part})  # (the publisher's, say: it runs in the loop's turns)
+
+    s.processor.handler.handle = then_a_write_fails  # type: ignore[method-assign]
+    done = await s.processor(batch)
+    assert done == []  # not acked: read again once the partition is rebuilt
+    assert store.held == YIELD_EVERY  # its second slice went to no state
 
 
 async def test_input_with_another_partition_count_is_all_repartitioned_without_state() -> None:
