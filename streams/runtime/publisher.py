@@ -149,7 +149,13 @@ class ChangePublisher:
         for state in states:
             if self.registry.active.get(state.number) is not state:
                 continue  # (gone meanwhile)
-            publication = self._take(state, limit, turn)
+            try:
+                publication = self._take(state, limit, turn)
+            except Exception:  # a bug: this partition rebuilt (and published again), not a stop
+                logger.exception("taking the count changes of partition %d failed",
+                                 state.number)
+                self._give_up({state.number}, "taking its count changes failed")
+                continue
             if publication is not None:
                 taken.append((state, publication))
             # Let requests and batches in between partitions instead of after all.

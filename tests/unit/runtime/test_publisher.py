@@ -298,6 +298,26 @@ async def test_a_failed_intent_write_publishes_nothing_and_is_published_after_a_
     assert growth_changes[0]["version"] == s.producer.ends[(EMITTED, 1)] - 2  # (growth, discovery)
 
 
+async def test_a_bug_taking_a_partitions_changes_rebuilds_it_and_the_others_publish() -> None:
+    s = Setup()
+    s.apply("u1", 0.9, 1)
+    s.apply("u1", 0.9, 1, partition=2)
+    broken = s.registry.active[1]
+
+    def bug(limit: int | None = None) -> None:
+        raise RuntimeError("a bug")
+
+    broken.take_publication = bug  # type: ignore[method-assign,assignment]
+    await s.publisher.tick()  # (raised out of the tick before: the worker stopped)
+    assert published(s) == {2} and 1 in s.registry.stale
+    await s.rebuild_stale()
+    s.producer.sent.clear()
+    await s.publisher.tick()
+    assert published(s) == {1}  # from the rebuilt state: its change still reaches the topic
+    assert [(c["user_count"], c["previous_user_count"]) for c in s.changes()
+            if c["segment_type"] == "growth"] == [(1, 0)]
+
+
 async def test_a_failed_publication_is_retried_with_its_intent() -> None:
     s = Setup()
     s.apply("u1", 0.9, 1)
