@@ -40,7 +40,9 @@ def _members(fam: Family, segment_type: str) -> list[float]:
 def _check(fam: Family, model: dict[str, tuple[float | None, bool]], m: float) -> None:
     assert {u: (r.weight, r.in_history) for u, r in fam.records()} == model
     for t in SEGMENT_TYPES:
-        selected = [w for w in _members(fam, t) if w >= m]
+        members = _members(fam, t)  # (the bound a ranking orders families by, domain/ranking.py)
+        assert fam.members(t) == ((len(members), max(members)) if members else (0, 0.0))
+        selected = [w for w in members if w >= m]
         count, mean = fam.stats_at_least(t, m)
         assert fam.count_at_least(t, m) == count == len(selected)
         if not selected:
