@@ -143,8 +143,19 @@ class Family:
             index = indexes[segment_type != "base"]
             top = index.greatest()
             return (0, 0.0) if top is None else (len(index), top)
-        selected = self._selected(segment_type, 0.0)
-        return (len(selected), max(selected)) if selected else (0, 0.0)
+        # A scan of the weights' bits, as in count_at_least: the greatest bits are the
+        # greatest weight's; only that one is made a float.
+        members = 0
+        top = -1
+        growth = segment_type == "growth"
+        base = segment_type == "base"
+        for value in self.cols[_HEAD + 2::_WIDTH]:
+            bits = value & _BITS
+            if bits <= _ONE and (growth or (value < 0) == base):
+                members += 1
+                if bits > top:
+                    top = bits
+        return (members, _weight(top)) if members else (0, 0.0)
 
     def stats_at_least(self, segment_type: str, m: float) -> tuple[int, float]:
         """``(count, mean weight)`` of the segment's members with a weight >= ``m``; ``(0,
@@ -179,14 +190,15 @@ class Family:
         return array("d", map(abs, signed)), cols[_HEAD + 2::_WIDTH]
 
     def _selected(self, segment_type: str, m: float) -> list[float]:
-        """A scan of the column: the weights >= ``m`` of the segment's members (NaN, a
-        withdrawal, is never >= ``m``)."""
-        weights, values = self._columns()
-        if segment_type == "growth":
-            return [w for w in weights if w >= m]
-        if segment_type == "base":
-            return [w for w, v in zip(weights, values, strict=True) if v < 0 and w >= m]
-        return [w for w, v in zip(weights, values, strict=True) if v >= 0 and w >= m]
+        """A scan of the column: the weights >= ``m`` of the segment's members, selected by
+        their bits as in ``count_at_least``; only those are made floats."""
+        if not m <= 1.0:
+            return []
+        low = 0 if m <= 0.0 else _bits(m)
+        growth = segment_type == "growth"
+        base = segment_type == "base"
+        return [_weight(value) for value in self.cols[_HEAD + 2::_WIDTH]
+                if low <= value & _BITS <= _ONE and (growth or (value < 0) == base)]
 
     def get(self, user_id: str) -> StoredRecommendation | None:
         slot = self._slot(user_id)
