@@ -63,6 +63,9 @@ class FamilyStore:
         self.by_program: dict[str, dict[str, dict[FamilyKey, Family]]] = {}
         # Families whose membership or weights changed since the change ledger last looked.
         self.dirty: set[FamilyKey] = set()
+        # Families of the change publisher's turn in progress not taken yet (its set: see
+        # runtime/publisher.py): to be published, so kept like dirty ones.
+        self.turn: set[FamilyKey] = set()
         # (program, basis) -> [number of changes applied], shared with those families: the
         # query memo's validity.
         self.versions: dict[tuple[str, str], list[int]] = {}
@@ -235,7 +238,7 @@ class FamilyStore:
             if oldest is not None:
                 self._expire_later(key, max(oldest, watermark + slice_ms))
             elif not fam.slots:
-                if key in self.dirty:
+                if key in self.dirty or key in self.turn:
                     later.append(key)  # its count change is still to be published
                 else:
                     self._drop(key)

@@ -96,6 +96,8 @@ class ChangePublisher:
                 return
             limit = max(1, min(ROUND_SHARE_MAX, PUBLICATION_MAX // len(states)))
             turn = {state.number: state.store.take_dirty() for state in states}
+            for state in states:
+                state.store.turn = turn[state.number]
             try:
                 rounds = max(-(-len(dirty) // limit) for dirty in turn.values())
                 wrote = False
@@ -114,6 +116,7 @@ class ChangePublisher:
                 ended = self._monotonic()
                 for state in states:
                     state.store.dirty |= turn[state.number]  # (not taken: the next turn's)
+                    state.store.turn = set()
                     self._turns[state.number] = ended
 
     def _due(self, states: list[PartitionState]) -> list[PartitionState]:
@@ -139,6 +142,7 @@ class ChangePublisher:
             return state.take_publication(limit)
         finally:
             turn[state.number], store.dirty = store.dirty, dirtied_meanwhile
+            store.turn = turn[state.number]
 
     async def _round(self, states: list[PartitionState], limit: int,
                      turn: dict[int, set[FamilyKey]]) -> int | None:

@@ -35,10 +35,11 @@ EMITTED = NAMES.changelog_topic(EMITTED_COUNTS)
 
 
 class Setup:
-    def __init__(self, spread: int = 1, interval_s: float = 0.0) -> None:
+    def __init__(self, spread: int = 1, interval_s: float = 0.0,
+                 grace_ms: int = 7 * 24 * 3600 * 1000) -> None:
         self.producer = FakeProducer()
         self.reader = FakeReader()  # the recommendations changelog; emitted counts: as sent
-        self.registry = PartitionRegistry((0.5,))
+        self.registry = PartitionRegistry((0.5,), grace_ms=grace_ms)
         self.registry.finish_recovery(set(range(PARTITIONS)))
         self.now = 0.0  # the monotonic clock of the publisher's turns
         self.publisher = ChangePublisher(self.registry, Sink(lambda: self.producer, NAMES,
@@ -156,6 +157,38 @@ async def test_a_turn_publishes_each_family_once_those_changed_meanwhile_at_the_
     await s.publisher.tick()
     assert [(c["segment_basis_id"], c["user_count"]) for c in s.changes()
             if c["segment_type"] == "growth"] == [(again, 2)]
+
+
+async def test_a_family_emptied_and_aged_out_during_its_turn_is_published_with_its_name(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(publisher_module, "ROUND_SHARE_MAX", 1)  # a round a family
+    s = Setup(grace_ms=10)
+    for basis in ("a", "b"):
+        s.apply("u1", 0.9, 1, basis_id=basis)
+    await s.publisher.tick()
+    for basis in ("a", "b"):
+        s.apply("u1", None, 2, basis_id=basis)  # both emptied
+    record = s.publisher._record
+    rounds = 0
+
+    async def record_then_age(taken):  # type: ignore[no-untyped-def]
+        nonlocal rounds
+        rounds += 1
+        if rounds == 1:  # between the turn's rounds a batch ages the withdrawals out
+            s.apply("u9", 0.9, 100, basis_id="c")
+            s.registry.active[1].store.expire()
+        return await record(taken)
+
+    s.publisher._record = record_then_age  # type: ignore[method-assign]
+    s.producer.sent.clear()
+    await s.publisher.tick()
+    # (The family of the second round was dropped before its round: published at 0 under
+    # its basis id, the name gone with it.)
+    assert sorted((c["segment_basis_id"], c["name"]) for c in s.changes()
+                  if c["segment_type"] == "growth") == [("a", "Label"), ("b", "Label")]
+    store = s.registry.active[1].store
+    store.expire()  # published: now they go
+    assert not {("p", "label", b, "view") for b in "ab"} & store.families.keys()
 
 
 async def test_a_partition_that_leaves_and_comes_back_still_waits_for_its_turn() -> None:
