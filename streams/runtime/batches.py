@@ -129,7 +129,12 @@ class BatchProcessor:
             since_yield = 0
             input_topic = self.handler.input_topic
             stateless_input = not self.input_copartitioned()
+            generation = registry.generation
+            unhandled: set[Source] = set()  # partly handled, not acked
+            stopped = False
             for (topic, part), group in by_partition(records).items():
+                if stopped:
+                    break
                 state = registry.active.get(part)
                 if stateless_input and topic == input_topic:
                     state = None
@@ -145,10 +150,14 @@ class BatchProcessor:
                     if since_yield >= YIELD_EVERY:
                         await asyncio.sleep(0)
                         since_yield = 0
-                        if state is not None and registry.active.get(part) is not state:
-                            # Taken out of service meanwhile (a failed write): the rest is
-                            # read again by whoever holds it next, the slices handled too.
+                        # A rebalance began meanwhile (or a stall), or the partition was
+                        # taken out of service (the publisher gave it up): the rest is read
+                        # again by whoever holds it next, the slices handled so far too.
+                        stopped = not registry.serving or registry.generation != generation
+                        if stopped or (state is not None
+                                       and registry.active.get(part) is not state):
                             handled = False
+                            unhandled.add((topic, part))
                             break
                     piece = group if len(group) <= YIELD_EVERY else group[
                         start:start + YIELD_EVERY]
@@ -168,7 +177,7 @@ class BatchProcessor:
             failures.merge(broken)
             self.stats.invalid += len(out.dead)
             for source, outcome in out.outcomes.items():
-                if source not in failures.sources:
+                if source not in failures.sources and source not in unhandled:
                     self.metrics.handled(outcome.applied, outcome.ignored, outcome.invalid,
                                          outcome.applied_timestamps, outcome.late,
                                          outcome.forgotten)

@@ -153,6 +153,26 @@ async def test_a_partition_taken_out_of_service_between_slices_is_read_again() -
     done = await s.processor(batch)
     assert done == []  # not acked: read again once the partition is rebuilt
     assert store.held == YIELD_EVERY  # its second slice went to no state
+    assert s.processor.metrics.applied._value.get() == 0  # counted when read again
+
+
+async def test_a_rebalance_beginning_between_slices_stops_the_batch_there() -> None:
+    s = Setup()
+    first = one_partition(2 * YIELD_EVERY)
+    other = [keyed(event_doc(f"u{i}", basis_id="l2"), offset=i) for i in range(5)]
+    assert other[0].partition != first[0].partition
+    handle = s.processor.handler.handle
+    handled: list[int] = []
+
+    def then_a_rebalance(topic, partition, state, group, out):  # type: ignore[no-untyped-def]
+        handle(topic, partition, state, group, out)
+        handled.append(partition)
+        s.registry.begin_rebalance()  # (its revocation waits for the batch: the fence)
+
+    s.processor.handler.handle = then_a_rebalance  # type: ignore[method-assign]
+    done = await s.processor(first + other)
+    assert done == [] and handled == [first[0].partition]  # one slice, then no more
+    assert s.processor.metrics.applied._value.get() == 0
 
 
 async def test_input_with_another_partition_count_is_all_repartitioned_without_state() -> None:
