@@ -64,8 +64,10 @@ class FamilyStore:
         # Families whose membership or weights changed since the change ledger last looked.
         self.dirty: set[FamilyKey] = set()
         # Families of the change publisher's turn in progress not taken yet (its set: see
-        # runtime/publisher.py): to be published, so kept like dirty ones.
+        # runtime/publisher.py), and those whose changes its round in flight publishes: to be
+        # published (again, if the round fails), so kept like dirty ones.
         self.turn: set[FamilyKey] = set()
+        self.in_flight: set[FamilyKey] = set()
         # (program, basis) -> [number of changes applied], shared with those families: the
         # query memo's validity.
         self.versions: dict[tuple[str, str], list[int]] = {}
@@ -238,7 +240,7 @@ class FamilyStore:
             if oldest is not None:
                 self._expire_later(key, max(oldest, watermark + slice_ms))
             elif not fam.slots:
-                if key in self.dirty or key in self.turn:
+                if key in self.dirty or key in self.turn or key in self.in_flight:
                     later.append(key)  # its count change is still to be published
                 else:
                     self._drop(key)

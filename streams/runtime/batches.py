@@ -118,6 +118,8 @@ class BatchProcessor:
                 return []
             if registry.stale:
                 await self.repair()
+                if not registry.serving:  # a rebalance began meanwhile
+                    return []
             if self._generation != registry.generation:
                 self._generation = registry.generation
                 self.held.clear()
@@ -177,7 +179,11 @@ class BatchProcessor:
             failures.merge(broken)
             self.stats.invalid += len(out.dead)
             for source, outcome in out.outcomes.items():
-                if source not in failures.sources and source not in unhandled:
+                if source in failures.sources:
+                    continue
+                if source in unhandled:  # counted when read again, but what was forgotten
+                    self.metrics.handled(0, 0, 0, [], forgotten=outcome.forgotten)
+                else:
                     self.metrics.handled(outcome.applied, outcome.ignored, outcome.invalid,
                                          outcome.applied_timestamps, outcome.late,
                                          outcome.forgotten)
@@ -188,7 +194,7 @@ class BatchProcessor:
                 for r in done:
                     held.succeeded((r.topic, r.partition))
             self.stats.processed += len(done)
-            if not done and waiting:
+            if not done and waiting and not stopped:
                 # Only records held back came: wait instead of fetching them again at once.
                 await asyncio.sleep(held.next_in())
             return done

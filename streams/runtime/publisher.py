@@ -117,6 +117,7 @@ class ChangePublisher:
                 for state in states:
                     state.store.dirty |= turn[state.number]  # (not taken: the next turn's)
                     state.store.turn = set()
+                    state.store.in_flight = set()
                     self._turns[state.number] = ended
 
     def _due(self, states: list[PartitionState]) -> list[PartitionState]:
@@ -162,6 +163,7 @@ class ChangePublisher:
                 continue
             if publication is not None:
                 taken.append((state, publication))
+                state.store.in_flight = {c.family for c in publication.changes}
             # Let requests and batches in between partitions instead of after all.
             await asyncio.sleep(0)
         if not taken:
@@ -177,6 +179,9 @@ class ChangePublisher:
             for state, publication in taken:
                 state.ledger.failed(publication, state.store, recorded)
             return None
+        finally:
+            for state in states:
+                state.store.in_flight = set()  # (published, or dirty again: see failed)
         for state, publication in taken:
             state.ledger.published(publication)
         return sum(len(p.changes) for _, p in taken)

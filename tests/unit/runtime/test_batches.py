@@ -175,6 +175,19 @@ async def test_a_rebalance_beginning_between_slices_stops_the_batch_there() -> N
     assert s.processor.metrics.applied._value.get() == 0
 
 
+async def test_a_rebalance_beginning_during_a_repair_handles_nothing() -> None:
+    s = Setup()
+    batch = records(20)
+    s.registry.mark_stale({batch[0].partition})
+
+    async def repair_then_a_rebalance() -> None:
+        await s.repair()
+        s.registry.begin_rebalance()
+
+    s.processor.repair = repair_then_a_rebalance
+    assert (await s.processor(batch)) == [] and s.producer.sent == []
+
+
 async def test_input_with_another_partition_count_is_all_repartitioned_without_state() -> None:
     """The input's partition p is co-assigned with state partition p only when both topics
     have the same partition count: otherwise input records of every partition (here 11, and

@@ -191,6 +191,32 @@ async def test_a_family_emptied_and_aged_out_during_its_turn_is_published_with_i
     assert not {("p", "label", b, "view") for b in "ab"} & store.families.keys()
 
 
+async def test_a_family_emptied_and_aged_out_while_its_round_fails_is_published_with_its_name(
+        ) -> None:
+    s = Setup(grace_ms=10)
+    s.apply("u1", 0.9, 1, basis_id="a")
+    await s.publisher.tick()
+    s.apply("u1", None, 2, basis_id="a")  # emptied
+    publish = s.publisher._publish
+    calls = 0
+
+    async def age_then_fail(publications):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # while the round is in flight a batch ages the withdrawal out
+            s.apply("u9", 0.9, 100, basis_id="c")
+            s.registry.active[1].store.expire()
+            raise KafkaTimeoutError()
+        return await publish(publications)
+
+    s.publisher._publish = age_then_fail  # type: ignore[method-assign]
+    await s.publisher.tick()
+    s.producer.sent.clear()
+    await s.publisher.tick()  # the failed round's change again
+    assert [(c["segment_basis_id"], c["name"]) for c in s.changes()
+            if c["segment_type"] == "growth" and c["segment_basis_id"] == "a"] == [("a", "Label")]
+
+
 async def test_a_partition_that_leaves_and_comes_back_still_waits_for_its_turn() -> None:
     s = Setup(spread=1, interval_s=1.0)
     s.apply("u1", 0.9, 1)
