@@ -2,9 +2,9 @@
 ``(murmur2(key) & 0x7fffffff) % partitions``.
 
 The worker routes every event to its segment family's partition with it, and every change to
-its segment's. The hash is the ``murmurhash2`` package's (compiled; ~20x faster than the
-Python below, BENCHMARKS.md, ingest) where it is installed, else ``murmur2_python``: aiokafka's
-``murmur2`` reads the key byte by byte in Python; this one reads whole 32-bit words at once.
+its segment's. The hash is the ``murmurhash2`` package's (compiled: BENCHMARKS.md, ingest)
+where it is installed, else ``murmur2_python``: aiokafka's ``murmur2`` reads the key byte by
+byte in Python; this one reads whole 32-bit words at once.
 All give the same hashes (``tests/unit/codec/test_partitioner.py`` checks them against
 aiokafka's and Kafka's test vectors, and that the compiled one is used where installed).
 """

@@ -161,8 +161,7 @@ class BatchProcessor:
                             handled = False
                             unhandled.add((topic, part))
                             break
-                    piece = group if len(group) <= YIELD_EVERY else group[
-                        start:start + YIELD_EVERY]
+                    piece = group[start:start + YIELD_EVERY] if len(group) > YIELD_EVERY else group
                     try:
                         self.handler.handle(topic, part, state, piece, out)
                     except Exception as exc:  # a bug: hold this partition back, not the worker
