@@ -169,9 +169,10 @@ def _bench(args: argparse.Namespace) -> int:
         cfg.pushdown_segments, cfg.pushdown_workers, cfg.pushdown_requests = 1_000, 2, 10
     cfg.pushdown_only = args.pushdown_only
     cfg.long_tail_only = args.long_tail_only
+    cfg.freshness_only = args.freshness_only
     for name in ("events", "api_recommendations", "api_segments", "clients", "api_requests",
                  "probes", "stream_clients", "long_tail_recommendations", "pushdown_segments",
-                 "pushdown_workers", "pushdown_rate"):
+                 "pushdown_workers", "pushdown_rate", "freshness_runs"):
         value = getattr(args, name)
         if value is not None:
             setattr(cfg, name, value)
@@ -268,6 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--pushdown-only", action="store_true", help="run phase 9 alone")
     bench.add_argument("--long-tail-only", action="store_true",
                        help="run phase 8 (long-tail memory) alone")
+    bench.add_argument("--freshness-only", action="store_true",
+                       help="run phases 2 and 3 alone: one cold ingest, then freshness "
+                            "--freshness-runs times in a row")
+    bench.add_argument("--freshness-runs", type=int,
+                       help="with --freshness-only: freshness runs in a row (5)")
     bench.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     bench.add_argument("--out", default="benchmarks", help="folder for results.json")
     bench.add_argument("--doc", default="BENCHMARKS.md", help="markdown file with the table")

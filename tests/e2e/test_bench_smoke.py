@@ -36,3 +36,23 @@ def test_bench_quick_runs_and_writes_results(kafka_bootstrap: str, tmp_path: Pat
     text = doc.read_text()
     assert "prose stays" in text and "ingest / raw" in text
     assert "segments bench" in proc.stdout
+
+
+def test_bench_freshness_only_runs_phase_three_several_times(kafka_bootstrap: str,
+                                                            tmp_path: Path) -> None:
+    segments = str(Path(sys.executable).parent / "segments")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAFKA_")}
+    env["KAFKA_BOOTSTRAP_SERVERS"] = kafka_bootstrap
+    doc = tmp_path / "BENCHMARKS.md"
+    doc.write_text("# Benchmarks\n\nprose stays\n")
+    proc = subprocess.run([segments, "bench", "--quick", "--freshness-only", "--freshness-runs",
+                           "2", "--out", str(tmp_path / "out"), "--doc", str(doc)], env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    results = json.loads((tmp_path / "out" / "results-freshness.json").read_text())
+    runs = results["freshness_runs"]["runs"]
+    assert [run["probes"] for run in runs] == [10, 10]  # (--quick: 10 probes a run)
+    assert all(0 < run["p50_ms"] <= run["p99_ms"] for run in runs)
+    text = doc.read_text()
+    assert "prose stays" in text and "<!-- bench-freshness:start -->" in text
+    assert "runs in a row" in text
