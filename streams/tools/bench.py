@@ -277,6 +277,18 @@ def long_tail_records(recs: int, seed: int, users: int = 100_000,
         f += 1
 
 
+def seeded_events(n: int) -> Iterator[Record]:
+    """The bench's ``n`` input events: 3 programs, the last of them now."""
+    return generate(n, seed=42, programs=3, users=20_000, labels=2_000, assets=5_000,
+                    base_ts=base_ts_ending_now(n))
+
+
+def latency_figures(latencies: list[float]) -> dict[str, float]:
+    """Probes, p50 and p99 (ms) of latencies in seconds."""
+    return {"probes": len(latencies), "p50_ms": _pct(latencies, 0.5) * 1000,
+            "p99_ms": _pct(latencies, 0.99) * 1000}
+
+
 async def freshness(run: Run, worker: WorkerProc, rate: float, probes: int,
                     tag: str = "") -> list[float]:
     """Latency from producing a probe event to seeing it in a force_refresh answer, while
@@ -339,9 +351,7 @@ async def freshness_runs(cfg: BenchConfig, run: Run) -> dict[str, Any]:
     n = cfg.events
     await _create_topic(run.bootstrap, run.topic, **run.kafka)
     console.print(f"producing {n} seeded events")
-    await produce(run.bootstrap, run.topic,
-                  generate(n, seed=42, programs=3, users=20_000, labels=2_000, assets=5_000,
-                           base_ts=base_ts_ending_now(n)), total=n, kafka=run.kafka)
+    await produce(run.bootstrap, run.topic, seeded_events(n), total=n, kafka=run.kafka)
     console.print("2. ingest: one worker, cold start to zero lag")
     worker = WorkerProc(run, kafka_local.free_port())
     started = worker.start()
@@ -357,8 +367,7 @@ async def freshness_runs(cfg: BenchConfig, run: Run) -> dict[str, Any]:
             console.print(f"3. freshness at half the ingest rate, run {i + 1} of "
                           f"{cfg.freshness_runs}")
             lat = await freshness(run, worker, rate, cfg.probes, tag=f"r{i}-")
-            runs.append({"probes": len(lat), "p50_ms": _pct(lat, 0.5) * 1000,
-                         "p99_ms": _pct(lat, 0.99) * 1000})
+            runs.append(latency_figures(lat))
             await wait_no_lag(run, timeout_s=600)
     finally:
         worker.stop()
@@ -421,8 +430,7 @@ async def bench(cfg: BenchConfig, run: Run) -> dict[str, Any]:
     n = cfg.events
     await _create_topic(run.bootstrap, run.topic, **run.kafka)
     console.print(f"producing {n} seeded events")
-    records = list(generate(n, seed=42, programs=3, users=20_000, labels=2_000, assets=5_000,
-                            base_ts=base_ts_ending_now(n)))
+    records = list(seeded_events(n))
     results["event_bytes_avg"] = sum(len(r.value) for r in records) / len(records)
     await produce(run.bootstrap, run.topic, iter(records), total=n, kafka=run.kafka)
 
@@ -456,8 +464,7 @@ async def bench(cfg: BenchConfig, run: Run) -> dict[str, Any]:
 
     console.print("3. freshness at half the ingest rate")
     lat = await freshness(run, worker, ingest / 2, cfg.probes)
-    results["freshness"] = {"rate_events_per_s": ingest / 2, "probes": len(lat),
-                            "p50_ms": _pct(lat, 0.5) * 1000, "p99_ms": _pct(lat, 0.99) * 1000}
+    results["freshness"] = {"rate_events_per_s": ingest / 2, **latency_figures(lat)}
     await wait_no_lag(run, timeout_s=600)
 
     console.print(f"4./5. api program: {cfg.api_segments} segments, "
